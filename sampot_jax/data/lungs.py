@@ -1,0 +1,168 @@
+"""Lung masks: the `LungSet` container, mask checks, resizing, lung separation.
+
+Conventions: images are (H, W) uint8 grayscale; masks are (H, W) bool. "left" is
+always the patient's LEFT lung, which in the standard posterior-anterior view
+lies on the image's RIGHT side (larger x).
+"""
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+from skimage import transform
+
+TARGETS = ("left", "right", "both")
+
+
+class BadExampleError(ValueError):
+  """One raw example (a file or a subject) cannot be used; names the file."""
+
+  def __init__(self, path, problem: str):
+    self.path = str(path)
+    self.problem = problem
+    super().__init__(f"{self.path}: {problem}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LungSet:
+  """A split held in memory at one square resolution S.
+
+  Attributes:
+    ids: subject ids, e.g. "MCUCXR_0001_0", sorted.
+    images: (N, S, S) uint8.
+    left: (N, S, S) bool, the patient's left lung (image right side).
+    right: (N, S, S) bool, the patient's right lung.
+    target_only: None when both lungs are known. When the source gave a single
+      mask per image (a plain `masks/` folder) it names the one target those
+      masks are ('left' | 'right' | 'both'); only that target can be asked for.
+  """
+  ids: list[str]
+  images: np.ndarray
+  left: np.ndarray
+  right: np.ndarray
+  target_only: str | None = None
+
+  def __post_init__(self):
+    n = len(self.ids)
+    for name in ("images", "left", "right"):
+      arr = getattr(self, name)
+      if arr.ndim != 3 or arr.shape[0] != n or arr.shape[1:] != self.images.shape[1:]:
+        raise ValueError(f"LungSet.{name} has shape {arr.shape}; expected ({n}, S, S) "
+                         f"matching images {self.images.shape}.")
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def target(self, name: str = "left") -> np.ndarray:
+    """The target masks: 'left' (the paper's task) | 'right' | 'both'. (N, S, S) bool."""
+    if name not in TARGETS:
+      raise ValueError(f"target={name!r} is not one of {TARGETS}.")
+    if self.target_only is not None and name != self.target_only:
+      raise ValueError(
+          f"target={name!r} asked of a LungSet read from a single masks/ folder that holds "
+          f"the {self.target_only!r} target only; set target={self.target_only!r} or give "
+          "masks/left and masks/right.")
+    if name == "left":
+      return self.left
+    if name == "right":
+      return self.right
+    return self.left | self.right
+
+  def other_lung(self, name: str = "left") -> np.ndarray | None:
+    """The lung that is not the target (for leakage candidates), or None. (N, S, S) bool."""
+    if self.target_only is not None or name == "both":
+      return None
+    return self.right if name == "left" else self.left
+
+
+def check_mask(raw: np.ndarray, path, shape=None) -> np.ndarray:
+  """Validates a decoded mask and returns it as bool.
+
+  Args:
+    raw: (H, W) integer array; allowed values are {0, 1} or {0, 255}.
+    path: the file it came from, named in errors.
+    shape: (H, W) the mask must have (its image's size), or None.
+
+  Raises:
+    BadExampleError: wrong size, values other than 0/1/255, or an empty mask.
+  """
+  if raw.ndim != 2:
+    raise BadExampleError(path, f"mask has shape {raw.shape}; expected a 2-D grayscale mask.")
+  if shape is not None and tuple(raw.shape) != tuple(shape):
+    raise BadExampleError(
+        path, f"mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
+        f"{shape[1]}x{shape[0]}; masks must have their image's size.")
+  values = np.unique(raw)
+  bad = values[~np.isin(values, (0, 1, 255))]
+  if bad.size:
+    raise BadExampleError(
+        path, f"mask has values {bad[:5].tolist()} besides 0/1/255; save it as a binary "
+        "0/255 (or 0/1) image, without antialiasing or lossy compression.")
+  mask = raw > 0
+  if not mask.any():
+    raise BadExampleError(path, "mask is empty (no foreground pixel).")
+  return mask
+
+
+def check_sides(left: np.ndarray, right: np.ndarray, path) -> None:
+  """Raises if the patient's left lung does not lie right of the right lung in the image."""
+  lx = np.nonzero(left)[1].mean()
+  rx = np.nonzero(right)[1].mean()
+  if lx <= rx:
+    raise BadExampleError(
+        path, f"left-lung mask centroid x={lx:.0f} is not right of the right-lung centroid "
+        f"x={rx:.0f}; expected the standard view (patient's left lung on the image's right "
+        "side). Swap the masks or flip the image.")
+
+
+def split_lungs(merged: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:
+  """Splits a two-lung mask into (left, right): the two largest components, left = larger x.
+
+  Args:
+    merged: (H, W) bool mask holding both lungs.
+    path: the mask file, named in errors.
+
+  Returns:
+    (left, right) masks, (H, W) bool. Smaller stray components are dropped: they are
+    annotation specks, not lungs.
+  """
+  labels, n = ndimage.label(merged)
+  if n < 2:
+    raise BadExampleError(
+        path, f"merged lung mask has {n} connected component(s); need two (one per lung) "
+        "to separate left from right. Give masks/left and masks/right instead.")
+  sizes = np.bincount(labels.ravel())[1:]
+  a, b = np.argsort(sizes)[::-1][:2] + 1
+  if sizes[b - 1] < 0.1 * sizes[a - 1]:
+    raise BadExampleError(
+        path, f"merged lung mask's second-largest component has {sizes[b - 1]} pixels, under "
+        f"10% of the largest ({sizes[a - 1]}); the lungs touch or one is missing.")
+  mask_a, mask_b = labels == a, labels == b
+  if np.nonzero(mask_a)[1].mean() > np.nonzero(mask_b)[1].mean():
+    return mask_a, mask_b
+  return mask_b, mask_a
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """Antialiased bilinear resize to (size, size). (H, W) uint8 -> (size, size) uint8."""
+  if image.shape == (size, size):
+    return image
+  out = transform.resize(image.astype(np.float32), (size, size), order=1,
+                         anti_aliasing=min(image.shape) > size, preserve_range=True)
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """Resize by area fraction: a pixel is set when > 1/2 of its area is foreground.
+
+  Uses exact block means for integer downscale factors (512 -> 256) and antialiased
+  bilinear on the 0/1 mask thresholded at 1/2 otherwise. (H, W) bool -> (size, size) bool.
+  """
+  if mask.shape == (size, size):
+    return mask.astype(bool)
+  h, w = mask.shape
+  if h % size == 0 and w % size == 0:
+    fh, fw = h // size, w // size
+    return mask.reshape(size, fh, size, fw).mean(axis=(1, 3)) > 0.5
+  out = transform.resize(mask.astype(np.float32), (size, size), order=1,
+                         anti_aliasing=min(mask.shape) > size)
+  return out > 0.5

@@ -1,0 +1,92 @@
+"""`load_split`: one split of any source, in memory, as a `LungSet`."""
+from absl import logging
+import ml_collections
+import numpy as np
+
+from sampot_jax.data import folder
+from sampot_jax.data import lungs
+from sampot_jax.data import sources
+from sampot_jax.data import splits as splits_lib
+from sampot_jax.data import tfds_builder
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Data fields shared by every task's config."""
+  config = ml_collections.ConfigDict()
+  config.source = "montgomery_team"  # one of sources.SOURCES
+  config.dir = "../shared/data/montgomery"  # raw data (the TFDS manual dir)
+  # Where TFDS writes the prepared data; None means ~/tensorflow_datasets.
+  config.tfds_dir = ml_collections.config_dict.placeholder(str)
+  # Square side in pixels; images: antialiased bilinear, masks: area fraction > 1/2.
+  config.image_size = 256
+  config.target = "left"  # 'left' (the paper's task) | 'right' | 'both'
+  config.on_bad_example = "error"  # 'error' | 'skip' (logged, counted)
+  return config
+
+
+def load_split(data_config, split: str) -> lungs.LungSet:
+  """Loads one split of `data_config.source` into memory.
+
+  Args:
+    data_config: see `default_data_config`.
+    split: 'train' | 'val' | 'test'.
+
+  Returns:
+    LungSet with images (N, S, S) uint8 and masks (N, S, S) bool, S = image_size,
+    sorted by id.
+  """
+  source, size = data_config.source, int(data_config.image_size)
+  on_bad = data_config.get("on_bad_example", "error")
+  target = data_config.get("target", "left")
+  if split not in splits_lib.SPLITS:
+    raise ValueError(f"split={split!r} is not one of {splits_lib.SPLITS}.")
+  if source not in sources.SOURCES:
+    raise ValueError(f"config.data.source={source!r} is not one of {sources.SOURCES}.")
+  if on_bad not in tfds_builder.ON_BAD_EXAMPLE:
+    raise ValueError(f"config.data.on_bad_example={on_bad!r} is not one of "
+                     f"{tfds_builder.ON_BAD_EXAMPLE}.")
+  if target not in lungs.TARGETS:
+    raise ValueError(f"config.data.target={target!r} is not one of {lungs.TARGETS}.")
+  if size < 8:
+    raise ValueError(f"config.data.image_size={size} is too small; use e.g. 256.")
+  if not data_config.get("dir"):
+    raise ValueError("config.data.dir is not set; point it at the raw data folder.")
+
+  if source == "folder":
+    examples, skipped = folder.read_split(data_config.dir, split, size, on_bad)
+  else:
+    builder = tfds_builder.prepare(source, data_config.dir, data_config.get("tfds_dir"), on_bad)
+    skipped = _prepared_skips(builder, split, on_bad, data_config.dir)
+    examples = [sources.resize_example(e, size) for e in tfds_builder.read_split(builder, split)]
+  if skipped:
+    logging.warning("%s/%s: %d bad example(s) skipped, %d loaded.", source, split,
+                    len(skipped), len(examples))
+  if not examples:
+    raise ValueError(f"split {split!r} of source {source!r} in {data_config.dir} has no "
+                     "usable example.")
+  stacked = sources.stack_examples(examples)
+  if stacked["single"] is not None:
+    empty = np.zeros_like(stacked["single"])
+    left = stacked["single"] if target in ("left", "both") else empty
+    right = stacked["single"] if target in ("right", "both") else empty
+    return lungs.LungSet(stacked["ids"], stacked["images"], left, right, target_only=target)
+  return lungs.LungSet(stacked["ids"], stacked["images"], stacked["left"], stacked["right"])
+
+
+def _prepared_skips(builder, split, on_bad, manual_dir) -> list:
+  """Skips recorded when the TFDS data was prepared; an error if they break the policy."""
+  meta = builder.info.metadata or {}
+  skipped = (meta.get("skipped") or {}).get(split, [])
+  if skipped and on_bad == "error":
+    raise lungs.BadExampleError(
+        skipped[0][0], f"{skipped[0][1]} (this and {len(skipped) - 1} more were skipped when "
+        f"{builder.data_dir} was prepared with on_bad_example='skip'; fix the files and delete "
+        "that folder, or set on_bad_example='skip').")
+  built_from = meta.get("manual_dir")
+  if built_from:
+    from pathlib import Path  # pylint: disable=g-import-not-at-top
+    here = str(Path(manual_dir).expanduser().resolve())
+    if here != built_from:
+      logging.warning("%s was prepared from %s, not %s; delete it to rebuild from the latter.",
+                      builder.data_dir, built_from, here)
+  return skipped

@@ -1,0 +1,158 @@
+"""TFDS builder for chest X-ray lung sets, usable without TensorFlow.
+
+Arrays are stored as zlib-encoded `tfds.features.Tensor`s in `array_record`
+files and read back with `builder.as_data_source()` (random access, no tf.data).
+Every config is stored at 512x512 (`STORED_SIZE`): the size of the team set, small
+on disk (the NLM originals are ~4000x5000), and above the 256 the regressor uses;
+images are resized with antialiased bilinear, masks by area fraction > 1/2, and
+the aspect ratio is not kept (as in the team set). The original size is kept in
+the metadata.
+"""
+from pathlib import Path
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sampot_jax.data import lungs
+from sampot_jax.data import sources
+from sampot_jax.data import splits as splits_lib
+
+STORED_SIZE = 512
+ON_BAD_EXAMPLE = ("error", "skip")
+
+_INSTRUCTIONS = """\
+Download the data set yourself and pass its folder as the manual directory
+(config.data.dir; TFDS: DownloadConfig(manual_dir=...)). Expected layouts:
+- montgomery_team: images/, masks/left/, masks/right/, splits.csv (team copy).
+- montgomery_nlm: CXR_png/MCUCXR_*.png, ManualMask/leftMask/, ManualMask/rightMask/
+  (https://openi.nlm.nih.gov/faq, "Montgomery County X-ray Set").
+- shenzhen: CXR_png/CHNCXR_*.png and lung masks in mask/ (CHNCXR_NNNN_F_mask.png).
+- jsrt_scr: the JSRT *.IMG files and the SCR masks (folders 'left lung/', 'right lung/'
+  of .gif files) anywhere below one folder.
+"""
+
+
+class ChestXrayLungsConfig(tfds.core.BuilderConfig):
+  """One raw layout (`source`, see sources.py)."""
+
+  def __init__(self, *, source: str, **kwargs):
+    super().__init__(name=source, **kwargs)
+    self.source = source
+
+
+class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
+  """Chest radiographs with left- and right-lung masks at 512x512."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+  BUILDER_CONFIGS = [
+      ChestXrayLungsConfig(source="montgomery_team",
+                           description="Team copy of Montgomery, 512x512, fixed splits.csv."),
+      ChestXrayLungsConfig(source="montgomery_nlm",
+                           description="NLM Montgomery County set, original layout."),
+      ChestXrayLungsConfig(source="shenzhen",
+                           description="NLM Shenzhen set, merged masks split into lungs."),
+      ChestXrayLungsConfig(source="jsrt_scr", description="JSRT radiographs, SCR masks."),
+  ]
+  DEFAULT_CONFIG_NAME = "montgomery_team"
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS 4.9's default resolves this through `importlib_resources`, a package newer
+    # etils no longer installs; the answer is simply this file.
+    return epath.Path(__file__)
+
+  def __init__(self, *, on_bad_example: str = "error", **kwargs):
+    if on_bad_example not in ON_BAD_EXAMPLE:
+      raise ValueError(f"on_bad_example={on_bad_example!r} is not one of {ON_BAD_EXAMPLE}.")
+    self._on_bad_example = on_bad_example
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    square = (STORED_SIZE, STORED_SIZE)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=("Chest X-rays with the patient's left and right lung masks (0/1), "
+                     "512x512, left lung on the image's right side."),
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(),
+            "image": tfds.features.Tensor(shape=square, dtype=np.uint8, encoding="zlib"),
+            "left": tfds.features.Tensor(shape=square, dtype=np.uint8, encoding="zlib"),
+            "right": tfds.features.Tensor(shape=square, dtype=np.uint8, encoding="zlib"),
+            "metadata": {
+                "dataset": tfds.features.Text(),
+                "finding": tfds.features.Text(),
+                "file": tfds.features.Text(),
+                "height": tfds.features.Scalar(dtype=np.int32),
+                "width": tfds.features.Scalar(dtype=np.int32),
+            },
+        }),
+        metadata=tfds.core.MetadataDict(),
+        homepage="https://openi.nlm.nih.gov/faq",
+    )
+
+  def _split_generators(self, dl_manager):
+    root = Path(dl_manager.manual_dir)
+    scan = sources.scan(self.builder_config.source, root)
+    if scan.unlisted:
+      logging.warning("%d image(s) under %s are not named in %s and are not used: %s",
+                      len(scan.unlisted), root, scan.split_file, scan.unlisted[:10])
+    # Filled while the generators run; written with dataset_info at the end.
+    skipped = {split: [] for split in splits_lib.SPLITS}
+    self.info.metadata.update({"on_bad_example": self._on_bad_example,
+                               "manual_dir": str(root.resolve()), "skipped": skipped})
+    return {split: self._generate_examples(scan, split, skipped[split])
+            for split in splits_lib.SPLITS}
+
+  def _generate_examples(self, scan, split, skipped):
+    for error in scan.absent.get(split, []):
+      self._bad(error, split, skipped)
+    for sid in scan.ids(split):
+      try:
+        ex = sources.resize_example(sources.read_subject(scan.subjects[sid]), STORED_SIZE)
+      except lungs.BadExampleError as error:
+        self._bad(error, split, skipped)
+        continue
+      yield sid, {
+          "id": sid,
+          "image": ex["image"],
+          "left": ex["left"].astype(np.uint8),
+          "right": ex["right"].astype(np.uint8),
+          "metadata": {k: ex[k] for k in ("dataset", "finding", "file", "height", "width")},
+      }
+    if skipped:
+      logging.warning("%s/%s: skipped %d bad example(s).", self.builder_config.name, split,
+                      len(skipped))
+
+  def _bad(self, error, split, skipped):
+    if self._on_bad_example == "error":
+      raise error
+    logging.warning("Skipping bad example in %s: %s", split, error)
+    skipped.append([error.path, error.problem])
+
+
+def prepare(source: str, manual_dir, tfds_dir=None, on_bad_example: str = "error"):
+  """Builds (once) and returns the builder for `source`."""
+  builder = ChestXrayLungs(config=source, data_dir=tfds_dir, on_bad_example=on_bad_example)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(Path(manual_dir).expanduser())))
+  return builder
+
+
+def read_split(builder, split: str) -> list[dict]:
+  """All examples of a prepared split, as numpy dicts sorted by id."""
+  source = builder.as_data_source(split=split)
+  out = []
+  for i in range(len(source)):
+    ex = source[i]
+    meta = {k: (v.decode() if isinstance(v, bytes) else int(v))
+            for k, v in ex["metadata"].items()}
+    out.append({"id": ex["id"].decode(), "image": np.asarray(ex["image"]),
+                "left": np.asarray(ex["left"]) > 0, "right": np.asarray(ex["right"]) > 0,
+                "single": None, **meta})
+  return sorted(out, key=lambda e: e["id"])
