@@ -1,0 +1,310 @@
+"""Checkpoint files: the official SAM download, and params on disk with Orbax.
+
+Official weights are fetched once into a cache directory (`SAMPOT_CACHE`, else
+~/.cache/sampot_jax) and checked against the sha256 prefix in their file name.
+
+A params directory, as written by `save_params`:
+
+  DIR/params/             Orbax checkpoint of the params pytree (host arrays)
+  DIR/params_index.json   tree path -> shape, dtype, crc32 of the bytes
+  DIR/manifest.json       what the caller says the params are (variant, source)
+
+It is assembled in a temporary sibling and renamed into place, so DIR either
+holds all three or does not exist. The index lets `load_params` tell a complete
+restore from a damaged one (Orbax restores flipped bytes without complaint).
+"""
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+SAM_URL_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
+# variant -> (file name, URL); the hex tail of each name is its sha256 prefix.
+SAM_CHECKPOINTS = {
+    variant: (name, SAM_URL_BASE + name)
+    for variant, name in [
+        ("vit_b", "sam_vit_b_01ec64.pth"),
+        ("vit_l", "sam_vit_l_0b3195.pth"),
+        ("vit_h", "sam_vit_h_4b8939.pth"),
+    ]
+}
+CACHE_ENV = "SAMPOT_CACHE"
+MANIFEST_FILE = "manifest.json"
+INDEX_FILE = "params_index.json"
+PARAMS_SUBDIR = "params"
+_HASH_IN_NAME = re.compile(r"_([0-9a-f]{6,64})\.pth$")
+_CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+  """The checkpoint could not be fetched, or what arrived is not the file."""
+
+
+class ParamsDirError(ValueError):
+  """A params directory that is absent, incomplete or damaged."""
+
+
+def cache_dir():
+  """Where downloaded checkpoints live: $SAMPOT_CACHE, else ~/.cache/sampot_jax."""
+  override = os.environ.get(CACHE_ENV)
+  if override:
+    return Path(override).expanduser()
+  return Path.home() / ".cache" / "sampot_jax"
+
+
+def sha256_file(path):
+  """Hex sha256 of a file, read in 1 MiB chunks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(_CHUNK), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _hash_prefix(name, url):
+  match = _HASH_IN_NAME.search(name)
+  if not match:
+    raise ValueError(
+        f"the file name {name!r} in {url} carries no sha256 prefix; use a URL "
+        "whose file name ends in _<sha256 prefix>.pth like the official ones "
+        "(e.g. sam_vit_b_01ec64.pth).")
+  return match.group(1)
+
+
+def fetch_checkpoint(variant="vit_b", cache=None, url=None, *, timeout=60.0,
+                     progress=True):
+  """Returns the local path of a SAM checkpoint, downloading it if absent.
+
+  Args:
+    variant: "vit_b", "vit_l" or "vit_h".
+    cache: directory to keep it in; default `cache_dir()`.
+    url: a mirror to fetch from instead of the official URL. Its file name,
+      which must end in _<sha256 prefix>.pth, is the name in the cache.
+    timeout: seconds a connect or read may stall.
+    progress: show a tqdm bar (bytes).
+
+  Returns:
+    Path of the checkpoint in the cache. A file already there is trusted.
+
+  Raises:
+    DownloadError: no network, HTTP error, short transfer or wrong sha256; no
+      file (and no partial file) is left in the cache.
+  """
+  if variant not in SAM_CHECKPOINTS:
+    raise ValueError(f"variant={variant!r} is not one of {sorted(SAM_CHECKPOINTS)}")
+  name, url = (SAM_CHECKPOINTS[variant] if url is None
+               else (Path(urllib.parse.urlsplit(url).path).name, url))
+  prefix = _hash_prefix(name, url)
+  cache = Path(cache).expanduser() if cache is not None else cache_dir()
+  target = cache / name
+  if target.is_file():
+    return target
+  manual = (f"Download {url} on a machine with a network and put it at "
+            f"{target.absolute()} (or set {CACHE_ENV} to the directory that "
+            "holds it).")
+  try:
+    cache.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise DownloadError(f"cannot create the cache directory {cache} ({e}); "
+                        f"set {CACHE_ENV} to a writable directory.") from None
+  fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".part")
+  try:
+    with os.fdopen(fd, "wb") as out:
+      digest, received, expected = _download(url, out, name, timeout, progress,
+                                             manual)
+      out.flush()
+      os.fsync(out.fileno())
+    if expected is not None and received != expected:
+      raise DownloadError(
+          f"the transfer of {url} was cut short: {received} of {expected} "
+          f"bytes arrived. Try again. {manual}")
+    sha256 = digest.hexdigest()
+    if not sha256.startswith(prefix):
+      raise DownloadError(
+          f"{url} arrived with sha256 {sha256}, which does not start with "
+          f"{prefix} as its name says: the file is corrupt or not the "
+          f"official one. Try again. {manual}")
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600.
+    os.replace(tmp, target)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+  return target
+
+
+def _download(url, out, name, timeout, progress, manual):
+  """Streams `url` into `out`; returns (sha256 object, bytes, Content-Length)."""
+  try:
+    response = urllib.request.urlopen(url, timeout=timeout)
+  except urllib.error.HTTPError as e:
+    raise DownloadError(
+        f"the file could not be downloaded from {url}: HTTP {e.code} "
+        f"{e.reason}. {manual}") from None
+  except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+    reason = getattr(e, "reason", e)
+    raise DownloadError(
+        f"the file could not be downloaded from {url} (no network? {reason}). "
+        f"{manual}") from None
+  digest = hashlib.sha256()
+  received = 0
+  with response:
+    length = response.headers.get("Content-Length")
+    expected = int(length) if length and length.isdigit() else None
+    with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
+              desc=name, disable=not progress) as bar:
+      try:
+        for chunk in iter(lambda: response.read(_CHUNK), b""):
+          out.write(chunk)
+          digest.update(chunk)
+          received += len(chunk)
+          bar.update(len(chunk))
+      except (OSError, http.client.HTTPException) as e:
+        raise DownloadError(
+            f"the transfer of {url} broke after {received} bytes ({e}). "
+            f"Try again. {manual}") from None
+  return digest, received, expected
+
+
+def _leaf_records(params):
+  """params -> (host pytree, {tree path: {shape, dtype, crc32}})."""
+  host = jax.device_get(params)
+  leaves, _ = jax.tree_util.tree_flatten_with_path(host)
+  if not leaves:
+    raise ValueError("params has no arrays to save")
+  index = {}
+  for path, leaf in leaves:
+    key = jax.tree_util.keystr(path)
+    if not isinstance(leaf, (np.ndarray, np.generic)):
+      raise TypeError(f"params{key} is a {type(leaf).__name__}, not an array")
+    index[key] = _record(np.asarray(leaf))
+  return jax.tree.map(np.asarray, host), index
+
+
+def _record(array):
+  return {"shape": list(array.shape), "dtype": array.dtype.name,
+          "crc32": zlib.crc32(np.ascontiguousarray(array).tobytes())}
+
+
+def _write_json(path, obj):
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+def save_params(params, directory, manifest, *, overwrite=False):
+  """Writes params (Orbax) and a manifest into `directory`, all or nothing.
+
+  Args:
+    params: pytree (nested dicts) of np/jax arrays, e.g. float32 flax params.
+    directory: the directory to create.
+    manifest: JSON-serialisable dict saved verbatim as manifest.json.
+    overwrite: replace an existing `directory` (only once the new one is
+      complete).
+
+  Returns:
+    Path of the directory.
+  """
+  directory = Path(directory).expanduser().absolute()  # Orbax wants absolute.
+  if (directory.exists() or directory.is_symlink()) and not overwrite:
+    raise FileExistsError(
+        f"{directory} already exists; pass overwrite=True or choose another "
+        "output directory.")
+  if not isinstance(manifest, dict):
+    raise TypeError(f"manifest must be a dict, got {type(manifest).__name__}")
+  json.dumps(manifest)  # Fails now, before any writing, if not serialisable.
+  host, index = _leaf_records(params)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.",
+                              suffix=".tmp"))
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(tmp / PARAMS_SUBDIR, host)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
+    _write_json(tmp / INDEX_FILE, {"format": 1, "arrays": index})
+    _write_json(tmp / MANIFEST_FILE, manifest)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700.
+    if directory.exists() or directory.is_symlink():
+      old = Path(tempfile.mkdtemp(dir=directory.parent,
+                                  prefix=f".{directory.name}.", suffix=".old"))
+      os.replace(directory, old / "content")
+      os.replace(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+def load_params(directory):
+  """Reads a directory written by `save_params`.
+
+  Returns:
+    (params, manifest): params as the saved pytree of host np.ndarrays (same
+    paths, shapes, dtypes and bytes), manifest the saved dict.
+
+  Raises:
+    ParamsDirError: absent, incomplete or damaged directory.
+  """
+  directory = Path(directory).expanduser().absolute()
+  source = SAM_CHECKPOINTS["vit_b"][0]  # Named in errors; the manifest knows better.
+
+  def fail(problem):
+    return ParamsDirError(
+        f"{directory}: {problem}. The params directory is incomplete or "
+        "damaged; re-run the port to rebuild it: python -m ports.sam "
+        f"--checkpoint {source} --out {directory}")
+
+  if not directory.is_dir():
+    raise fail("no such directory")
+  for name in (MANIFEST_FILE, INDEX_FILE, PARAMS_SUBDIR):
+    if not (directory / name).exists():
+      raise fail(f"{name} is missing")
+  try:
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    index = json.loads((directory / INDEX_FILE).read_text())["arrays"]
+  except (ValueError, KeyError, TypeError, OSError) as e:
+    raise fail(f"cannot read {MANIFEST_FILE} or {INDEX_FILE} ({e})") from None
+  if not isinstance(manifest, dict) or not isinstance(index, dict):
+    raise fail(f"{MANIFEST_FILE} or {INDEX_FILE} is not a JSON object")
+  if manifest.get("variant") in SAM_CHECKPOINTS:
+    source = SAM_CHECKPOINTS[manifest["variant"]][0]
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    restored = checkpointer.restore(directory / PARAMS_SUBDIR)
+  except Exception as e:  # Orbax/tensorstore raise many types for bad files.
+    raise fail(f"Orbax cannot restore {PARAMS_SUBDIR}/ ({type(e).__name__}: "
+               f"{str(e)[:300]})") from None
+  finally:
+    checkpointer.close()
+  params = jax.tree.map(np.asarray, restored)
+  got = {jax.tree_util.keystr(path): _record(leaf)
+         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  if got.keys() != index.keys():
+    raise fail(f"the restored arrays differ from {INDEX_FILE}: missing "
+               f"{sorted(index.keys() - got.keys())[:5]}, unexpected "
+               f"{sorted(got.keys() - index.keys())[:5]}")
+  bad = [key for key in index if got[key] != index[key]]
+  if bad:
+    raise fail(f"arrays {bad[:5]} (of {len(bad)}) do not match the shape, "
+               f"dtype or crc32 recorded in {INDEX_FILE}")
+  return params, manifest

@@ -1,0 +1,230 @@
+"""sampot_jax.checkpoints: download against a local HTTP server, Orbax I/O."""
+import hashlib
+import http.server
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sampot_jax import checkpoints
+from sampot_jax.checkpoints import (DownloadError, ParamsDirError, cache_dir,
+                                    fetch_checkpoint, load_params, save_params,
+                                    sha256_file)
+
+PAYLOAD = bytes(range(256)) * 300 + b"tail"  # 76.8 kB
+SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+GOOD_NAME = f"tiny_{SHA256[:6]}.pth"
+# A name whose prefix is not the payload's hash.
+WRONG_NAME = f"tiny_{format(int(SHA256[:6], 16) ^ 1, '06x')}.pth"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  """/full/NAME: the payload; /short/NAME: Content-Length promises more bytes
+  than are sent before the connection closes; anything else: 404."""
+  requests = []
+
+  def do_GET(self):  # noqa: N802 (http.server's name)
+    self.requests.append(self.path)
+    kind = self.path.split("/")[1]
+    if kind not in ("full", "short"):
+      self.send_error(404)
+      return
+    self.send_response(200)
+    self.send_header("Content-Type", "application/octet-stream")
+    extra = 1000 if kind == "short" else 0
+    self.send_header("Content-Length", str(len(PAYLOAD) + extra))
+    self.end_headers()
+    self.wfile.write(PAYLOAD if kind == "full" else PAYLOAD[:len(PAYLOAD) // 2])
+    self.close_connection = True
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def server():
+  """Base URL of an HTTP server on 127.0.0.1 (ephemeral port)."""
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}"
+  httpd.shutdown()
+  httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path):
+  path = tmp_path / "cache"
+  path.mkdir()
+  return path
+
+
+def test_download_success_then_cached(server, cache):
+  url = f"{server}/full/{GOOD_NAME}"
+  path = fetch_checkpoint("vit_b", cache=cache, url=url)
+  assert path == cache / GOOD_NAME
+  assert path.read_bytes() == PAYLOAD
+  assert sha256_file(path) == SHA256
+  assert sorted(os.listdir(cache)) == [GOOD_NAME]  # No temp file left.
+  before = len(_Handler.requests)
+  assert fetch_checkpoint("vit_b", cache=cache, url=url) == path
+  assert len(_Handler.requests) == before  # Served from the cache.
+
+
+def test_truncated_transfer_leaves_nothing(server, cache):
+  url = f"{server}/short/{GOOD_NAME}"
+  with pytest.raises(DownloadError, match="cut short") as e:
+    fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
+  assert f"{len(PAYLOAD) // 2} of {len(PAYLOAD) + 1000} bytes" in str(e.value)
+  assert os.listdir(cache) == []
+
+
+def test_wrong_hash_leaves_nothing(server, cache):
+  url = f"{server}/full/{WRONG_NAME}"
+  with pytest.raises(DownloadError, match="does not start with") as e:
+    fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
+  assert SHA256 in str(e.value)
+  assert os.listdir(cache) == []
+
+
+def test_http_error_leaves_nothing(server, cache):
+  url = f"{server}/gone/{GOOD_NAME}"
+  with pytest.raises(DownloadError, match="HTTP 404"):
+    fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
+  assert os.listdir(cache) == []
+
+
+def test_no_network_says_where_to_put_the_file(cache):
+  with socket.socket() as s:  # A port that nothing listens on.
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  url = f"http://127.0.0.1:{port}/segment_anything/{GOOD_NAME}"
+  with pytest.raises(DownloadError) as e:
+    fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
+  message = str(e.value)
+  assert f"could not be downloaded from {url}" in message
+  assert f"put it at {cache / GOOD_NAME}" in message
+  assert "SAMPOT_CACHE" in message
+  assert os.listdir(cache) == []
+
+
+def test_sampot_cache_env_is_honoured(server, tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.delenv("SAMPOT_CACHE", raising=False)
+  assert cache_dir() == tmp_path / "home" / ".cache" / "sampot_jax"
+  monkeypatch.setenv("SAMPOT_CACHE", str(tmp_path / "elsewhere"))
+  assert cache_dir() == tmp_path / "elsewhere"
+  path = fetch_checkpoint("vit_b", url=f"{server}/full/{GOOD_NAME}",
+                          progress=False)
+  assert path == tmp_path / "elsewhere" / GOOD_NAME and path.is_file()
+  assert not (tmp_path / "home").exists()
+
+
+def test_official_table_and_bad_arguments():
+  for variant, (name, url) in checkpoints.SAM_CHECKPOINTS.items():
+    assert url == checkpoints.SAM_URL_BASE + name and variant in name
+  with pytest.raises(ValueError, match="vit_x"):
+    fetch_checkpoint("vit_x")
+  with pytest.raises(ValueError, match="no sha256 prefix"):
+    fetch_checkpoint("vit_b", url="http://127.0.0.1:9/weights.pth")
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {
+      "image_encoder": {
+          "patch_embed": {"kernel": rng.standard_normal((16, 16, 3, 8)).astype(np.float32),
+                          "bias": jnp.arange(8, dtype=jnp.float32)},
+          "blocks_0": {"norm1": {"scale": np.ones(8, np.float32)}},
+          "pos_embed": rng.standard_normal((1, 4, 4, 8)).astype(np.float32),
+      },
+      "mask_decoder": {"iou_token": {"embedding": np.full((1, 8), -0.5, np.float32)},
+                       "temperature": np.float32(0.25)},
+  }
+
+
+MANIFEST = {"variant": "vit_b", "source_sha256": "01ec64" + "0" * 58,
+            "num_tensors": 6, "num_params": 3 * 16 * 16 * 8 + 8 + 8 + 128 + 8 + 1}
+
+
+def test_params_round_trip_exact(tmp_path):
+  params = _params()
+  out = save_params(params, tmp_path / "sam_vit_b", MANIFEST)
+  assert out == tmp_path / "sam_vit_b"
+  assert sorted(os.listdir(tmp_path)) == ["sam_vit_b"]  # No temp siblings.
+  restored, manifest = load_params(out)
+  assert manifest == MANIFEST
+  assert jax.tree.structure(restored) == jax.tree.structure(params)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
+    want = np.asarray(want)
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+  out = save_params(_params(), tmp_path / "p", {"v": 1})
+  with pytest.raises(FileExistsError, match="overwrite=True"):
+    save_params({"w": np.zeros(2, np.float32)}, out, {"v": 2})
+  assert load_params(out)[1] == {"v": 1}
+  save_params({"w": np.zeros(2, np.float32)}, out, {"v": 2}, overwrite=True)
+  params, manifest = load_params(out)
+  assert manifest == {"v": 2} and list(params) == ["w"]
+  assert sorted(os.listdir(tmp_path)) == ["p"]
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+  def broken(path, obj):
+    raise OSError(f"disk full while writing {path}")
+  monkeypatch.setattr(checkpoints, "_write_json", broken)
+  with pytest.raises(OSError, match="disk full"):
+    save_params(_params(), tmp_path / "p", MANIFEST)
+  assert os.listdir(tmp_path) == []
+
+
+def _orbax_files(directory):
+  return [p for p in (directory / "params").rglob("*") if p.is_file()]
+
+
+def _remove_manifest(d):
+  (d / "manifest.json").unlink()
+
+
+def _remove_orbax_metadata(d):
+  (d / "params" / "_METADATA").unlink()
+
+
+def _remove_orbax_data(d):
+  for p in _orbax_files(d):
+    if p.parent.name == "d":
+      p.unlink()
+
+
+def _flip_largest_orbax_file(d):
+  # Orbax restores flipped bytes silently; the crc32 index must catch it.
+  path = max(_orbax_files(d), key=lambda p: p.stat().st_size)
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_remove_manifest, _remove_orbax_metadata,
+                                    _remove_orbax_data, _flip_largest_orbax_file])
+def test_damaged_directory_is_reported(tmp_path, damage):
+  out = save_params(_params(), tmp_path / "p", MANIFEST)
+  damage(out)
+  with pytest.raises(ParamsDirError) as e:
+    load_params(out)
+  message = str(e.value)
+  assert str(out) in message and "python -m ports.sam" in message
+
+
+def test_missing_directory_is_reported(tmp_path):
+  with pytest.raises(ParamsDirError, match="no such directory"):
+    load_params(tmp_path / "never_written")
