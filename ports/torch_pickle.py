@@ -296,11 +296,16 @@ def _open_archive(path):
       raise CheckpointError(
           f"{path}: the zip archive is truncated or damaged ({e}). "
           "Download or save it again.") from None
-    if head.startswith(_LEGACY_TORCH_MAGIC) or head.startswith(b"\x80"):
+    if head.startswith(_LEGACY_TORCH_MAGIC):
       raise CheckpointError(
           f"{path}: this is the legacy (torch < 1.6) non-zip checkpoint format, "
           "which is not read here. Re-save it with a recent torch: "
           "torch.save(torch.load(OLD, weights_only=True), NEW).") from None
+    if head.startswith(b"\x80"):
+      raise CheckpointError(
+          f"{path}: a bare pickle, not a zip archive as written by torch.save; "
+          "bare pickles are not read (they can run code). Save the state_dict "
+          "with torch.save (torch >= 1.6).") from None
     raise CheckpointError(
         f"{path}: not a PyTorch checkpoint (not a zip archive as written by "
         "torch.save). Pass a .pth saved with torch >= 1.6.") from None

@@ -126,6 +126,13 @@ def test_non_zip_file(tmp_path):
   assert str(path) in str(e.value)
 
 
+def test_bare_pickle_is_not_read(tmp_path):
+  path = tmp_path / "bare.pth"
+  path.write_bytes(pickle.dumps({"w": [1.0]}))
+  with pytest.raises(CheckpointError, match="bare pickle"):
+    load_state_dict(path)
+
+
 def test_legacy_format_says_resave(tmp_path):
   path = tmp_path / "legacy.pth"
   torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
