@@ -1,0 +1,37 @@
+"""The one entry point: `python main.py --config configs/NAME.py [--config.key=value] --workdir DIR`.
+
+Each config names its `task`; the task's module does the work (flax examples style).
+"""
+import importlib
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, reports, figures).")
+flags.mark_flags_as_required(["config"])
+
+# task name -> "module:function"; each function takes (config, workdir).
+TASKS = {
+    "port_sam": "ports.sam:run",
+    "train_regressor": "sampot_jax.train_regressor:run",
+    "evolve": "sampot_jax.evaluate:run",
+    "smoke": "sampot_jax.smoke:run",
+}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  task = FLAGS.config.task
+  if task not in TASKS:
+    raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}; fix the config file.")
+  module_name, fn_name = TASKS[task].split(":")
+  fn = getattr(importlib.import_module(module_name), fn_name)
+  fn(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,207 @@
+"""Port an official SAM checkpoint (`sam_vit_b_01ec64.pth`, ...) to a Flax/Orbax checkpoint.
+
+    python -m ports.sam --checkpoint sam_vit_b_01ec64.pth --out DIR [--variant vit_b]
+
+The Flax modules carry the PyTorch names, so the port is one table: each torch module path, its
+kind, and from the kind the parameter renames and transposes. Torch is never imported.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+
+from sampot_jax.sam import model as sam_model
+
+# kind -> {torch leaf name: (flax leaf name, axes permutation or None)}
+KINDS = {
+    # torch Linear weight is (out, in); flax Dense kernel is (in, out).
+    "linear": {"weight": ("kernel", (1, 0)), "bias": ("bias", None)},
+    "linear_nobias": {"weight": ("kernel", (1, 0))},
+    # torch Conv2d weight is (out, in, kh, kw); flax Conv kernel is (kh, kw, in, out).
+    "conv": {"weight": ("kernel", (2, 3, 1, 0)), "bias": ("bias", None)},
+    "conv_nobias": {"weight": ("kernel", (2, 3, 1, 0))},
+    # torch ConvTranspose2d weight is (in, out, kh, kw); ours is (kh, kw, in, out).
+    "conv_transpose": {"weight": ("kernel", (2, 3, 0, 1)), "bias": ("bias", None)},
+    "layer_norm": {"weight": ("scale", None), "bias": ("bias", None)},
+    "layer_norm_2d": {"weight": ("weight", None), "bias": ("bias", None)},
+    "embedding": {"weight": ("embedding", None)},
+    # A bare parameter or buffer: the torch key is the full name.
+    "tensor": {"": ("", None)},
+}
+
+
+def module_table(config) -> list[tuple[str, str]]:
+  """(torch module path, kind) for every module with parameters, in state_dict order."""
+  ie, pe, md = "image_encoder", "prompt_encoder", "mask_decoder"
+  rows = [(f"{ie}.pos_embed", "tensor"), (f"{ie}.patch_embed.proj", "conv")]
+  for i in range(config.depth):
+    b = f"{ie}.blocks.{i}"
+    rows += [(f"{b}.norm1", "layer_norm"), (f"{b}.attn.rel_pos_h", "tensor"),
+             (f"{b}.attn.rel_pos_w", "tensor"), (f"{b}.attn.qkv", "linear"),
+             (f"{b}.attn.proj", "linear"), (f"{b}.norm2", "layer_norm"),
+             (f"{b}.mlp.lin1", "linear"), (f"{b}.mlp.lin2", "linear")]
+  rows += [(f"{ie}.neck.0", "conv_nobias"), (f"{ie}.neck.1", "layer_norm_2d"),
+           (f"{ie}.neck.2", "conv_nobias"), (f"{ie}.neck.3", "layer_norm_2d")]
+
+  rows += [(f"{pe}.pe_layer.positional_encoding_gaussian_matrix", "tensor")]
+  rows += [(f"{pe}.point_embeddings.{i}", "embedding") for i in range(4)]
+  rows += [(f"{pe}.not_a_point_embed", "embedding"),
+           (f"{pe}.mask_downscaling.0", "conv"), (f"{pe}.mask_downscaling.1", "layer_norm_2d"),
+           (f"{pe}.mask_downscaling.3", "conv"), (f"{pe}.mask_downscaling.4", "layer_norm_2d"),
+           (f"{pe}.mask_downscaling.6", "conv"), (f"{pe}.no_mask_embed", "embedding")]
+
+  attention = lambda p: [(f"{p}.{proj}", "linear") for proj in ("q_proj", "k_proj", "v_proj", "out_proj")]
+  t = f"{md}.transformer"
+  for i in range(config.transformer_depth):
+    layer = f"{t}.layers.{i}"
+    rows += attention(f"{layer}.self_attn") + [(f"{layer}.norm1", "layer_norm")]
+    rows += attention(f"{layer}.cross_attn_token_to_image") + [(f"{layer}.norm2", "layer_norm")]
+    rows += [(f"{layer}.mlp.lin1", "linear"), (f"{layer}.mlp.lin2", "linear"),
+             (f"{layer}.norm3", "layer_norm"), (f"{layer}.norm4", "layer_norm")]
+    rows += attention(f"{layer}.cross_attn_image_to_token")
+  rows += attention(f"{t}.final_attn_token_to_image") + [(f"{t}.norm_final_attn", "layer_norm")]
+  rows += [(f"{md}.iou_token", "embedding"), (f"{md}.mask_tokens", "embedding"),
+           (f"{md}.output_upscaling.0", "conv_transpose"),
+           (f"{md}.output_upscaling.1", "layer_norm_2d"),
+           (f"{md}.output_upscaling.3", "conv_transpose")]
+  for i in range(config.num_multimask_outputs + 1):
+    rows += [(f"{md}.output_hypernetworks_mlps.{i}.layers.{j}", "linear") for j in range(3)]
+  rows += [(f"{md}.iou_prediction_head.layers.{j}", "linear") for j in range(config.iou_head_depth)]
+  return rows
+
+
+def flax_path(torch_path: str) -> tuple[str, ...]:
+  """'a.blocks.3.attn' -> ('a', 'blocks_3', 'attn'): a list index joins its list's name."""
+  out = []
+  for part in torch_path.split("."):
+    if part.isdigit():
+      out[-1] = f"{out[-1]}_{part}"
+    else:
+      out.append(part)
+  return tuple(out)
+
+
+def key_table(config) -> list[tuple[str, tuple[str, ...], tuple[int, ...] | None]]:
+  """(torch key, flax param path, transpose) for every tensor of the model."""
+  table = []
+  for module, kind in module_table(config):
+    for torch_leaf, (flax_leaf, perm) in KINDS[kind].items():
+      key = f"{module}.{torch_leaf}" if torch_leaf else module
+      path = flax_path(module) + ((flax_leaf,) if flax_leaf else ())
+      table.append((key, path, perm))
+  return table
+
+
+def guess_variant(state_dict) -> str | None:
+  """The official variant whose encoder width and depth this state_dict has, if any."""
+  proj = state_dict.get("image_encoder.patch_embed.proj.weight")
+  if proj is None:
+    return None
+  depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
+  for name, sizes in sam_model.VARIANTS.items():
+    if sizes["embed_dim"] == proj.shape[0] and sizes["depth"] == depth:
+      return name
+  return None
+
+
+class PortError(ValueError):
+  pass
+
+
+def port_state_dict(state_dict: dict, config) -> dict:
+  """torch state_dict (name -> np.ndarray) -> Flax params for `config`; all problems in one error."""
+  table = key_table(config)
+  expected = traverse_util.flatten_dict(sam_model.param_shapes(config))
+  table_paths = [path for _, path, _ in table]
+  # The table and the model must describe the same tensors; a mismatch is a bug here, not in the file.
+  assert sorted(table_paths) == sorted(expected) and len(set(table_paths)) == len(table_paths), (
+      set(table_paths) ^ set(expected))
+
+  missing, misshaped, flat = [], [], {}
+  for key, path, perm in table:
+    if key not in state_dict:
+      missing.append(key)
+      continue
+    value = np.asarray(state_dict[key])
+    value = value.transpose(perm) if perm is not None and value.ndim == len(perm) else value
+    if value.shape != tuple(expected[path].shape):
+      misshaped.append(f"{key}: checkpoint {tuple(state_dict[key].shape)}, "
+                       f"model expects {tuple(expected[path].shape)} after transpose {perm}")
+      continue
+    flat[path] = value.astype(np.float32)
+  unknown = sorted(set(state_dict) - {key for key, _, _ in table})
+  if missing or misshaped or unknown:
+    lines = [f"The checkpoint does not fit SAM variant {config.variant!r} "
+             f"(embed_dim={config.embed_dim}, depth={config.depth}):"]
+    for title, items in (("missing", missing), ("mis-shaped", misshaped), ("unknown", unknown)):
+      if items:
+        lines.append(f"  {len(items)} {title} key(s): " + "; ".join(items[:20])
+                     + (" ..." if len(items) > 20 else ""))
+    guess = guess_variant(state_dict)
+    if guess and guess != config.variant:
+      lines.append(f"  This checkpoint is a {guess} checkpoint: select variant {guess!r} "
+                   f"(--variant {guess} or --config.sam.variant={guess}).")
+    elif not guess:
+      lines.append("  It matches no official variant (vit_b, vit_l, vit_h); is it a SAM checkpoint?")
+    raise PortError("\n".join(lines))
+  return traverse_util.unflatten_dict(flat)
+
+
+def port_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "vit_b",
+                    overwrite: bool = False, **config_overrides) -> dict:
+  """Reads a `.pth` without torch, ports it, writes Orbax + manifest.json to `out`; returns the manifest."""
+  from ports import torch_pickle
+  from sampot_jax import checkpoints
+
+  config = sam_model.sam_config(variant, **config_overrides)
+  state_dict = torch_pickle.load_state_dict(checkpoint)
+  params = port_state_dict(state_dict, config)
+  manifest = {
+      "format": "sampot_jax.sam/1",
+      "variant": variant,
+      "source_file": Path(checkpoint).name,
+      "source_sha256": checkpoints.sha256_file(checkpoint),
+      "num_tensors": len(state_dict),
+      "num_parameters": int(sum(np.asarray(v).size for v in state_dict.values())),
+      "sam_config": json.loads(config.to_json()),
+  }
+  checkpoints.save_params(params, out, manifest, overwrite=overwrite)
+  return manifest
+
+
+def run(config, workdir):
+  """main.py entry (configs/port_sam.py): port config.checkpoint, or fetch the official one."""
+  from sampot_jax import checkpoints
+
+  checkpoint = config.checkpoint or checkpoints.fetch_checkpoint(config.variant)
+  out = config.out or (Path(workdir) / f"sam_{config.variant}" if workdir else None)
+  if out is None:
+    raise ValueError("Say where to write the ported checkpoint: --config.out=DIR or --workdir DIR.")
+  manifest = port_checkpoint(checkpoint, out, config.variant, overwrite=config.overwrite)
+  print(json.dumps({k: v for k, v in manifest.items() if k != "sam_config"}, indent=1))
+  print(f"Wrote {out}")
+
+
+def main(argv=None):
+  import argparse
+
+  parser = argparse.ArgumentParser(prog="python -m ports.sam", description=__doc__.split("\n")[0])
+  parser.add_argument("--checkpoint", required=True, help="official .pth file")
+  parser.add_argument("--out", required=True, help="output directory (Orbax + manifest.json)")
+  parser.add_argument("--variant", default="vit_b", choices=sorted(sam_model.VARIANTS))
+  parser.add_argument("--overwrite", action="store_true")
+  args = parser.parse_args(argv)
+  try:
+    manifest = port_checkpoint(args.checkpoint, args.out, args.variant, args.overwrite)
+  except (PortError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(json.dumps({k: v for k, v in manifest.items() if k != "sam_config"}, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
