@@ -1,0 +1,99 @@
+"""TFDS builder on small fake data in each raw layout (TFDS test style, no TensorFlow)."""
+import sys
+
+import numpy as np
+import pytest
+
+from sampot_jax import data
+from sampot_jax.data import fake_data
+from sampot_jax.data import splits as splits_lib
+from sampot_jax.data import tfds_builder
+
+N = {"montgomery_team": 9, "montgomery_nlm": 9, "shenzhen": 9, "jsrt_scr": 3}
+DATASET_SOURCES = list(N)
+
+
+@pytest.fixture(scope="module", params=DATASET_SOURCES)
+def built(request, tmp_path_factory):
+  source = request.param
+  root = tmp_path_factory.mktemp(source)
+  ids = fake_data.write(source, root / "raw", n=N[source])
+  builder = tfds_builder.prepare(source, root / "raw", root / "tfds")
+  return source, root, ids, builder
+
+
+def test_counts_and_splits_do_not_overlap(built):
+  source, _, ids, builder = built
+  split_ids = {}
+  for split in splits_lib.SPLITS:
+    examples = tfds_builder.read_split(builder, split)
+    assert builder.info.splits[split].num_examples == len(examples)
+    split_ids[split] = {e["id"] for e in examples}
+  all_ids = set().union(*split_ids.values())
+  assert sum(len(v) for v in split_ids.values()) == len(all_ids) == N[source]
+  assert all_ids == set(ids)
+  if source == "montgomery_team":  # fake splits.csv: i % 3
+    assert split_ids["train"] == set(ids[0::3]) and split_ids["test"] == set(ids[2::3])
+
+
+def test_features_shapes_dtypes(built):
+  source, _, _, builder = built
+  features = builder.info.features
+  for key in ("image", "left", "right"):
+    assert features[key].shape == (512, 512) and features[key].np_dtype == np.uint8
+  ds = builder.as_data_source(split="train")
+  ex = ds[0]
+  assert ex["image"].shape == (512, 512) and ex["image"].dtype == np.uint8
+  for key in ("left", "right"):
+    assert set(np.unique(ex[key])) == {0, 1}
+  meta = ex["metadata"]
+  assert meta["dataset"].decode() == source
+  expected_hw = (2048, 2048) if source == "jsrt_scr" else (80, 64)
+  assert (int(meta["height"]), int(meta["width"])) == expected_hw
+  assert meta["finding"].decode() in ("normal", "tuberculosis", "nodule")
+
+
+def test_lungs_are_separated_and_oriented(built):
+  _, _, _, builder = built
+  for ex in tfds_builder.read_split(builder, "test"):
+    left_x = np.nonzero(ex["left"])[1].mean()
+    right_x = np.nonzero(ex["right"])[1].mean()
+    assert left_x > 256 > right_x
+    assert not (ex["left"] & ex["right"]).any()
+    # Lungs are dark in every source (JSRT is inverted on reading).
+    assert ex["image"][ex["left"]].mean() < ex["image"][~(ex["left"] | ex["right"])].mean()
+
+
+def test_load_split_from_builder(built):
+  source, root, _, _ = built
+  config = data.default_data_config()
+  config.source, config.dir, config.tfds_dir = source, str(root / "raw"), str(root / "tfds")
+  config.image_size = 32
+  total = 0
+  for split in data.SPLITS:
+    ls = data.load_split(config, split)
+    total += len(ls)
+    assert ls.images.shape == (len(ls), 32, 32) and ls.left.dtype == bool
+    assert ls.ids == sorted(ls.ids)
+  assert total == N[source]
+  assert "tensorflow" not in sys.modules
+
+
+def test_builder_knows_its_layouts():
+  names = [c.name for c in tfds_builder.ChestXrayLungs.BUILDER_CONFIGS]
+  assert names == ["montgomery_team", "montgomery_nlm", "shenzhen", "jsrt_scr"]
+  assert "manual" in tfds_builder.ChestXrayLungs.MANUAL_DOWNLOAD_INSTRUCTIONS.lower()
+
+
+def test_deterministic_split_is_stratified_and_order_free():
+  findings = {f"S{i:03d}": ("a" if i % 3 else "b") for i in range(244)}
+  split = splits_lib.deterministic_split(findings)
+  again = splits_lib.deterministic_split(dict(reversed(list(findings.items()))))
+  assert split == again
+  counts = {s: sum(v == s for v in split.values()) for s in splits_lib.SPLITS}
+  for s, p in zip(splits_lib.SPLITS, splits_lib.PAPER_PROPORTIONS):
+    assert abs(counts[s] - 244 * p / 122) <= 2
+  for f in ("a", "b"):
+    ids = [i for i in findings if findings[i] == f]
+    share = sum(split[i] == "train" for i in ids) / len(ids)
+    assert abs(share - 41 / 122) < 0.05
