@@ -438,7 +438,7 @@ def failure_mode_candidates(image: np.ndarray | None, gt: np.ndarray,
   return out
 
 
-def default_candidates_config() -> ml_collections.ConfigDict:
+def default_config() -> ml_collections.ConfigDict:
   """Candidate counts per image (the paper used ~16 level sets + 6 SAM clicks)."""
   config = ml_collections.ConfigDict()
   config.n_level_sets = 16
@@ -459,13 +459,13 @@ def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.nda
     gt: (S, S) bool target mask.
     other_lung: (S, S) bool or None.
     rng: numpy Generator.
-    config: see `default_candidates_config` (None: the defaults).
+    config: see `default_config` (None: the defaults).
     segment_fn: optional click (x, y) -> (S, S) mask; adds 6 'sam_click' candidates.
 
   Returns:
     list of Candidate.
   """
-  config = default_candidates_config() if config is None else config
+  config = default_config() if config is None else config
   out = level_set_candidates(gt, config.n_level_sets, rng,
                              tuple(config.get("level_set_dice_range", (0.2, 1.0))))
   if config.n_per_kind and config.kinds:

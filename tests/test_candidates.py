@@ -54,7 +54,7 @@ def test_make_candidates_is_deterministic(lungs):
 def test_every_dice_is_the_true_dice(lungs):
   image, left, right = lungs
   out = cands.make_candidates(image, left, right, np.random.default_rng(0))
-  config = cands.default_candidates_config()
+  config = cands.default_config()
   assert len(out) == config.n_level_sets + config.n_per_kind * len(config.kinds)
   for c in out:
     assert c.mask.shape == left.shape and c.mask.dtype == bool
