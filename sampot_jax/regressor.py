@@ -77,7 +77,8 @@ class DiceRegressor(nn.Module):
   Attributes:
     features: output channels of the five convolutions.
     strides: stride of each convolution.
-    kernel_size: side of every convolution kernel.
+    kernel_size: side of the convolution kernels, one int for all or one per
+      convolution.
     resolution: side R at which the network sees image and mask.
     coord_channels: append x/y coordinate channels (CoordConv) so that the
       position of the mask (left vs right lung, outside the body) is visible.
@@ -88,7 +89,7 @@ class DiceRegressor(nn.Module):
   """
   features: Sequence[int] = (16, 32, 64, 64, 64)
   strides: Sequence[int] = (2, 2, 2, 2, 2)
-  kernel_size: int = 3
+  kernel_size: int | Sequence[int] = 3
   resolution: int = 256
   coord_channels: bool = False
   readout: str = "flatten"
@@ -112,12 +113,19 @@ class DiceRegressor(nn.Module):
       raise ValueError(f"features {tuple(self.features)} and strides "
                        f"{tuple(self.strides)} differ in length; give one "
                        "stride per convolution.")
+    kernel_sizes = self.kernel_size
+    if isinstance(kernel_sizes, int):
+      kernel_sizes = (kernel_sizes,) * len(self.features)
+    if len(kernel_sizes) != len(self.features):
+      raise ValueError(f"kernel_size {tuple(kernel_sizes)} gives "
+                       f"{len(kernel_sizes)} sizes for {len(self.features)} "
+                       "convolutions; give one int or one size per conv.")
     x = prepare_inputs(image, mask, self.resolution)
     if self.coord_channels:
       x = jnp.concatenate(
           [x, coordinate_channels(x.shape[0], self.resolution)], axis=-1)
-    for features, stride in zip(self.features, self.strides):
-      x = nn.Conv(features, (self.kernel_size, self.kernel_size),
+    for features, stride, k in zip(self.features, self.strides, kernel_sizes):
+      x = nn.Conv(features, (k, k),
                   strides=(stride, stride), padding="SAME", use_bias=False)(x)
       x = nn.BatchNorm(use_running_average=not train,
                        momentum=self.bn_momentum)(x)
@@ -138,7 +146,8 @@ def from_config(model_config) -> DiceRegressor:
   return DiceRegressor(
       features=tuple(c["features"]),
       strides=tuple(c["strides"]),
-      kernel_size=int(c["kernel_size"]),
+      kernel_size=(int(c["kernel_size"]) if isinstance(c["kernel_size"], int)
+                   else tuple(int(k) for k in c["kernel_size"])),
       resolution=int(c["resolution"]),
       coord_channels=bool(c["coord_channels"]),
       readout=str(c["readout"]),

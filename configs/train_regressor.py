@@ -1,0 +1,48 @@
+"""Trains the Dice regressor as the paper specifies (section 3.2).
+
+Five 3x3 convolutions (stride 2) interleaved with BatchNorm and leaky ReLU, a
+linear readout and a sigmoid, on image + mask at 256x256; Adam at a constant
+1e-3, batch 32, MSE, up to 200 epochs, best validation loss kept.
+
+python main.py --config configs/train_regressor.py \
+  --config.data.dir=../shared/data/montgomery --workdir /tmp/reg_runs/paper
+"""
+import ml_collections
+
+from sampot_jax import candidates
+from sampot_jax import data
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = "train_regressor"
+  config.seed = 0
+
+  config.data = data.default_data_config()
+  # 0 = every subject of each split; a small number makes quick runs.
+  config.max_images_per_split = 0
+  config.candidates = candidates.default_config()
+
+  config.model = ml_collections.ConfigDict()
+  config.model.features = (16, 32, 64, 64, 64)
+  config.model.strides = (2, 2, 2, 2, 2)
+  config.model.kernel_size = 3
+  config.model.resolution = 256
+  config.model.coord_channels = False
+  config.model.readout = "flatten"
+  config.model.negative_slope = 0.01
+  config.model.bn_momentum = 0.9
+
+  config.batch_size = 32
+  config.learning_rate = 1e-3
+  config.num_epochs = 200
+  # Stop after this many epochs without a new best validation loss; 0 = never.
+  config.patience = 0
+  config.checkpoint_every = 1
+  config.max_checkpoints = 2
+  config.log_every = 10
+  config.eval_batch_size = 64
+
+  # Erode (<0) / dilate (>0) sweeps of the ground truth, pixels at image_size.
+  config.sweep_offsets = (-16, -12, -8, -6, -4, -2, 0, 2, 4, 6, 8, 12, 16)
+  return config
