@@ -128,3 +128,17 @@ def _encode_jit(params, pixels, config):
 def encode_jit(params, pixels, config):
   """Jitted `encode`; the config is frozen so that it can be static."""
   return _encode_jit(params, pixels, _frozen(config))
+
+
+def load_ported(directory) -> tuple[dict, ml_collections.ConfigDict]:
+  """Params and config of a checkpoint written by `python -m ports.sam` (or configs/port_sam.py)."""
+  from sampot_jax import checkpoints
+
+  params, manifest = checkpoints.load_params(directory)
+  if "sam_config" not in manifest:
+    raise checkpoints.ParamsDirError(
+        f"{directory} holds no SAM config in its manifest.json: it was not written by ports.sam. "
+        "Port the official checkpoint with `python -m ports.sam --checkpoint FILE.pth --out DIR`.")
+  sam = manifest["sam_config"]
+  config = sam_config(sam["variant"], **{k: v for k, v in sam.items() if k != "variant"})
+  return params, config
