@@ -131,3 +131,19 @@ def test_lungs_on_the_wrong_side(tmp_path):
   with pytest.raises(data.BadExampleError, match="standard view") as info:
     data.load_split(config, "val")
   assert str(files["left"]) in str(info.value)
+
+
+def test_jsrt_truncated_image_and_full_size_mask(tmp_path):
+  from sampot_jax.data import sources  # pylint: disable=g-import-not-at-top
+  (sid,) = fake_data.write("jsrt_scr", tmp_path, n=1)
+  subject = sources.scan("jsrt_scr", tmp_path).subjects[sid]
+  example = sources.read_subject(subject)
+  assert example["image"].shape == (2048, 2048) and example["left"].shape == (1024, 1024)
+  # An SCR mask at the JSRT image's own size is not the SCR layout.
+  fake_data.write_image(subject.left, np.zeros((2048, 2048), np.uint8))
+  with pytest.raises(data.BadExampleError, match="expected a 1024x1024 mask") as info:
+    sources.read_subject(subject)
+  assert info.value.path == str(subject.left)
+  subject.image.write_bytes(subject.image.read_bytes()[:1000])
+  with pytest.raises(data.BadExampleError, match="has 1000 bytes; expected 8388608"):
+    sources.read_subject(subject)

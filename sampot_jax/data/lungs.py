@@ -74,13 +74,14 @@ class LungSet:
     return self.right if name == "left" else self.left
 
 
-def check_mask(raw: np.ndarray, path, shape=None) -> np.ndarray:
+def check_mask(raw: np.ndarray, path, shape=None, image_shape=None) -> np.ndarray:
   """Validates a decoded mask and returns it as bool.
 
   Args:
     raw: (H, W) integer array; allowed values are {0, 1} or {0, 255}.
     path: the file it came from, named in errors.
     shape: (H, W) the mask must have (its image's size), or None.
+    image_shape: (H, W) of its image when that differs from `shape` (JSRT/SCR).
 
   Raises:
     BadExampleError: wrong size, values other than 0/1/255, or an empty mask.
@@ -88,9 +89,10 @@ def check_mask(raw: np.ndarray, path, shape=None) -> np.ndarray:
   if raw.ndim != 2:
     raise BadExampleError(path, f"mask has shape {raw.shape}; expected a 2-D grayscale mask.")
   if shape is not None and tuple(raw.shape) != tuple(shape):
+    image_shape = shape if image_shape is None else image_shape
     raise BadExampleError(
         path, f"mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
-        f"{shape[1]}x{shape[0]}; masks must have their image's size.")
+        f"{image_shape[1]}x{image_shape[0]}; expected a {shape[1]}x{shape[0]} mask.")
   values = np.unique(raw)
   bad = values[~np.isin(values, (0, 1, 255))]
   if bad.size:

@@ -124,14 +124,17 @@ def read_subject(subject: Subject) -> dict:
     mask_shape = (image.shape[0] // 2, image.shape[1] // 2)
   left = right = single = None
   if subject.merged is not None:
-    merged = lungs.check_mask(raw.read_mask_values(subject.merged), subject.merged, mask_shape)
+    merged = lungs.check_mask(raw.read_mask_values(subject.merged), subject.merged, mask_shape,
+                              image.shape)
     left, right = lungs.split_lungs(merged, subject.merged)
   elif subject.single is not None:
     single = lungs.check_mask(raw.read_mask_values(subject.single), subject.single,
                               image.shape)
   else:
-    left = lungs.check_mask(raw.read_mask_values(subject.left), subject.left, mask_shape)
-    right = lungs.check_mask(raw.read_mask_values(subject.right), subject.right, mask_shape)
+    left = lungs.check_mask(raw.read_mask_values(subject.left), subject.left, mask_shape,
+                            image.shape)
+    right = lungs.check_mask(raw.read_mask_values(subject.right), subject.right, mask_shape,
+                             image.shape)
     if (left & right).any():
       raise lungs.BadExampleError(subject.left, f"left and right lung masks overlap "
                                   f"({int((left & right).sum())} pixels; see {subject.right}).")
