@@ -1,4 +1,6 @@
 """`load_split`: one split of any source, in memory, as a `LungSet`."""
+from pathlib import Path
+
 from absl import logging
 import ml_collections
 import numpy as np
@@ -84,7 +86,6 @@ def _prepared_skips(builder, split, on_bad, manual_dir) -> list:
         "that folder, or set on_bad_example='skip').")
   built_from = meta.get("manual_dir")
   if built_from:
-    from pathlib import Path  # pylint: disable=g-import-not-at-top
     here = str(Path(manual_dir).expanduser().resolve())
     if here != built_from:
       logging.warning("%s was prepared from %s, not %s; delete it to rebuild from the latter.",

@@ -9,8 +9,6 @@ import csv
 import hashlib
 from pathlib import Path
 
-from sampot_jax.data.lungs import BadExampleError
-
 SPLITS = ("train", "val", "test")
 PAPER_PROPORTIONS = (41, 28, 53)
 
@@ -53,9 +51,3 @@ def deterministic_split(findings: dict[str, str],
       out[sid] = SPLITS[0] if i < cut1 else SPLITS[1] if i < cut2 else SPLITS[2]
   return out
 
-
-def check_split_ids(table: dict, present: set[str], split_file) -> list[BadExampleError]:
-  """One error per id the split file names that has no image."""
-  return [BadExampleError(split_file, f"names id {sid!r}, which has no image file; remove "
-                          "the row or restore the image.")
-          for sid in sorted(table) if sid not in present]
