@@ -3,6 +3,7 @@
 `run(config, workdir)` (task 'train_regressor'):
   1. candidate masks with known Dice for train/val/test, cached in
      `workdir/candidates/<split>_<hash>.npz`;
+     (or `config.candidates_dir`, to share them between runs);
   2. Adam at a constant learning rate, MSE, keeping the parameters with the
      lowest validation loss; an Orbax checkpoint every `checkpoint_every`
      epochs in `workdir/checkpoints` (a killed run resumes there and ends
@@ -184,8 +185,8 @@ def _candidate_cache_key(config: ml_collections.ConfigDict, split: str) -> str:
 def load_or_build_candidates(config: ml_collections.ConfigDict, workdir: Path,
                              split: str) -> CandidateSet:
   """The split's CandidateSet from the workdir cache, built on a miss."""
-  path = (Path(workdir) / "candidates" /
-          f"{split}_{_candidate_cache_key(config, split)}.npz")
+  cache_dir = config.get("candidates_dir") or Path(workdir) / "candidates"
+  path = Path(cache_dir) / f"{split}_{_candidate_cache_key(config, split)}.npz"
   if path.exists():
     logging.info("Candidates for %s from cache %s", split, path)
     return CandidateSet.load(path)
@@ -317,8 +318,8 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
     config: the run's config.
     workdir: checkpoints go to workdir/checkpoints.
     train_set, val_set: candidate sets.
-    halt_after_epoch: stop (as if killed) once this many epochs are done and
-      checkpointed; for tests of resumption.
+    halt_after_epoch: stop as if killed once this many epochs are done,
+      before any checkpoint of that epoch; for tests of resumption.
   """
   if len(train_set) < config.batch_size:
     raise ValueError(f"{len(train_set)} training candidates < batch_size "
@@ -374,12 +375,10 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
                    "(epoch %d)  %.1f s", epoch + 1, config.num_epochs,
                    train_loss, val_loss, float(state["best_val_loss"]),
                    int(state["best_epoch"]) + 1, seconds)
-    halting = halt_after_epoch is not None and epoch + 1 >= halt_after_epoch
-    if (epoch + 1) % config.checkpoint_every == 0 or _done(
-        config, state) or halting:
+    if halt_after_epoch is not None and epoch + 1 >= halt_after_epoch:
+      break  # As if killed: epochs since the last checkpoint are lost.
+    if (epoch + 1) % config.checkpoint_every == 0 or _done(config, state):
       manager.save(epoch + 1, args=ocp.args.StandardSave(state))
-    if halting:
-      break
   manager.wait_until_finished()
   manager.close()
   return state

@@ -1,0 +1,241 @@
+"""Tests of train_regressor: resumption, outputs of a run, oracle evaluation."""
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import train_regressor_tiny
+from sampot_jax import candidates
+from sampot_jax import regressor
+from sampot_jax import train_regressor as tr
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "montgomery"
+needs_data = pytest.mark.skipif(not (DATA / "splits.csv").exists(),
+                                reason=f"real data not found at {DATA}")
+SIZE = 32
+
+
+def disc(size, cy, cx, r):
+  yy, xx = np.mgrid[:size, :size]
+  return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def synthetic_set(n_images: int, seed: int) -> tr.CandidateSet:
+  """Discs on noise; candidates are shifted / resized discs with true Dice."""
+  rng = np.random.default_rng(seed)
+  images, targets, masks, index, dice, kinds = [], [], [], [], [], []
+  for i in range(n_images):
+    cy, cx, r = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(5, 9)
+    target = disc(SIZE, cy, cx, r)
+    image = (rng.uniform(0, 60, (SIZE, SIZE)) + 150 * target).astype(np.uint8)
+    images.append(image)
+    targets.append(target)
+    for _ in range(6):
+      m = disc(SIZE, cy + rng.normal(0, 3), cx + rng.normal(0, 3),
+               r * rng.uniform(0.6, 1.4))
+      masks.append(m)
+      index.append(i)
+      dice.append(candidates.dice(m, target))
+      kinds.append("shift")
+  return tr.CandidateSet(
+      ids=np.array([f"s{i}" for i in range(n_images)]),
+      images=np.stack(images), targets=np.stack(targets),
+      masks=np.stack(masks), image_index=np.array(index, np.int32),
+      dice=np.array(dice, np.float32), kinds=np.array(kinds))
+
+
+def synthetic_config(num_epochs=5, checkpoint_every=2):
+  config = train_regressor_tiny.get_config()
+  config.data.image_size = SIZE
+  config.model.resolution = SIZE
+  config.model.strides = (2, 2, 2, 1, 1)
+  config.model.kernel_size = (3, 3, 3, 3, 3)
+  config.num_epochs = num_epochs
+  config.checkpoint_every = checkpoint_every
+  return config
+
+
+def assert_trees_equal(a, b):
+  """Exact equality of two training states, wall-clock times aside."""
+  a = {k: v for k, v in a.items() if k != "seconds"}
+  b = {k: v for k, v in b.items() if k != "seconds"}
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x),
+                                                          np.asarray(y)), a, b)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+  a = tr.epoch_order(0, 3, 50)
+  np.testing.assert_array_equal(a, tr.epoch_order(0, 3, 50))
+  assert sorted(a.tolist()) == list(range(50))
+  assert not np.array_equal(a, tr.epoch_order(0, 4, 50))
+  assert not np.array_equal(a, tr.epoch_order(1, 3, 50))
+
+
+def test_resume_after_kill_ends_where_uninterrupted_run_ends(tmp_path):
+  train_set, val_set = synthetic_set(6, 0), synthetic_set(3, 1)
+  config = synthetic_config(num_epochs=5, checkpoint_every=2)
+  straight = tr.train(config, tmp_path / "straight", train_set, val_set)
+  # Killed after epoch 3: only the epoch-2 checkpoint survives, so the
+  # resumed run redoes epoch 3 before finishing 4 and 5.
+  tr.train(config, tmp_path / "killed", train_set, val_set,
+           halt_after_epoch=3)
+  assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints")
+                .iterdir() if p.name.isdigit()) == ["2"]
+  resumed = tr.train(config, tmp_path / "killed", train_set, val_set)
+  assert int(resumed["epoch"]) == int(straight["epoch"]) == 5
+  assert_trees_equal(straight, resumed)
+  # Parameters moved during training, so the equality above is not vacuous.
+  init = tr._initial_state(config, regressor.from_config(config.model),
+                           __import__("optax").adam(1e-3))
+  assert not np.array_equal(
+      np.asarray(jax.tree.leaves(init["params"])[0]),
+      np.asarray(jax.tree.leaves(resumed["params"])[0]))
+
+
+def test_finished_run_is_not_retrained(tmp_path):
+  train_set, val_set = synthetic_set(6, 0), synthetic_set(3, 1)
+  config = synthetic_config(num_epochs=2, checkpoint_every=5)
+  first = tr.train(config, tmp_path, train_set, val_set)
+  again = tr.train(config, tmp_path, train_set, val_set)
+  assert_trees_equal(first, again)
+  # The final epoch is checkpointed even off the every-k grid.
+  assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+def test_patience_stops_early(tmp_path):
+  train_set, val_set = synthetic_set(6, 0), synthetic_set(3, 1)
+  config = synthetic_config(num_epochs=40)
+  config.patience = 2
+  state = tr.train(config, tmp_path, train_set, val_set)
+  epochs, best = int(state["epoch"]), int(state["best_epoch"])
+  assert epochs < 40 and epochs - 1 - best == 2
+
+
+def test_too_few_candidates_for_a_batch_names_the_field(tmp_path):
+  config = synthetic_config()
+  config.batch_size = 1000
+  with pytest.raises(ValueError, match="batch_size"):
+    tr.train(config, tmp_path, synthetic_set(2, 0), synthetic_set(2, 1))
+
+
+def test_sweep_masks_erode_and_dilate():
+  target = disc(SIZE, 16, 16, 8)
+  masks = tr.sweep_masks(target, (-4, -2, 0, 2, 4))
+  np.testing.assert_array_equal(masks[2], target)
+  sizes = masks.sum(axis=(1, 2))
+  assert np.all(np.diff(sizes) > 0)
+  assert np.all(masks[1] <= target) and np.all(target <= masks[3])
+  # Eroding a radius-8 disc by 4 px leaves about a radius-4 disc.
+  assert abs(sizes[0] - math.pi * 4 ** 2) < 0.3 * math.pi * 4 ** 2
+
+
+def test_soft_dice_against_hard_reference_is_dice():
+  a, b = disc(SIZE, 14, 14, 6), disc(SIZE, 17, 16, 7)
+  got = tr.soft_dice(a[None], b.astype(np.float32))[0]
+  assert got == pytest.approx(candidates.dice(a, b), rel=1e-6)
+
+
+def test_evaluate_oracle_groups_and_targets():
+  cands = synthetic_set(4, 2)
+  kinds = np.array(["shift", "leak_outside"] * (len(cands) // 2))
+  cands = tr.CandidateSet(**{**cands.__dict__, "kinds": kinds})
+  perfect = cands.dice.copy()
+  by_kind = tr.evaluate_oracle(perfect, perfect * 0.5, cands,
+                               ("shift", "leak_outside"))
+  assert set(by_kind) == {"all", "failure_modes", "shift", "leak_outside"}
+  assert by_kind["all"]["regressor"]["pearson_r"] == pytest.approx(1.0)
+  assert by_kind["all"]["regressor"]["mae"] == 0.0
+  assert by_kind["shift"]["n"] + by_kind["leak_outside"]["n"] == len(cands)
+  targets = tr.check_targets(by_kind, {"median_spearman_rho": 0.5},
+                             ("shift", "leak_outside"))
+  assert targets["all_pearson_r>=0.95"]["pass"]
+  assert not targets["sweep_median_spearman_rho>=0.9"]["pass"]
+  assert "leak_outside_pearson_r>=0.80" in targets
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+  """The tiny config trained on a few real Montgomery images."""
+  workdir = tmp_path_factory.mktemp("tiny_real")
+  config = train_regressor_tiny.get_config()
+  config.data.dir = str(DATA)
+  config.num_epochs = 6
+  metrics = tr.run(config, str(workdir))
+  return config, workdir, metrics
+
+
+def finite_numbers(obj):
+  """All numbers in a JSON tree; None (a NaN written as null) fails."""
+  if isinstance(obj, dict):
+    return all(finite_numbers(v) for v in obj.values())
+  if isinstance(obj, list):
+    return all(finite_numbers(v) for v in obj)
+  if obj is None:
+    return False
+  if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+    return math.isfinite(obj)
+  return True
+
+
+@needs_data
+def test_real_run_writes_metrics_and_oracle_eval(real_run):
+  config, workdir, _ = real_run
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  oracle = json.loads((workdir / "oracle_eval.json").read_text())
+  assert metrics["epochs_run"] == config.num_epochs
+  assert len(metrics["history"]) == config.num_epochs
+  assert finite_numbers(metrics)
+  for kind in ("all", "failure_modes", "level_set", "leak_other_lung",
+               "leak_outside"):
+    assert finite_numbers(oracle["by_kind"][kind]), kind
+  assert -1 <= oracle["by_kind"]["all"]["regressor"]["pearson_r"] <= 1
+  assert math.isfinite(oracle["sweeps"]["median_spearman_rho"])
+  assert set(oracle["targets"]) >= {"all_pearson_r>=0.95", "all_mae<=0.05"}
+  png = (workdir / "oracle_scatter.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  # No temporary file is left behind.
+  assert not list(workdir.glob(".*"))
+
+
+@needs_data
+def test_real_run_loss_decreases(real_run):
+  _, _, metrics = real_run
+  losses = [h["train_loss"] for h in metrics["history"]]
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert metrics["best_val_loss"] < metrics["history"][0]["val_loss"] or (
+      metrics["best_epoch"] == 1)
+
+
+@needs_data
+def test_load_oracle_reproduces_the_evaluation(real_run):
+  config, workdir, _ = real_run
+  score_fn, variables = tr.load_oracle(workdir)
+  test = tr.load_or_build_candidates(config, workdir, "test")
+  idx = np.arange(8)
+  images, masks, _ = tr._batch(test, idx)
+  got = np.asarray(jax.jit(score_fn)(variables, images, masks))
+  model = regressor.from_config(config.model)
+  want = tr.make_predict(model, config.eval_batch_size)(variables, images,
+                                                        masks)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert np.all((got >= 0) & (got <= 1))
+
+
+@needs_data
+def test_rerun_reuses_candidates_and_checkpoint(real_run):
+  config, workdir, metrics = real_run
+  caches = sorted((workdir / "candidates").glob("*.npz"))
+  assert len(caches) == 3
+  stamps = [p.stat().st_mtime_ns for p in caches]
+  again = tr.run(config, str(workdir))
+  assert [p.stat().st_mtime_ns for p in caches] == stamps
+  assert again["history"] == metrics["history"]
+  assert again["test_pearson_r"] == pytest.approx(metrics["test_pearson_r"])
+
+
+def test_load_oracle_without_training_says_how(tmp_path):
+  with pytest.raises(FileNotFoundError, match="train first"):
+    tr.load_oracle(tmp_path)
