@@ -1,0 +1,348 @@
+"""SAMPOT: move a click by gradient ascent on the regressor's score of SAM's mask.
+
+The click (x, y) in original-image pixels is the only variable; SAM and the
+regressor are frozen (paper, sections 2.1 and 3.3). One step:
+
+    low_res, iou = SAM decoder(embedding, click)          # embedding computed once
+    soft = sigmoid(slope * crop_valid(low_res))           # near-binary, differentiable
+    score = regressor(image_small, soft)                  # predicted Dice
+    click <- clip(click + Adam(grad score))               # step size 10 px, no decay
+
+`evolve_prompts` runs `num_steps` steps with `lax.scan` inside one `jax.jit`,
+`vmap`ped over images and over starting points per image (the user's click and
+`num_starts - 1` jittered restarts). The best prompt is the highest-scoring click
+anywhere on any trajectory, not the last one. A step whose score or gradient is
+not finite stops that start (the click stays where it was; later scores are
+recorded as NaN) and is reported in `nan_step`; NaN never reaches the best prompt.
+
+The soft mask is SAM's low-res logits cropped to the valid (unpadded) region,
+resized bilinearly to `image_small`'s size when they differ, then passed through
+the steep sigmoid: cheaper than SAM's full post-processing to 1024 and back, and
+differentiable all the way to the click.
+"""
+import dataclasses
+import functools
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sampot_jax.sam import predictor
+from sampot_jax.sam import transforms
+
+# Bumped each time the batched evolution is traced (= compiled): tests check
+# that batches of one shape compile once.
+_TRACE_COUNT = [0]
+
+
+def trace_count() -> int:
+  """How many times `evolve_prompts`' jitted core has been traced so far."""
+  return _TRACE_COUNT[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """SAMPOT hyper-parameters (hashable: a static argument of the jitted core).
+
+  Attributes:
+    num_steps: Adam updates; trajectories hold num_steps + 1 clicks.
+    learning_rate: Adam step size in original-image pixels (paper: 10).
+    weight_decay: AdamW decay (paper: 0, i.e. plain Adam).
+    slope: steepness of sigmoid(slope * logits) that makes the mask near-binary.
+    num_starts: starting points per image: the given click + num_starts - 1
+      restarts jittered around it.
+    restart_jitter: std of the restarts' offsets, pixels.
+    seed: PRNG seed of the restarts.
+  """
+  num_steps: int = 40
+  learning_rate: float = 10.0
+  weight_decay: float = 0.0
+  slope: float = 5.0
+  num_starts: int = 1
+  restart_jitter: float = 10.0
+  seed: int = 0
+
+  def __post_init__(self):
+    for name, ok, need in (
+        ("num_steps", self.num_steps >= 0, ">= 0"),
+        ("learning_rate", self.learning_rate > 0, "> 0"),
+        ("weight_decay", self.weight_decay >= 0, ">= 0"),
+        ("slope", self.slope > 0, "> 0"),
+        ("num_starts", self.num_starts >= 1, ">= 1"),
+        ("restart_jitter", self.restart_jitter >= 0, ">= 0")):
+      if not ok:
+        raise ValueError(f"evolve setting {name}={getattr(self, name)!r} must be {need}.")
+
+
+def settings_from_config(config) -> Settings:
+  """A Settings from a config.evolve ConfigDict (or dict); unknown keys are errors."""
+  fields = {f.name for f in dataclasses.fields(Settings)}
+  given = dict(config)
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise ValueError(f"config.evolve has unknown field(s) {unknown}; known: {sorted(fields)}.")
+  return Settings(**given)
+
+
+@flax.struct.dataclass
+class EvolveResult:
+  """Per image (B images, R starts, T = num_steps + 1 trajectory points).
+
+  Attributes:
+    clicks: (B, R, T, 2) float32, (x, y) visited by each start.
+    scores: (B, R, T) float32 regressor score at each click (NaN once stopped).
+    ious: (B, R, T) float32 SAM's predicted IoU at each click.
+    nan_step: (B, R) int32, the step whose score or gradient was not finite
+      (the start stopped there), -1 when none.
+    initial_click, best_click: (B, 2) float32.
+    initial_score, best_score: (B,) float32.
+    initial_iou, best_iou: (B,) float32.
+    initial_mask, best_mask: (B, H, W) bool at the original size.
+    best_start, best_step: (B,) int32, where the best click lies.
+  """
+  clicks: jax.Array
+  scores: jax.Array
+  ious: jax.Array
+  nan_step: jax.Array
+  initial_click: jax.Array
+  best_click: jax.Array
+  initial_score: jax.Array
+  best_score: jax.Array
+  initial_iou: jax.Array
+  best_iou: jax.Array
+  initial_mask: jax.Array
+  best_mask: jax.Array
+  best_start: jax.Array
+  best_step: jax.Array
+
+
+def frame_for(original_size: tuple[int, int], img_size: int) -> predictor.ImageFrame:
+  """The ImageFrame SAM uses for images of `original_size` (H, W)."""
+  h, w = (int(s) for s in original_size)
+  return predictor.ImageFrame(transforms.preprocess_shape(h, w, img_size), (h, w))
+
+
+def soft_mask(low_res: jax.Array, frame: predictor.ImageFrame, img_size: int,
+              size: tuple[int, int], slope: float) -> jax.Array:
+  """(..., L, L) SAM low-res logits -> (..., *size) float32 soft mask in [0, 1].
+
+  The low-res frame covers the padded img_size square; only its top-left
+  input_size * L / img_size part shows the image.
+  """
+  side = low_res.shape[-1]
+  h = -(-frame.input_size[0] * side // img_size)
+  w = -(-frame.input_size[1] * side // img_size)
+  logits = low_res[..., :h, :w]
+  if (h, w) != tuple(size):
+    logits = jax.image.resize(logits, logits.shape[:-2] + tuple(size), "linear")
+  return jax.nn.sigmoid(slope * logits)
+
+
+def click_score(click, embedding, image_small, sam_params, score_variables, *, sam_config,
+                frame, score_fn, slope, decode_fn=predictor.decode_clicks):
+  """One click on one image -> (score, SAM IoU), scalars; differentiable in `click`.
+
+  click (2,) (x, y) original pixels; embedding (g, g, C); image_small (S, S) in [0, 1].
+  """
+  low_res, iou = decode_fn(
+      sam_params, embedding[None], click[None, None], jnp.ones((1, 1), jnp.int32), frame,
+      sam_config)
+  mask = soft_mask(low_res[0, 0], frame, sam_config.img_size, image_small.shape, slope)
+  return score_fn(score_variables, image_small[None], mask[None])[0], iou[0, 0]
+
+
+def _evolve_start(start, embedding, image_small, sam_params, score_variables, *, sam_config,
+                  frame, score_fn, settings, decode_fn):
+  """One start of one image -> (clicks (T, 2), scores (T,), ious (T,), nan_step ())."""
+  score_iou = functools.partial(
+      click_score, embedding=embedding, image_small=image_small, sam_params=sam_params,
+      score_variables=score_variables, sam_config=sam_config, frame=frame, score_fn=score_fn,
+      slope=settings.slope, decode_fn=decode_fn)
+  value_and_grad = jax.value_and_grad(score_iou, has_aux=True)
+  tx = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay)
+  h, w = frame.original_size
+  upper = jnp.array([w - 1, h - 1], jnp.float32)
+
+  def step(carry, _):
+    click, opt_state, alive = carry
+    (score, iou), grad = value_and_grad(click)
+    ok = jnp.isfinite(score) & jnp.all(jnp.isfinite(grad))
+    updates, new_state = tx.update(-grad, opt_state, click)  # ascent
+    moving = alive & ok
+    new_click = jnp.where(moving, jnp.clip(click + updates, 0.0, upper), click)
+    new_state = jax.tree.map(lambda n, o: jnp.where(moving, n, o), new_state, opt_state)
+    recorded = jnp.where(alive & jnp.isfinite(score), score, jnp.nan)
+    return (new_click, new_state, moving), (click, recorded, iou, alive & ~ok)
+
+  start = start.astype(jnp.float32)
+  carry = (start, tx.init(start), jnp.array(True))
+  # num_steps + 1 evaluations: the update after the last one is computed and
+  # dropped, which keeps a single copy of the decoder in the compiled program.
+  _, (clicks, scores, ious, failed) = jax.lax.scan(
+      step, carry, None, length=settings.num_steps + 1)
+  nan_step = jnp.where(failed.any(), jnp.argmax(failed), -1).astype(jnp.int32)
+  return clicks, scores, ious, nan_step
+
+
+@functools.partial(jax.jit, static_argnames=("sam_config", "frame", "score_fn", "settings",
+                                             "decode_fn"))
+def _evolve_batch(sam_params, score_variables, embeddings, images_small, clicks, rng, *,
+                  sam_config, frame, score_fn, settings, decode_fn):
+  """Everything but the masks, in one program (eager ops would each compile)."""
+  _TRACE_COUNT[0] += 1
+  starts = starting_points(clicks, settings, frame.original_size, rng)
+  one = functools.partial(_evolve_start, sam_config=sam_config, frame=frame,
+                          score_fn=score_fn, settings=settings, decode_fn=decode_fn)
+  per_image = jax.vmap(one, in_axes=(0, None, None, None, None))   # over starts
+  batched = jax.vmap(per_image, in_axes=(0, 0, 0, None, None))     # over images
+  clicks, scores, ious, nan_step = batched(starts, embeddings, images_small, sam_params,
+                                           score_variables)
+  b, r, t = scores.shape
+  ranked = jnp.where(jnp.isfinite(scores), scores, -jnp.inf).reshape(b, r * t)
+  flat = jnp.argmax(ranked, axis=1)  # all -inf (no finite score) -> 0, the given click
+  best_start, best_step = flat // t, flat % t
+  rows = jnp.arange(b)
+  return dict(clicks=clicks, scores=scores, ious=ious, nan_step=nan_step,
+              initial_click=clicks[:, 0, 0], best_click=clicks[rows, best_start, best_step],
+              initial_score=scores[:, 0, 0], best_score=scores[rows, best_start, best_step],
+              best_start=best_start.astype(jnp.int32), best_step=best_step.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("sam_config", "frame", "multimask_output",
+                                             "decode_fn"))
+def _click_masks(sam_params, embeddings, clicks, *, sam_config, frame, multimask_output,
+                 decode_fn=predictor.decode_clicks):
+  b, k = clicks.shape[:2]
+  low_res, iou = decode_fn(
+      sam_params, jnp.repeat(embeddings, k, axis=0), clicks.reshape(b * k, 1, 2),
+      jnp.ones((b * k, 1), jnp.int32), frame, sam_config, multimask_output=multimask_output)
+  logits = transforms.postprocess_masks(low_res, frame.input_size, frame.original_size,
+                                        sam_config.img_size)
+  masks = (logits > predictor.MASK_THRESHOLD).reshape((b, k) + logits.shape[1:])
+  iou = iou.reshape((b, k) + iou.shape[1:])
+  return (masks, iou) if multimask_output else (masks[:, :, 0], iou[:, :, 0])
+
+
+@functools.partial(jax.jit, static_argnames=("sam_config", "frame", "decode_fn"))
+def _initial_and_best_masks(sam_params, embeddings, initial_click, best_click, *, sam_config,
+                            frame, decode_fn):
+  masks, ious = _click_masks(sam_params, embeddings, jnp.stack([initial_click, best_click], 1),
+                             sam_config=sam_config, frame=frame, multimask_output=False,
+                             decode_fn=decode_fn)
+  return dict(initial_mask=masks[:, 0], best_mask=masks[:, 1], initial_iou=ious[:, 0],
+              best_iou=ious[:, 1])
+
+
+def click_masks(sam_params, sam_config, embeddings: jax.Array, frame: predictor.ImageFrame,
+                clicks: jax.Array, multimask_output: bool = False,
+                decode_fn: Callable = predictor.decode_clicks):
+  """SAM's hard masks at the original size for K single clicks per image (jitted).
+
+  Args:
+    embeddings: (B, g, g, C); clicks: (B, K, 2) (x, y) original pixels.
+
+  Returns:
+    masks (B, K, H, W) bool and IoU predictions (B, K); with multimask_output
+    (B, K, M, H, W) and (B, K, M).
+  """
+  return _click_masks(sam_params, embeddings, jnp.asarray(clicks, jnp.float32),
+                      sam_config=ml_collections.FrozenConfigDict(sam_config), frame=frame,
+                      multimask_output=multimask_output, decode_fn=decode_fn)
+
+
+def check_clicks(clicks, original_size: tuple[int, int], ids=None) -> np.ndarray:
+  """Validates (B, 2) (x, y) clicks against an (H, W) image; returns them as float32.
+
+  Inside means 0 <= x <= W - 1 and 0 <= y <= H - 1 (pixel indices). `ids` name
+  the images in errors.
+  """
+  clicks = np.asarray(clicks, np.float64)
+  if clicks.ndim != 2 or clicks.shape[1] != 2:
+    raise ValueError(f"clicks has shape {clicks.shape}; expected (B, 2) as (x, y) pixels.")
+  name = lambda i: repr(ids[i]) if ids is not None else f"#{i}"
+  bad = ~np.isfinite(clicks).all(axis=1)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f"the click of image {name(i)} is {clicks[i].tolist()}; clicks must be "
+                     "finite (x, y) pixel coordinates.")
+  h, w = original_size
+  outside = ((clicks[:, 0] < 0) | (clicks[:, 0] > w - 1) | (clicks[:, 1] < 0)
+             | (clicks[:, 1] > h - 1))
+  if outside.any():
+    i = int(np.argmax(outside))
+    raise ValueError(
+        f"{int(outside.sum())} click(s) lie outside the {w}x{h} (W x H) image, e.g. image "
+        f"{name(i)} at (x, y) = {clicks[i].tolist()}; clicks are (x, y) with 0 <= x <= {w - 1}, "
+        f"0 <= y <= {h - 1}.")
+  return clicks.astype(np.float32)
+
+
+def starting_points(clicks, settings: Settings, original_size: tuple[int, int],
+                    rng: jax.Array | None = None) -> jax.Array:
+  """(B, 2) clicks -> (B, R, 2): each click, then R - 1 Gaussian-jittered restarts (clipped)."""
+  clicks = jnp.asarray(clicks, jnp.float32)
+  if settings.num_starts == 1:
+    return clicks[:, None]
+  rng = jax.random.key(settings.seed) if rng is None else rng
+  noise = settings.restart_jitter * jax.random.normal(
+      rng, (clicks.shape[0], settings.num_starts - 1, 2))
+  h, w = original_size
+  restarts = jnp.clip(clicks[:, None] + noise, 0.0, jnp.array([w - 1, h - 1], jnp.float32))
+  return jnp.concatenate([clicks[:, None], restarts], axis=1)
+
+
+def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: Callable,
+                   score_variables, embeddings: jax.Array, frame: predictor.ImageFrame,
+                   images_small: jax.Array, clicks, settings: Settings = Settings(),
+                   rng: jax.Array | None = None,
+                   decode_fn: Callable = predictor.decode_clicks) -> EvolveResult:
+  """Evolves one click per image; one compiled call for the whole batch.
+
+  Args:
+    sam_params, sam_config: a SAM (sam.model); the config must match the params.
+    score_fn: score_fn(variables, image (B, S, S), soft_mask (B, S, S)) -> (B,), e.g.
+      regressor.make_scorer(model); it must be hashable and stay the same object
+      between calls (it is a static argument: a new one recompiles).
+    score_variables: the scorer's variables.
+    embeddings: (B, g, g, C) float32 from predictor.encode_images (or the cache).
+    frame: the ImageFrame of the batch (predictor.encode_images, or `frame_for`).
+    images_small: (B, S, S) float32 in [0, 1], the images as the scorer sees them.
+    clicks: (B, 2) (x, y) in original pixels, inside the image.
+    settings: see Settings.
+    rng: key for the restarts; default jax.random.key(settings.seed).
+    decode_fn: the promptable segmenter, with predictor.decode_clicks' signature
+      and outputs (low-res logits of the padded frame, IoU); SAM by default.
+      Another model plugs in here (the paper's plug-and-play claim; tests use an
+      analytic one).
+
+  Returns:
+    EvolveResult (jax arrays; the batch axis follows the inputs' sharding).
+  """
+  b = embeddings.shape[0]
+  if embeddings.ndim != 4:
+    raise ValueError(f"embeddings has shape {embeddings.shape}; expected (B, g, g, C) from "
+                     "predictor.encode_images.")
+  if images_small.ndim != 3 or images_small.shape[0] != b:
+    raise ValueError(f"images_small has shape {images_small.shape}; expected ({b}, S, S) "
+                     "float in [0, 1], one per embedding.")
+  if not jnp.issubdtype(images_small.dtype, jnp.floating):
+    raise ValueError(f"images_small has dtype {images_small.dtype}; pass float images in "
+                     "[0, 1] (e.g. uint8 / 255).")
+  if np.shape(clicks) != (b, 2):
+    raise ValueError(f"clicks has shape {np.shape(clicks)}; expected ({b}, 2) (x, y), one "
+                     "per image.")
+  if getattr(clicks, "is_fully_addressable", True):
+    check_clicks(clicks, frame.original_size)
+  frozen = ml_collections.FrozenConfigDict(sam_config)
+  out = _evolve_batch(
+      sam_params, score_variables, embeddings, jnp.asarray(images_small, jnp.float32),
+      jnp.asarray(clicks, jnp.float32), jax.random.key(settings.seed) if rng is None else rng,
+      sam_config=frozen, frame=frame, score_fn=score_fn, settings=settings, decode_fn=decode_fn)
+  masks = _initial_and_best_masks(sam_params, embeddings, out["initial_click"],
+                                  out["best_click"], sam_config=frozen, frame=frame,
+                                  decode_fn=decode_fn)
+  return EvolveResult(**masks, **out)

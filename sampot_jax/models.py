@@ -1,0 +1,112 @@
+"""The two frozen models of a SAMPOT run, from a config: SAM and the Dice regressor.
+
+    sam_params, sam_config, sam_key = load_sam(config.sam)
+    score_fn, score_variables = load_scorer(config.regressor)
+
+Real runs read a ported SAM checkpoint and a trained regressor; when the SAM
+checkpoint is missing they stop with the commands that fetch and port it. Smoke
+runs and tests draw random models (`random_init=True`) without compiling anything
+(flax's eager init compiles every op once: a minute even for a tiny SAM).
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from sampot_jax import regressor
+from sampot_jax.sam import model as sam_model
+
+
+class MissingCheckpointError(FileNotFoundError):
+  """The SAM checkpoint directory a config names does not exist."""
+
+
+def how_to_port(directory, variant: str = "vit_b") -> str:
+  """The commands that fetch the official checkpoint and port it to `directory`."""
+  from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  name = checkpoints.SAM_CHECKPOINTS.get(variant, checkpoints.SAM_CHECKPOINTS["vit_b"])[0]
+  return (f"fetch and port the official SAM {variant} checkpoint, then run again:\n"
+          f"  python main.py --config configs/port_sam.py --config.variant={variant} "
+          f"--config.out={directory}\n"
+          f"(downloads {name} from the official URL into the cache when online), or with the "
+          f"file at hand:\n"
+          f"  python -m ports.sam --checkpoint {name} --out {directory} --variant {variant}")
+
+
+def random_sam_params(config, seed: int = 0) -> dict:
+  """Random float32 SAM params for `config`, drawn in numpy (no compilation).
+
+  Kernels are LeCun-normal, embeddings and the Fourier matrix standard normal,
+  norm scales one, biases zero; the image encoder's position embedding gets
+  small noise so that positions differ.
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, shape_dtype):
+    name = path[-1].key
+    shape = shape_dtype.shape
+    if name == "kernel":
+      fan_in = int(np.prod(shape[:-1]))
+      return rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape).astype(np.float32)
+    if name in ("embedding", "positional_encoding_gaussian_matrix"):
+      return rng.normal(0.0, 1.0, shape).astype(np.float32)
+    if name == "pos_embed":
+      return rng.normal(0.0, 0.02, shape).astype(np.float32)
+    if name in ("scale", "weight"):
+      return np.ones(shape, np.float32)
+    return np.zeros(shape, np.float32)  # biases, relative positions
+
+  return jax.tree_util.tree_map_with_path(draw, sam_model.param_shapes(config))
+
+
+def params_key(params) -> str:
+  """sha256 (hex) of a params pytree's paths, shapes, dtypes and bytes."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.shape}:{leaf.dtype}".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()
+
+
+def load_sam(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
+  """SAM from a config.sam block -> (params, sam config, checkpoint key).
+
+  Fields: `random_init` (bool), `variant`, `overrides` (dict of sam_config
+  fields, random models only), `seed`, `checkpoint_dir` (a ports.sam output).
+  The key identifies the weights (the official file's sha256 for ported
+  checkpoints, a hash of the params for random ones); the embedding cache uses it.
+  """
+  c = sam_config_block
+  if c.random_init:
+    config = sam_model.sam_config(c.variant, **dict(c.get("overrides", {}) or {}))
+    params = random_sam_params(config, int(c.get("seed", 0)))
+    return params, config, "random-" + params_key(params)[:16]
+  directory = Path(c.checkpoint_dir).expanduser()
+  if not c.checkpoint_dir or not directory.is_dir():
+    raise MissingCheckpointError(
+        f"No ported SAM checkpoint at config.sam.checkpoint_dir={str(c.checkpoint_dir)!r}; "
+        + how_to_port(c.checkpoint_dir or "checkpoints/sam_vit_b", c.variant))
+  params, config = sam_model.load_ported(directory)
+  manifest = json.loads((directory / "manifest.json").read_text())
+  key = manifest.get("source_sha256") or params_key(params)
+  return params, config, f"{config.variant}-{key[:16]}"
+
+
+def load_scorer(regressor_config_block):
+  """The regressor from a config.regressor block -> (score_fn, variables).
+
+  Fields: `random_init` (bool) with `model` (regressor model fields) and
+  `seed`, or `workdir` (a train_regressor workdir, see load_oracle).
+  """
+  c = regressor_config_block
+  if c.random_init:
+    model = regressor.from_config(c.model)
+    variables = jax.jit(regressor.init_variables, static_argnums=0)(
+        model, jax.random.key(int(c.get("seed", 0))))
+    return regressor.make_scorer(model), variables
+  from sampot_jax import train_regressor  # pylint: disable=g-import-not-at-top
+  return train_regressor.load_oracle(c.workdir)

@@ -1,0 +1,232 @@
+"""Tests of the SAMPOT loop: controlled ascent, best-by-score, vmap, compilation, NaN, bad input.
+
+Two segmenters: an analytic one (a disk of logits centred on the click, so the
+landscape is known) for the optimisation's behaviour, and a tiny random SAM with a
+tiny random regressor for the real code path.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sampot_jax import evolve
+from sampot_jax import models
+from sampot_jax import regressor
+from sampot_jax.sam import model as sam_model
+from sampot_jax.sam import predictor
+from sampot_jax.sam import transforms
+
+# ---------------------------------------------------------------------------
+# An analytic segmenter: logits = RADIUS - distance to the click (model frame).
+
+DISK_CONFIG = sam_model.sam_config("vit_b", img_size=64)
+DISK_FRAME = evolve.frame_for((48, 48), 64)
+RADIUS = 12.0
+TARGET = (30.0, 20.0)
+
+
+def disk_decoder(params, embeddings, points, labels, frame, config, multimask_output=False):
+  del params, embeddings, labels
+  side = config.img_size  # low-res frame = model frame here
+  p = transforms.apply_coords(points[:, 0], frame.original_size, config.img_size)
+  c = jnp.arange(side) + 0.5
+  d2 = (c[None, None, :] - p[:, 0, None, None]) ** 2 + (c[None, :, None] - p[:, 1, None, None]) ** 2
+  logits = (RADIUS - jnp.sqrt(d2 + 1e-6))[:, None]
+  m = 3 if multimask_output else 1
+  return jnp.repeat(logits, m, 1), jnp.ones((points.shape[0], m))
+
+
+def soft_dice(target, image, mask):
+  del image
+  return 2 * (mask * target).sum((1, 2)) / (mask.sum((1, 2)) + target.sum((1, 2)))
+
+
+def disk_mask(click, slope=5.0):
+  low, _ = disk_decoder(None, None, jnp.asarray([[click]]), None, DISK_FRAME, DISK_CONFIG)
+  return evolve.soft_mask(low[:, 0], DISK_FRAME, 64, (48, 48), slope)
+
+
+def evolve_disk(start, score_fn=soft_dice, target=TARGET, **settings):
+  settings = evolve.Settings(**{"num_steps": 30, "learning_rate": 1.0, **settings})
+  return evolve.evolve_prompts(
+      {}, DISK_CONFIG, score_fn, disk_mask(target), jnp.zeros((1, 1, 1, 1)), DISK_FRAME,
+      jnp.zeros((1, 48, 48)), np.array([start], np.float32), settings, decode_fn=disk_decoder)
+
+
+def test_score_increases_on_a_controlled_case():
+  res = evolve_disk((20.0, 28.0))
+  scores = np.asarray(res.scores[0, 0])
+  assert scores.shape == (31,)
+  assert np.isfinite(scores).all()
+  # The disks start apart and the ascent brings the click onto the target.
+  assert scores[0] < 0.3
+  assert float(res.best_score[0]) > 0.9
+  assert np.mean(scores[-10:]) > scores[0] + 0.5
+  # The first steps climb steadily before Adam's momentum overshoots.
+  assert (np.diff(scores[:8]) > 0).all()
+  np.testing.assert_allclose(np.asarray(res.best_click[0]), TARGET, atol=1.5)
+  assert int(res.nan_step[0, 0]) == -1
+
+
+def test_best_is_the_argmax_of_the_trajectory_not_the_last():
+  res = evolve_disk((20.0, 28.0), num_starts=3, restart_jitter=4.0)
+  scores = np.asarray(res.scores[0])  # (R, T)
+  r, t = np.unravel_index(np.argmax(scores), scores.shape)
+  assert (int(res.best_start[0]), int(res.best_step[0])) == (r, t)
+  assert float(res.best_score[0]) == scores.max()
+  np.testing.assert_array_equal(np.asarray(res.best_click[0]), np.asarray(res.clicks[0, r, t]))
+  # Adam oscillates around the target here, so the last click is not the best.
+  assert scores[r, -1] < scores.max()
+  # The given click is start 0, step 0; restarts differ from it.
+  np.testing.assert_array_equal(np.asarray(res.initial_click[0]), [20.0, 28.0])
+  np.testing.assert_array_equal(np.asarray(res.clicks[0, 0, 0]), [20.0, 28.0])
+  assert not np.allclose(np.asarray(res.clicks[0, 1, 0]), [20.0, 28.0])
+  assert float(res.initial_score[0]) == scores[0, 0]
+
+
+def test_masks_at_original_size_match_the_clicks():
+  res = evolve_disk((20.0, 28.0))
+  for name, click in (("initial", res.initial_click[0]), ("best", res.best_click[0])):
+    mask = np.asarray(getattr(res, f"{name}_mask")[0])
+    assert mask.shape == (48, 48) and mask.dtype == bool
+    # A disk of radius 12 model px = 9 original px around the click.
+    yy, xx = np.mgrid[:48, :48] + 0.5
+    expected = np.hypot(xx - float(click[0]) - 0.5, yy - float(click[1]) - 0.5) < 9
+    assert (mask != expected).mean() < 0.03, name
+
+
+def test_clicks_stay_inside_the_image():
+  # The target disk sits in the corner; a big step drives the click into the border.
+  res = evolve_disk((10.0, 10.0), target=(0.0, 0.0), learning_rate=8.0)
+  clicks = np.asarray(res.clicks)
+  assert clicks.min() >= 0.0 and clicks.max() <= 47.0
+  assert clicks.min() == 0.0
+
+
+def nan_beyond_x(target, image, mask):
+  """Soft Dice, but NaN once the mask's centre of mass passes x = 26 px."""
+  xs = jnp.arange(mask.shape[-1]) + 0.5
+  com_x = (mask * xs).sum((1, 2)) / mask.sum((1, 2))
+  return jnp.where(com_x > 26.0, jnp.nan, soft_dice(target, image, mask))
+
+
+def test_nan_score_stops_that_image_and_is_reported():
+  res = evolve_disk((20.0, 28.0), score_fn=nan_beyond_x)
+  scores = np.asarray(res.scores[0, 0])
+  stop = int(res.nan_step[0, 0])
+  assert 0 < stop < len(scores)
+  assert np.isfinite(scores[:stop]).all() and np.isnan(scores[stop:]).all()
+  # The click froze where the NaN appeared; the best is the best finite one.
+  clicks = np.asarray(res.clicks[0, 0])
+  np.testing.assert_array_equal(clicks[stop:], np.broadcast_to(clicks[stop], clicks[stop:].shape))
+  assert np.isfinite(float(res.best_score[0]))
+  assert float(res.best_score[0]) == np.nanmax(scores)
+  assert int(res.best_step[0]) < stop
+  assert np.isfinite(np.asarray(res.best_click)).all()
+
+
+def test_nan_at_the_first_click_keeps_the_given_click():
+  res = evolve_disk((40.0, 28.0), score_fn=nan_beyond_x)
+  assert int(res.nan_step[0, 0]) == 0
+  assert np.isnan(np.asarray(res.scores)).all()
+  np.testing.assert_array_equal(np.asarray(res.best_click[0]), [40.0, 28.0])
+  assert np.isnan(float(res.best_score[0]))
+
+
+# ---------------------------------------------------------------------------
+# A tiny random SAM and regressor: the real path.
+
+TINY_SAM = dict(img_size=32, embed_dim=16, depth=1, num_heads=1, global_attn_indexes=(0,),
+                window_size=2, prompt_embed_dim=16, transformer_mlp_dim=16,
+                iou_head_hidden_dim=16, transformer_depth=1, transformer_heads=1,
+                iou_head_depth=1)
+SETTINGS = evolve.Settings(num_steps=4, num_starts=2, restart_jitter=3.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = sam_model.sam_config("vit_b", **TINY_SAM)
+  params = models.random_sam_params(config, seed=1)
+  model = regressor.DiceRegressor(features=(4, 4, 4, 4, 4), resolution=16)
+  variables = jax.jit(regressor.init_variables, static_argnums=0)(model, jax.random.key(0))
+  score_fn = regressor.make_scorer(model)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 24, 24), dtype=np.uint8)
+  emb, frame = predictor.encode_images(params, images, config)
+  clicks = np.array([[5.0, 6.0], [12.0, 12.0], [20.0, 3.0]], np.float32)
+  small = jnp.asarray(images / 255.0, jnp.float32)
+  run = lambda emb_, small_, clicks_, rng_=None: evolve.evolve_prompts(
+      params, config, score_fn, variables, emb_, frame, small_, clicks_, SETTINGS, rng=rng_)
+  return dict(run=run, emb=emb, small=small, clicks=clicks, params=params, config=config,
+              frame=frame)
+
+
+def test_vmapped_batch_equals_per_image_runs(tiny):
+  key = jax.random.key(3)
+  batch = tiny["run"](tiny["emb"], tiny["small"], tiny["clicks"], key)
+  noise = jax.random.normal(key, (3, SETTINGS.num_starts - 1, 2)) * SETTINGS.restart_jitter
+  for i in range(3):
+    # Same restarts per image: the batch draws (B, R-1, 2) noise; give image i its row.
+    starts = jnp.clip(tiny["clicks"][i] + noise[i], 0, 23)
+    one = jax.tree.map(lambda x: x[i:i + 1], batch)
+    np.testing.assert_allclose(np.asarray(one.clicks[0, 1:, 0]), np.asarray(starts), atol=1e-5)
+    alone = tiny["run"](tiny["emb"][i:i + 1], tiny["small"][i:i + 1], tiny["clicks"][i:i + 1],
+                        key)
+    # Image i alone draws other restart noise, so compare start 0 (the given click) fully.
+    np.testing.assert_allclose(np.asarray(alone.clicks[0, 0]), np.asarray(one.clicks[0, 0]),
+                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(alone.scores[0, 0]), np.asarray(one.scores[0, 0]),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(alone.initial_mask), np.asarray(one.initial_mask))
+    np.testing.assert_allclose(np.asarray(alone.initial_iou), np.asarray(one.initial_iou),
+                               rtol=1e-5, atol=1e-6)
+  assert batch.clicks.shape == (3, 2, 5, 2)
+  assert batch.best_mask.shape == (3, 24, 24) and batch.best_mask.dtype == jnp.bool_
+
+
+def test_one_compilation_per_batch_shape(tiny):
+  tiny["run"](tiny["emb"], tiny["small"], tiny["clicks"])
+  before = evolve.trace_count()
+  # New values, same shapes: no retrace.
+  tiny["run"](tiny["emb"][::-1], tiny["small"][::-1], tiny["clicks"][::-1] + 1.0)
+  tiny["run"](tiny["emb"] * 0.5, tiny["small"], tiny["clicks"] + 2.0, jax.random.key(7))
+  assert evolve.trace_count() == before
+  # Other static settings are another program (the cheap segmenter keeps this fast).
+  evolve_disk((20.0, 28.0), num_steps=3, num_starts=2)
+  evolve_disk((21.0, 27.0), num_steps=3, num_starts=2)
+  assert evolve.trace_count() == before + 1
+
+
+def test_best_prompt_comes_with_its_mask_and_iou(tiny):
+  res = tiny["run"](tiny["emb"], tiny["small"], tiny["clicks"])
+  rows = np.arange(3)
+  at_best = np.asarray(res.ious)[rows, np.asarray(res.best_start), np.asarray(res.best_step)]
+  np.testing.assert_allclose(np.asarray(res.best_iou), at_best, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(res.initial_iou), np.asarray(res.ious[:, 0, 0]),
+                             rtol=1e-5, atol=1e-6)
+  assert res.best_mask.shape == res.initial_mask.shape == (3, 24, 24)
+  assert np.isfinite(np.asarray(res.scores)).all()
+
+
+def test_bad_input_is_refused(tiny):
+  emb, small, clicks = tiny["emb"], tiny["small"], tiny["clicks"]
+  with pytest.raises(ValueError, match="outside the 24x24"):
+    tiny["run"](emb, small, clicks + np.array([[0.0, 0.0], [0.0, 0.0], [4.0, 0.0]]))
+  with pytest.raises(ValueError, match="finite"):
+    tiny["run"](emb, small, np.where(np.arange(6).reshape(3, 2) == 3, np.nan, clicks))
+  with pytest.raises(ValueError, match=r"expected \(3, 2\)"):
+    tiny["run"](emb, small, clicks[:2])
+  with pytest.raises(ValueError, match="images_small"):
+    tiny["run"](emb, small[:2], clicks)
+  with pytest.raises(ValueError, match="dtype uint8"):
+    tiny["run"](emb, (small * 255).astype(jnp.uint8), clicks)
+  with pytest.raises(ValueError, match="num_steps"):
+    evolve.Settings(num_steps=-1)
+  with pytest.raises(ValueError, match="unknown field"):
+    evolve.settings_from_config({"num_step": 3})
+
+
+def test_mixed_image_sizes_are_refused(tiny):
+  images = [np.zeros((24, 24), np.uint8), np.zeros((20, 24), np.uint8)]
+  with pytest.raises(ValueError, match="mixes sizes"):
+    predictor.encode_images(tiny["params"], images, tiny["config"])
