@@ -39,11 +39,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.negative_slope = 0.01
   config.model.bn_momentum = 0.9
 
+  # Dice-preserving jitter of training batches (see train_regressor.augment);
+  # the paper mentions none.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = False
+  config.augment.max_shift = 0.05
+  config.augment.max_scale = 0.08
+  config.augment.max_log_gamma = 0.3
+
   config.batch_size = 32
   config.learning_rate = 1e-3
   config.num_epochs = 200
   # Stop after this many epochs without a new best validation loss; 0 = never.
-  config.patience = 0
+  # The paper stops at the minimal validation loss; with 2208 training
+  # candidates (69 steps an epoch, 2.4x the paper's) it comes by epoch ~35.
+  config.patience = 25
   config.checkpoint_every = 5
   config.max_checkpoints = 2
   config.log_every = 10

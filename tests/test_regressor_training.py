@@ -76,16 +76,16 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
 
 def test_resume_after_kill_ends_where_uninterrupted_run_ends(tmp_path):
   train_set, val_set = synthetic_set(6, 0), synthetic_set(3, 1)
-  config = synthetic_config(num_epochs=5, checkpoint_every=2)
+  config = synthetic_config(num_epochs=4, checkpoint_every=2)
   straight = tr.train(config, tmp_path / "straight", train_set, val_set)
   # Killed after epoch 3: only the epoch-2 checkpoint survives, so the
-  # resumed run redoes epoch 3 before finishing 4 and 5.
+  # resumed run redoes epoch 3 before finishing epoch 4.
   tr.train(config, tmp_path / "killed", train_set, val_set,
            halt_after_epoch=3)
   assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints")
                 .iterdir() if p.name.isdigit()) == ["2"]
   resumed = tr.train(config, tmp_path / "killed", train_set, val_set)
-  assert int(resumed["epoch"]) == int(straight["epoch"]) == 5
+  assert int(resumed["epoch"]) == int(straight["epoch"]) == 4
   assert_trees_equal(straight, resumed)
   # Parameters moved during training, so the equality above is not vacuous.
   init = tr._initial_state(config, regressor.from_config(config.model),
@@ -145,7 +145,8 @@ def test_evaluate_oracle_groups_and_targets():
   perfect = cands.dice.copy()
   by_kind = tr.evaluate_oracle(perfect, perfect * 0.5, cands,
                                ("shift", "leak_outside"))
-  assert set(by_kind) == {"all", "failure_modes", "shift", "leak_outside"}
+  assert set(by_kind) - {"true_dice>=0.8"} == {"all", "failure_modes",
+                                               "shift", "leak_outside"}
   assert by_kind["all"]["regressor"]["pearson_r"] == pytest.approx(1.0)
   assert by_kind["all"]["regressor"]["mae"] == 0.0
   assert by_kind["shift"]["n"] + by_kind["leak_outside"]["n"] == len(cands)
@@ -239,3 +240,26 @@ def test_rerun_reuses_candidates_and_checkpoint(real_run):
 def test_load_oracle_without_training_says_how(tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
     tr.load_oracle(tmp_path)
+
+
+def test_augment_moves_image_and_mask_together_and_keeps_dice():
+  rng = np.random.default_rng(0)
+  targets = np.stack([disc(SIZE, 16, 15, 7), disc(SIZE, 14, 17, 8)])
+  cands = np.stack([disc(SIZE, 18, 15, 6), disc(SIZE, 14, 20, 9)])
+  before = [candidates.dice(c, t) for c, t in zip(cands, targets)]
+  # The target rides in the image slot: it must get the mask's exact warp.
+  images, masks = tr.augment(jax.random.key(3), targets.astype(np.float32),
+                             cands.astype(np.float32), max_shift=0.1,
+                             max_scale=0.1, max_log_gamma=0.0)
+  images, masks = np.asarray(images), np.asarray(masks)
+  assert images.shape == masks.shape == (2, SIZE, SIZE)
+  assert not np.allclose(masks, cands)  # something moved
+  after = [candidates.dice(c > 0.5, t > 0.5) for c, t in zip(masks, images)]
+  np.testing.assert_allclose(after, before, atol=0.06)
+  # Photometric jitter stays in [0, 1] and changes only the image.
+  noise = rng.uniform(size=(2, SIZE, SIZE)).astype(np.float32)
+  im2, ma2 = tr.augment(jax.random.key(3), noise, cands.astype(np.float32),
+                        max_shift=0.0, max_scale=0.0, max_log_gamma=0.5)
+  assert 0.0 <= float(im2.min()) and float(im2.max()) <= 1.0
+  assert not np.allclose(np.asarray(im2), noise, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(ma2), cands, atol=1e-5)
