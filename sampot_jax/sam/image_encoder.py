@@ -13,7 +13,7 @@ import jax.numpy as jnp
 Dtype = Any
 
 
-def layer_norm(epsilon: float, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:
+def layer_norm(epsilon: float, dtype: Dtype | None = None, name: str | None = None) -> nn.LayerNorm:
   # Two-pass variance, as torch computes it; the fast E[x^2]-E[x]^2 form costs parity.
   return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype, name=name)
 
@@ -27,7 +27,7 @@ class LayerNorm2d(nn.Module):
     channels = x.shape[-1]
     weight = self.param("weight", nn.initializers.ones, (channels,))
     bias = self.param("bias", nn.initializers.zeros, (channels,))
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics never in bfloat16
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
     y = (x32 - mean) / jnp.sqrt(var + self.epsilon)
@@ -109,7 +109,7 @@ class MLPBlock(nn.Module):
   """lin1 -> activation -> lin2 (torch's MLPBlock; GELU is the exact erf form)."""
   mlp_dim: int
   activation: str = "gelu"
-  dtype: Dtype = jnp.float32
+  dtype: Dtype | None = None  # None: the inputs' dtype
 
   @nn.compact
   def __call__(self, x):

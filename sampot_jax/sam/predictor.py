@@ -42,8 +42,9 @@ def decode_clicks(params, embeddings, points, labels, frame: ImageFrame, config,
                   multimask_output: bool = False):
   """Points (B, N, 2) (x, y) in original pixels, labels (B, N) -> low-res logits (B, M, 256, 256),
   IoU predictions (B, M). Pure and differentiable with respect to `points`."""
-  points = transforms.apply_coords(jnp.asarray(points, jnp.float32), frame.original_size,
-                                   config.img_size)
+  points = jnp.asarray(points)
+  points = points.astype(jnp.promote_types(points.dtype, jnp.float32))
+  points = transforms.apply_coords(points, frame.original_size, config.img_size)
   return sam_model.decode(params, embeddings, config, points=points, labels=jnp.asarray(labels),
                           multimask_output=multimask_output)
 

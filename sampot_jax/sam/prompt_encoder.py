@@ -40,7 +40,9 @@ class PositionEmbeddingRandom(nn.Module):
   def with_coords(self, coords, image_size: tuple[int, int]):
     """(..., 2) pixel coordinates (x, y) in an image of (h, w) -> (..., C)."""
     h, w = image_size
-    return self.encode(coords.astype(jnp.float32) / jnp.array([w, h], jnp.float32))
+    # Integer clicks become float32 (torch's coords.float()); float64 stays, for gradient checks.
+    coords = coords.astype(jnp.promote_types(coords.dtype, jnp.float32))
+    return self.encode(coords / jnp.array([w, h], coords.dtype))
 
 
 class PromptEncoder(nn.Module):

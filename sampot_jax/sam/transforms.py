@@ -154,8 +154,10 @@ def _torch_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
   """(out, in) float32 weights of torch's bilinear interpolation, align_corners=False, no antialias."""
   f32 = np.float32
   scale = f32(in_size) / f32(out_size)
-  src = scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5)
-  src = np.maximum(src, f32(0)).astype(f32)
+  # torch's compiled kernel fuses scale * (i + 0.5) - 0.5 into one rounding (an FMA); the exact
+  # float64 product of two float32 numbers, rounded once to float32, is the same number.
+  src = (np.float64(scale) * (np.arange(out_size, dtype=f32) + f32(0.5)) - 0.5).astype(f32)
+  src = np.maximum(src, f32(0))
   i0 = src.astype(np.int64)
   i1 = i0 + (i0 < in_size - 1)
   lam1 = np.clip(src - i0.astype(f32), 0, 1).astype(f32)

@@ -1,0 +1,97 @@
+"""The port's key table: complete, one-to-one, shape-checked, with errors that say what fits."""
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from ports import sam as port_sam
+from sampot_jax.sam import model as sam_model
+
+
+def fake_state_dict(config):
+  """A state_dict with the official keys and shapes of `config` (the key table read backwards)."""
+  shapes = traverse_util.flatten_dict(sam_model.param_shapes(config))
+  out = {}
+  for key, path, perm in port_sam.key_table(config):
+    shape = shapes[path].shape
+    if perm is not None:  # our layout -> torch layout
+      shape = tuple(shape[perm.index(i)] for i in range(len(perm)))
+    out[key] = np.zeros(shape, np.float32)
+  return out
+
+
+@pytest.mark.parametrize("variant", ["vit_b", "vit_l", "vit_h"])
+def test_key_table_covers_every_parameter_once(variant):
+  config = sam_model.sam_config(variant)
+  table = port_sam.key_table(config)
+  keys = [k for k, _, _ in table]
+  paths = [p for _, p, _ in table]
+  assert len(set(keys)) == len(keys) and len(set(paths)) == len(paths)
+  assert set(paths) == set(traverse_util.flatten_dict(sam_model.param_shapes(config)))
+
+
+def test_official_vit_b_keys_and_sizes():
+  from tests import sam_reference  # torch only here
+  config = sam_model.sam_config("vit_b")
+  state = sam_reference.official_sam(config).state_dict()
+  assert set(state) == {k for k, _, _ in port_sam.key_table(config)}
+  assert len(state) == 314  # as in the official sam_vit_b_01ec64.pth
+  ours = traverse_util.flatten_dict(sam_model.param_shapes(config)).values()
+  assert sum(v.numel() for v in state.values()) == sum(int(np.prod(v.shape)) for v in ours)
+  assert fake_state_dict(config).keys() == state.keys()
+  for key, value in fake_state_dict(config).items():
+    assert value.shape == tuple(state[key].shape), key
+
+
+def test_port_places_and_transposes_values():
+  config = sam_model.sam_config("vit_b")
+  state = fake_state_dict(config)
+  rng = np.random.default_rng(0)
+  for key in ("mask_decoder.output_upscaling.0.weight", "image_encoder.patch_embed.proj.weight",
+              "image_encoder.blocks.0.attn.qkv.weight", "prompt_encoder.no_mask_embed.weight"):
+    state[key] = rng.normal(size=state[key].shape).astype(np.float32)
+  params = port_sam.port_state_dict(state, config)
+  t = state["mask_decoder.output_upscaling.0.weight"]  # (in, out, kh, kw)
+  assert params["mask_decoder"]["output_upscaling_0"]["kernel"][1, 0, 5, 7] == t[5, 7, 1, 0]
+  c = state["image_encoder.patch_embed.proj.weight"]  # (out, in, kh, kw)
+  assert params["image_encoder"]["patch_embed"]["proj"]["kernel"][3, 4, 2, 9] == c[9, 2, 3, 4]
+  q = state["image_encoder.blocks.0.attn.qkv.weight"]  # (out, in)
+  np.testing.assert_array_equal(params["image_encoder"]["blocks_0"]["attn"]["qkv"]["kernel"], q.T)
+  np.testing.assert_array_equal(params["prompt_encoder"]["no_mask_embed"]["embedding"],
+                                state["prompt_encoder.no_mask_embed.weight"])
+
+
+def test_checkpoint_of_another_variant_names_the_variant_that_fits():
+  state = fake_state_dict(sam_model.sam_config("vit_l"))
+  with pytest.raises(port_sam.PortError) as e:
+    port_sam.port_state_dict(state, sam_model.sam_config("vit_b"))
+  message = str(e.value)
+  assert "vit_l checkpoint" in message and "variant 'vit_l'" in message
+  assert "unknown key(s)" in message and "mis-shaped" in message
+
+
+def test_missing_unknown_and_misshaped_keys_are_listed_together():
+  config = sam_model.sam_config("vit_b")
+  state = fake_state_dict(config)
+  del state["mask_decoder.iou_token.weight"]
+  state["extra.weight"] = np.zeros(3, np.float32)
+  state["image_encoder.neck.0.weight"] = np.zeros((256, 768, 3, 3), np.float32)
+  with pytest.raises(port_sam.PortError) as e:
+    port_sam.port_state_dict(state, config)
+  message = str(e.value)
+  for part in ("1 missing key(s): mask_decoder.iou_token.weight", "1 unknown key(s): extra.weight",
+               "1 mis-shaped key(s): image_encoder.neck.0.weight"):
+    assert part in message, message
+
+
+def test_non_sam_state_dict_is_called_out():
+  with pytest.raises(port_sam.PortError, match="matches no official variant"):
+    port_sam.port_state_dict({"fc.weight": np.zeros((2, 2), np.float32)},
+                             sam_model.sam_config("vit_b"))
+
+
+def test_cli_reports_a_clear_error_for_a_non_checkpoint(tmp_path, capsys):
+  bad = tmp_path / "sam_vit_b_01ec64.pth"
+  bad.write_bytes(b"not a zip archive")
+  assert port_sam.main(["--checkpoint", str(bad), "--out", str(tmp_path / "out")]) == 1
+  assert "sam_vit_b_01ec64.pth" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
