@@ -19,6 +19,7 @@ TASKS = {
     "train_regressor": "sampot_jax.train_regressor:run",
     "evolve": "sampot_jax.evaluate:run",
     "smoke": "sampot_jax.smoke:run",
+    "heatmap": "sampot_jax.evaluate:heatmap",
 }
 
 

@@ -5,8 +5,9 @@
 
 Real runs read a ported SAM checkpoint and a trained regressor; when the SAM
 checkpoint is missing they stop with the commands that fetch and port it. Smoke
-runs and tests draw random models (`random_init=True`) without compiling anything
-(flax's eager init compiles every op once: a minute even for a tiny SAM).
+runs and tests draw random models (`random_init=True`) in numpy without compiling
+anything (flax's init compiles every op, or one big program: a minute on a small
+CPU even for a tiny SAM).
 """
 import hashlib
 import json
@@ -36,17 +37,18 @@ def how_to_port(directory, variant: str = "vit_b") -> str:
           f"  python -m ports.sam --checkpoint {name} --out {directory} --variant {variant}")
 
 
-def random_sam_params(config, seed: int = 0) -> dict:
-  """Random float32 SAM params for `config`, drawn in numpy (no compilation).
+def random_like(shapes, seed: int = 0):
+  """Random float32 arrays for a pytree of ShapeDtypeStructs, drawn in numpy by leaf name.
 
-  Kernels are LeCun-normal, embeddings and the Fourier matrix standard normal,
-  norm scales one, biases zero; the image encoder's position embedding gets
-  small noise so that positions differ.
+  Kernels are LeCun-normal, embeddings and SAM's Fourier matrix standard
+  normal, norm scales and BatchNorm variances one, SAM's position embedding
+  small noise (so that positions differ), everything else (biases, means,
+  relative positions) zero.
   """
   rng = np.random.default_rng(seed)
 
   def draw(path, shape_dtype):
-    name = path[-1].key
+    name = getattr(path[-1], "key", str(path[-1]))
     shape = shape_dtype.shape
     if name == "kernel":
       fan_in = int(np.prod(shape[:-1]))
@@ -55,11 +57,16 @@ def random_sam_params(config, seed: int = 0) -> dict:
       return rng.normal(0.0, 1.0, shape).astype(np.float32)
     if name == "pos_embed":
       return rng.normal(0.0, 0.02, shape).astype(np.float32)
-    if name in ("scale", "weight"):
+    if name in ("scale", "weight", "var"):
       return np.ones(shape, np.float32)
-    return np.zeros(shape, np.float32)  # biases, relative positions
+    return np.zeros(shape, np.float32)
 
-  return jax.tree_util.tree_map_with_path(draw, sam_model.param_shapes(config))
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def random_sam_params(config, seed: int = 0) -> dict:
+  """Random SAM params for `config` (random_like; no compilation)."""
+  return random_like(sam_model.param_shapes(config), seed)
 
 
 def params_key(params) -> str:
@@ -105,8 +112,7 @@ def load_scorer(regressor_config_block):
   c = regressor_config_block
   if c.random_init:
     model = regressor.from_config(c.model)
-    variables = jax.jit(regressor.init_variables, static_argnums=0)(
-        model, jax.random.key(int(c.get("seed", 0))))
-    return regressor.make_scorer(model), variables
+    shapes = jax.eval_shape(lambda: regressor.init_variables(model, jax.random.key(0)))
+    return regressor.make_scorer(model), random_like(dict(shapes), int(c.get("seed", 0)))
   from sampot_jax import train_regressor  # pylint: disable=g-import-not-at-top
   return train_regressor.load_oracle(c.workdir)

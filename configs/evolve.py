@@ -1,0 +1,64 @@
+"""SAMPOT on the Montgomery test split, as in the paper (sections 3.3, 3.4).
+
+  python main.py --config configs/evolve.py --workdir runs/sampot
+
+Needs a ported SAM checkpoint (config.sam.checkpoint_dir; the run stops with the
+commands that fetch and port it when it is missing) and a trained regressor
+(config.regressor.workdir, from configs/train_regressor.py). Baselines: SAM's
+multimask choice only; configs/evaluate.py adds the grid search and the oracle.
+"""
+import ml_collections
+
+from sampot_jax import data
+from sampot_jax import safeguards
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = "evolve"
+  config.seed = 0
+
+  config.data = data.default_data_config()
+  config.data.dir = "../shared/data/montgomery"
+  config.split = "test"
+  config.max_images = 0  # 0 = the whole split
+  # CSV id,x,y in pixels of the evaluated images (data.image_size); empty: GT centroids.
+  config.clicks_file = ""
+
+  config.sam = ml_collections.ConfigDict()
+  config.sam.checkpoint_dir = "checkpoints/sam_vit_b"  # python -m ports.sam ... --out DIR
+  config.sam.variant = "vit_b"  # the paper's model
+  config.sam.random_init = False
+  config.sam.overrides = {}  # sam_config fields, random models only
+  config.sam.seed = 0
+
+  config.regressor = ml_collections.ConfigDict()
+  config.regressor.workdir = "runs/regressor"  # a train_regressor workdir
+  config.regressor.random_init = False
+  config.regressor.model = ml_collections.ConfigDict()  # random models only
+  config.regressor.seed = 0
+
+  config.evolve = ml_collections.ConfigDict()
+  config.evolve.num_steps = 40       # not given by the paper
+  config.evolve.learning_rate = 10.0  # paper: step size 10 (pixels)
+  config.evolve.weight_decay = 0.0    # paper: zero
+  config.evolve.slope = 5.0           # paper: "a steeper slope", value not given
+  config.evolve.num_starts = 1        # paper: the user's click only
+  config.evolve.restart_jitter = 10.0
+  config.evolve.seed = 0
+
+  config.safeguards = safeguards.default_config()
+
+  config.baselines = ml_collections.ConfigDict()
+  config.baselines.grid_size = 0   # n x n grid clicks for search + oracle; 0 = off
+  config.baselines.grid_chunk = 16  # grid clicks decoded together per image
+
+  config.figures = ml_collections.ConfigDict()
+  config.figures.heatmap_id = ""     # Fig. 1 image; empty: the first
+  config.figures.trajectory_id = ""  # Fig. 5 image; empty: the one that gained most
+  config.figures.num_snapshots = 4
+
+  config.batch_size = 8          # images per compiled call (rounded to the device count)
+  config.encode_batch_size = 8
+  config.embedding_cache_dir = ""  # empty: $SAMPOT_CACHE/embeddings (~/.cache/sampot_jax)
+  return config

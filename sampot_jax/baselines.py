@@ -1,0 +1,191 @@
+"""What SAMPOT is compared with, in the same run.
+
+- the initial click: the ground-truth centroid (the paper's stand-in for a user),
+  or the user's clicks from a CSV file (`read_clicks`);
+- SAM's multimask output at the initial click, picked by SAM's own IoU;
+- a gradient-free search: a grid of clicks inside the initial mask, scored by
+  the regressor, best score kept;
+- the oracle: true Dice over the same grid of clicks anywhere in the image, the
+  best a single click can do (the paper's Fig. 1 heat map).
+
+`grid_maps` computes the last two in one jitted call: for every image and grid
+click, the regressor's score of SAM's soft mask, SAM's IoU and the true Dice.
+"""
+import csv
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sampot_jax import evolve
+from sampot_jax import sharding
+from sampot_jax.sam import predictor
+from sampot_jax.sam import transforms
+
+
+def centroid_clicks(targets: np.ndarray, ids=None) -> np.ndarray:
+  """(N, H, W) bool target masks -> (N, 2) float32 (x, y) centroids, original pixels."""
+  targets = np.asarray(targets, bool)
+  if targets.ndim != 3:
+    raise ValueError(f"targets has shape {targets.shape}; expected (N, H, W) masks.")
+  clicks = np.zeros((targets.shape[0], 2), np.float32)
+  for i, mask in enumerate(targets):
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+      name = repr(ids[i]) if ids is not None else f"#{i}"
+      raise ValueError(f"the target mask of image {name} is empty, so it has no centroid; "
+                       "drop the image or give its click in a clicks file (id,x,y).")
+    clicks[i] = xs.mean(), ys.mean()
+  return clicks
+
+
+def read_clicks(path, ids, image_shape: tuple[int, int]) -> np.ndarray:
+  """Clicks from a CSV file with header id,x,y -> (N, 2) float32 in the order of `ids`.
+
+  x, y are pixels of the images as evaluated (config.data.image_size), x to the
+  right, y down. Every id needs exactly one row; unknown ids, duplicates, missing
+  ids, non-numbers and clicks outside the image are errors that name the row.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"clicks file {path} does not exist; give a CSV with header "
+                            "id,x,y (or leave config.clicks_file empty for GT centroids).")
+  wanted = {sid: i for i, sid in enumerate(ids)}
+  clicks = np.full((len(ids), 2), np.nan, np.float32)
+  seen = {}
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None or not {"id", "x", "y"} <= set(reader.fieldnames):
+      raise ValueError(f"{path}: the header is {reader.fieldnames}; expected columns id,x,y.")
+    for line, row in enumerate(reader, start=2):
+      sid = (row["id"] or "").strip()
+      if sid not in wanted:
+        raise ValueError(f"{path}, line {line}: image id {sid!r} is not in the evaluated split "
+                         f"({len(ids)} images, e.g. {list(ids)[:3]}); fix the id or the "
+                         "split (config.split).")
+      if sid in seen:
+        raise ValueError(f"{path}, line {line}: image id {sid!r} already has a click on line "
+                         f"{seen[sid]}; give one click per image.")
+      try:
+        xy = float(row["x"]), float(row["y"])
+      except (TypeError, ValueError):
+        raise ValueError(f"{path}, line {line}: x={row['x']!r}, y={row['y']!r} are not "
+                         "numbers.") from None
+      seen[sid] = line
+      clicks[wanted[sid]] = xy
+  missing = [sid for sid in ids if sid not in seen]
+  if missing:
+    raise ValueError(f"{path} has no click for {len(missing)} image(s), e.g. {missing[:3]}; "
+                     "give one row per evaluated image.")
+  try:
+    return evolve.check_clicks(clicks, image_shape, ids=list(ids))
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+
+
+def grid_clicks(original_size: tuple[int, int], n: int) -> np.ndarray:
+  """(n*n, 2) float32 (x, y): the centres of an n x n grid of cells, row by row."""
+  h, w = original_size
+  xs = (np.arange(n) + 0.5) * w / n - 0.5
+  ys = (np.arange(n) + 0.5) * h / n - 0.5
+  yy, xx = np.meshgrid(ys, xs, indexing="ij")
+  return np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32)
+
+
+def mask_dice(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Dice of bool masks over the last two axes (jit-able); two empty masks score 1.
+
+  The jnp counterpart of candidates.dice, for use inside compiled code.
+  """
+  inter = jnp.sum(a & b, axis=(-2, -1)).astype(jnp.float32)
+  total = (jnp.sum(a, axis=(-2, -1)) + jnp.sum(b, axis=(-2, -1))).astype(jnp.float32)
+  return jnp.where(total > 0, 2.0 * inter / jnp.maximum(total, 1.0), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("sam_config", "frame", "score_fn", "slope",
+                                             "chunk"))
+def _grid_maps(sam_params, score_variables, embeddings, images_small, targets, clicks, *,
+               sam_config, frame, score_fn, slope, chunk):
+  def one_image(embedding, image_small, target):
+    def one_click(click):
+      low_res, iou = predictor.decode_clicks(
+          sam_params, embedding[None], click[None, None], jnp.ones((1, 1), jnp.int32), frame,
+          sam_config)
+      soft = evolve.soft_mask(low_res[0, 0], frame, sam_config.img_size, image_small.shape,
+                              slope)
+      score = score_fn(score_variables, image_small[None], soft[None])[0]
+      mask = transforms.postprocess_masks(low_res[0, 0], frame.input_size, frame.original_size,
+                                          sam_config.img_size) > predictor.MASK_THRESHOLD
+      return score, iou[0, 0], mask_dice(mask, target)
+    # Chunks of clicks at a time bound the memory of the full-size masks.
+    return jax.lax.map(one_click, clicks, batch_size=chunk)
+  return jax.vmap(one_image)(embeddings, images_small, targets)
+
+
+def grid_maps(sam_params, sam_config, score_fn, score_variables, embeddings, frame,
+              images_small, targets, clicks, slope: float, chunk: int = 16):
+  """Score, SAM IoU and true Dice of every grid click on every image, one compiled call.
+
+  Args:
+    embeddings: (B, g, g, C); images_small: (B, S, S) float in [0, 1]; targets:
+      (B, H, W) bool ground truth at the original size; clicks: (K, 2) (x, y),
+      the same for every image (grid_clicks).
+    slope: the soft mask's sigmoid slope (as in evolve).
+    chunk: clicks decoded together per image.
+
+  Returns:
+    scores, ious, dice: (B, K) float32 each.
+  """
+  clicks = np.asarray(clicks, np.float32)
+  k = len(clicks)
+  chunk = max(1, min(int(chunk), k))
+  # Whole chunks only: a remainder would be a second copy of SAM in the program.
+  padded, _ = sharding.pad_batch(clicks, chunk)
+  maps = _grid_maps(sam_params, score_variables, embeddings, jnp.asarray(images_small),
+                    jnp.asarray(targets, bool), jnp.asarray(padded),
+                    sam_config=ml_collections.FrozenConfigDict(sam_config), frame=frame,
+                    score_fn=score_fn, slope=float(slope), chunk=chunk)
+  return tuple(m[:, :k] for m in maps)
+
+
+def inside(masks: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+  """(N, H, W) bool masks, (K, 2) clicks -> (N, K) bool: click on a mask pixel (nearest)."""
+  h, w = masks.shape[1:]
+  x = np.clip(np.rint(clicks[:, 0]), 0, w - 1).astype(int)
+  y = np.clip(np.rint(clicks[:, 1]), 0, h - 1).astype(int)
+  return np.asarray(masks)[:, y, x]
+
+
+def grid_search(scores: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Best-scoring allowed grid click per image.
+
+  Args:
+    scores: (N, K) regressor scores; allowed: (N, K) bool (inside the initial mask).
+
+  Returns:
+    (index (N,) int, or -1 where no finite allowed score exists; found (N,) bool).
+  """
+  ranked = np.where(allowed & np.isfinite(scores), scores, -np.inf)
+  found = np.isfinite(ranked).any(axis=1)
+  return np.where(found, ranked.argmax(axis=1), -1), found
+
+
+def multimask_choice(sam_params, sam_config, embeddings, frame, clicks, decode_fn=None):
+  """SAM's 3 masks at each click, the one SAM rates highest.
+
+  clicks (B, 2) -> (mask (B, H, W) bool, iou (B,), which (B,) int) as jax arrays.
+  """
+  kwargs = {} if decode_fn is None else {"decode_fn": decode_fn}
+  masks, ious = evolve.click_masks(sam_params, sam_config, embeddings, frame,
+                                   jnp.asarray(clicks)[:, None], multimask_output=True, **kwargs)
+  return _pick(masks[:, 0], ious[:, 0])
+
+
+@jax.jit
+def _pick(masks, ious):
+  which = jnp.argmax(ious, axis=1)
+  rows = jnp.arange(masks.shape[0])
+  return masks[rows, which], ious[rows, which], which

@@ -1,0 +1,105 @@
+"""SAM image embeddings on disk, written once per (image, checkpoint) and reused.
+
+    cache = EmbeddingCache(directory, model_key, sam_config)
+    embeddings, frame, encoded = cache.embeddings(params, images)
+
+Layout: DIRECTORY/<model>/<image>.npy, float32 (g, g, C). <model> hashes the
+checkpoint key (models.load_sam: the official file's sha256, or a hash of random
+params) with the SAM config; <image> hashes the image's shape, dtype and bytes.
+So a new checkpoint or config never meets old embeddings, and re-running SAMPOT
+with other settings encodes nothing. Files are written to a temporary name and
+renamed, so a killed run leaves no half file.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+import tempfile
+from typing import Callable
+
+import numpy as np
+
+from sampot_jax import evolve
+from sampot_jax import sharding
+from sampot_jax.sam import predictor
+
+
+def image_key(image: np.ndarray) -> str:
+  """sha256 (32 hex) of an image's shape, dtype and bytes."""
+  image = np.ascontiguousarray(image)
+  digest = hashlib.sha256(f"{image.shape}:{image.dtype.str}:".encode())
+  digest.update(image.tobytes())
+  return digest.hexdigest()[:32]
+
+
+def model_key(checkpoint_key: str, sam_config) -> str:
+  """Folder name of one (checkpoint, SAM config) pair."""
+  blob = json.dumps({"checkpoint": checkpoint_key, "config": json.loads(sam_config.to_json())},
+                    sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class EmbeddingCache:
+  """Embeddings of one SAM (checkpoint + config) under `directory`."""
+
+  def __init__(self, directory, checkpoint_key: str, sam_config):
+    self.sam_config = sam_config
+    self.directory = Path(directory).expanduser() / model_key(checkpoint_key, sam_config)
+
+  def path(self, image: np.ndarray) -> Path:
+    return self.directory / f"{image_key(image)}.npy"
+
+  def _write(self, path: Path, embedding: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
+    try:
+      with os.fdopen(fd, "wb") as f:
+        np.save(f, embedding)
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+
+  def embeddings(self, params, images, batch_size: int = 8,
+                 encode_fn: Callable = predictor.encode_images):
+    """Embeddings of a batch, encoding only the images not on disk yet.
+
+    Args:
+      params: SAM params matching the cache's checkpoint (not checked: the key is).
+      images: (N, H, W[, 3]) uint8/uint16 of one size, or a list of such images.
+      batch_size: images per encoder call (the last call is padded to it).
+      encode_fn: predictor.encode_images or a stand-in with its signature.
+
+    Returns:
+      (embeddings (N, g, g, C) float32 numpy, ImageFrame, number encoded now).
+    """
+    images = [np.asarray(im) for im in images]
+    if not images:
+      raise ValueError("images is an empty batch; pass at least one image.")
+    sizes = sorted({im.shape[:2] for im in images})
+    if len(sizes) > 1:
+      raise ValueError(f"images mixes sizes {sizes}; a batch must share one (H, W). Group the "
+                       "images by size, or resize/pad them to one size first.")
+    paths = [self.path(im) for im in images]
+    out = [None] * len(images)
+    missing = []
+    for i, path in enumerate(paths):
+      if path.exists():
+        try:
+          out[i] = np.load(path, allow_pickle=False)
+          continue
+        except (ValueError, OSError):
+          pass  # unreadable: encode again and overwrite
+      missing.append(i)
+    step = min(batch_size, len(missing)) or 1
+    for start in range(0, len(missing), step):
+      chunk = missing[start:start + step]
+      # Full batches only: the encoder compiles once per run.
+      batch, _ = sharding.pad_batch(np.stack([images[i] for i in chunk]), step)
+      encoded, _ = encode_fn(params, batch, self.sam_config)
+      for i, emb in zip(chunk, np.asarray(encoded)):
+        self._write(paths[i], emb)
+        out[i] = emb
+    frame = evolve.frame_for(sizes[0], self.sam_config.img_size)
+    return np.stack(out).astype(np.float32), frame, len(missing)

@@ -1,0 +1,395 @@
+"""Runs a split through SAMPOT and every baseline; writes the report (task 'evolve').
+
+    python main.py --config configs/evaluate.py --workdir W
+
+Steps: load SAM (ported checkpoint; stops with the porting commands when it is
+missing) and the regressor; load the split; initial clicks (GT centroids or a
+clicks file); embeddings through the cache; then per batch, sharded over the
+device mesh, one compiled call each for the evolution, SAM's multimask choice
+and the grid maps (search + oracle); on the host the true Dice, the safeguards
+and the report:
+
+  WORKDIR/results.csv          one row per image (clicks, scores, IoUs, Dice per method)
+  WORKDIR/summary.json         counts and shares improved/degraded, Dice per method,
+                               Pearson r of score and IoU vs Dice, safeguard report
+  WORKDIR/trajectories.npz     every start's clicks and scores, the grid maps
+  WORKDIR/fig1_dice_heatmap.png, fig4_score_vs_dice.png, fig5_trajectory.png,
+  WORKDIR/fig6_initial_vs_evolved.png
+
+`heatmap(config, workdir)` (task 'heatmap') draws Fig. 1 on a fine grid for a
+few images only.
+"""
+import csv
+import io
+import time
+from pathlib import Path
+
+from absl import logging
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from sampot_jax import baselines
+from sampot_jax import candidates
+from sampot_jax import embedding_cache
+from sampot_jax import evolve
+from sampot_jax import figures
+from sampot_jax import models
+from sampot_jax import safeguards
+from sampot_jax import sharding
+from sampot_jax import train_regressor
+
+SIGNIFICANT = 0.05  # Dice gain the paper calls significant
+METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "oracle")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+  def write(tmp):
+    with open(tmp, "w", newline="") as f:
+      f.write(text)
+  train_regressor._atomic_write(path, write, path.suffix)  # pylint: disable=protected-access
+
+
+def _atomic_npz(path: Path, arrays: dict) -> None:
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.savez_compressed(f, **arrays)
+  train_regressor._atomic_write(path, write, ".npz")  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------
+# Inputs.
+
+
+def load_inputs(config):
+  """The split, its targets and the initial clicks -> (ids, images uint8, targets bool, clicks)."""
+  from sampot_jax import data  # pylint: disable=g-import-not-at-top
+  lungs = data.load_split(config.data, config.split)
+  n = len(lungs.ids) if config.max_images <= 0 else min(config.max_images, len(lungs.ids))
+  ids = list(lungs.ids[:n])
+  images = lungs.images[:n]
+  targets = lungs.target(config.data.target)[:n]
+  if config.clicks_file:
+    clicks = baselines.read_clicks(config.clicks_file, ids, images.shape[1:3])
+  else:
+    clicks = baselines.centroid_clicks(targets, ids)
+  return ids, images, targets, clicks
+
+
+def cache_dir(config, workdir: Path) -> Path:
+  if config.get("embedding_cache_dir"):
+    return Path(config.embedding_cache_dir).expanduser()
+  from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  return checkpoints.cache_dir() / "embeddings"
+
+
+# ----------------------------------------------------------------------------
+# The compiled work, batch by batch.
+
+
+def run_batches(sam, scorer, embeddings, frame, images_small, targets, clicks, config,
+                mesh=None) -> dict:
+  """Evolution, multimask and grid maps for every image, sharded over `mesh`.
+
+  Args:
+    sam: (params, sam_config); scorer: (score_fn, variables).
+    embeddings: (N, g, g, C); images_small: (N, S, S) float32; targets:
+      (N, H, W) bool; clicks: (N, 2) float32, all host arrays.
+    config: the run's config (evolve, baselines, batch_size, seed).
+    mesh: a sharding.batch_mesh(); default all devices.
+
+  Returns:
+    Host arrays with a leading N axis (see the keys below).
+  """
+  mesh = mesh or sharding.batch_mesh()
+  params = sharding.replicate(sam[0], mesh)
+  variables = sharding.replicate(scorer[1], mesh)
+  settings = evolve.settings_from_config(config.evolve)
+  grid = (baselines.grid_clicks(frame.original_size, config.baselines.grid_size)
+          if config.baselines.grid_size > 0 else None)
+  batch = sharding.padded_size(min(config.batch_size, len(clicks)), mesh.size)
+  key = jax.random.key(config.seed)
+  outputs = []
+  for start in tqdm(range(0, len(clicks), batch), desc="SAMPOT batches", unit="batch"):
+    rows = slice(start, start + batch)
+    host, n = sharding.pad_batch(dict(emb=embeddings[rows], small=images_small[rows],
+                                      targets=targets[rows], clicks=clicks[rows]), batch)
+    dev = sharding.shard_batch(host, mesh)
+    res = evolve.evolve_prompts(params, sam[1], scorer[0], variables, dev["emb"], frame,
+                                dev["small"], dev["clicks"], settings,
+                                rng=jax.random.fold_in(key, start))
+    mm_mask, mm_iou, _ = baselines.multimask_choice(params, sam[1], dev["emb"], frame,
+                                                    dev["clicks"])
+    out = dict(clicks=res.clicks, scores=res.scores, ious=res.ious, nan_step=res.nan_step,
+               initial_click=res.initial_click, best_click=res.best_click,
+               initial_score=res.initial_score, best_score=res.best_score,
+               initial_iou=res.initial_iou, best_iou=res.best_iou,
+               initial_mask=res.initial_mask, best_mask=res.best_mask,
+               best_start=res.best_start, best_step=res.best_step,
+               multimask_mask=mm_mask, multimask_iou=mm_iou)
+    if grid is not None:
+      out["grid_score"], out["grid_iou"], out["grid_dice"] = baselines.grid_maps(
+          params, sam[1], scorer[0], variables, dev["emb"], frame, dev["small"],
+          dev["targets"], grid, settings.slope, config.baselines.grid_chunk)
+    outputs.append(sharding.unpad(sharding.gather(out), n))
+  merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  if grid is not None:
+    merged["grid_clicks"] = grid
+  return merged
+
+
+# ----------------------------------------------------------------------------
+# Host-side verdicts and the report.
+
+
+def dice_all(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  return np.array([candidates.dice(m, t) for m, t in zip(masks, targets)], np.float64)
+
+
+def judge(out: dict, targets: np.ndarray, config) -> dict:
+  """True Dice of every method, safeguard verdicts, grid search and oracle picks."""
+  n = len(targets)
+  dice = {"initial": dice_all(out["initial_mask"], targets),
+          "evolved": dice_all(out["best_mask"], targets),
+          "multimask": dice_all(out["multimask_mask"], targets)}
+  passed = safeguards.check(config.safeguards, out["initial_score"], out["best_score"],
+                            out["initial_mask"], out["best_mask"], out["best_click"])
+  accepted = safeguards.accept(passed, n)
+  dice["safeguarded"] = np.where(accepted, dice["evolved"], dice["initial"])
+  verdict = dict(dice=dice, passed=passed, accepted=accepted,
+                 safeguarded_click=np.where(accepted[:, None], out["best_click"],
+                                            out["initial_click"]),
+                 safeguard_report=safeguards.report(passed, dice["initial"], dice["evolved"]))
+  if "grid_dice" in out:
+    grid = out["grid_clicks"]
+    allowed = baselines.inside(out["initial_mask"], grid)
+    index, found = baselines.grid_search(out["grid_score"], allowed)
+    rows = np.arange(n)
+    dice["grid_search"] = np.where(found, out["grid_dice"][rows, np.maximum(index, 0)],
+                                   dice["initial"])
+    verdict["grid_click"] = np.where(found[:, None], grid[np.maximum(index, 0)],
+                                     out["initial_click"])
+    verdict["grid_found"] = found
+    oracle = np.nanargmax(np.where(np.isfinite(out["grid_dice"]), out["grid_dice"], -1), 1)
+    dice["oracle"] = out["grid_dice"][rows, oracle]
+    verdict["oracle_click"] = grid[oracle]
+  return verdict
+
+
+def compare(before: np.ndarray, after: np.ndarray) -> dict:
+  """Counts and shares of images improved / degraded / unchanged (and by > SIGNIFICANT)."""
+  delta = after - before
+  n = len(delta)
+  counts = {"improved": int((delta > 0).sum()), "degraded": int((delta < 0).sum()),
+            "unchanged": int((delta == 0).sum()),
+            "significantly_improved": int((delta > SIGNIFICANT).sum()),
+            "significantly_degraded": int((delta < -SIGNIFICANT).sum())}
+  out = dict(counts)
+  out.update({f"{k}_share": v / n for k, v in counts.items()})
+  out["mean_dice_change"] = float(delta.mean())
+  return out
+
+
+def results_rows(ids, out, verdict) -> list[dict]:
+  """One dict per image for results.csv."""
+  dice = verdict["dice"]
+  rows = []
+  for i, sid in enumerate(ids):
+    row = {"id": sid}
+    for name, click in (("initial", out["initial_click"]), ("evolved", out["best_click"]),
+                        ("safeguarded", verdict["safeguarded_click"]),
+                        ("grid_search", verdict.get("grid_click")),
+                        ("oracle", verdict.get("oracle_click"))):
+      if click is not None:
+        row[f"{name}_x"], row[f"{name}_y"] = float(click[i, 0]), float(click[i, 1])
+    for method in METHODS:
+      if method in dice:
+        row[f"dice_{method}"] = float(dice[method][i])
+    row.update(score_initial=float(out["initial_score"][i]),
+               score_evolved=float(out["best_score"][i]),
+               iou_initial=float(out["initial_iou"][i]), iou_evolved=float(out["best_iou"][i]),
+               iou_multimask=float(out["multimask_iou"][i]),
+               accepted=bool(verdict["accepted"][i]))
+    for rule, ok in verdict["passed"].items():
+      row[f"rule_{rule}"] = bool(ok[i])
+    row.update(best_start=int(out["best_start"][i]), best_step=int(out["best_step"][i]),
+               nan_step=int(out["nan_step"][i].max()))
+    rows.append(row)
+  return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_text(path, buffer.getvalue())
+
+
+def summarize(ids, out, verdict, config, seconds: dict) -> dict:
+  dice = verdict["dice"]
+  stopped = np.nonzero((out["nan_step"] >= 0).any(axis=1))[0]
+  return {
+      "num_images": len(ids),
+      "split": config.split,
+      "evolved_vs_initial": compare(dice["initial"], dice["evolved"]),
+      "safeguarded_vs_initial": compare(dice["initial"], dice["safeguarded"]),
+      "dice": {m: {"mean": float(np.mean(dice[m])), "median": float(np.median(dice[m]))}
+               for m in METHODS if m in dice},
+      "pearson_r_at_initial_clicks": {
+          "regressor_score_vs_dice": train_regressor.pearson(out["initial_score"],
+                                                             dice["initial"]),
+          "sam_iou_vs_dice": train_regressor.pearson(out["initial_iou"], dice["initial"]),
+      },
+      "safeguards": {"rules": dict(config.safeguards),
+                     "accepted": int(verdict["accepted"].sum()),
+                     "per_rule": verdict["safeguard_report"]},
+      "grid_search_without_candidate": (int((~verdict["grid_found"]).sum())
+                                        if "grid_found" in verdict else None),
+      "nan_stopped": {"images": int(stopped.size), "ids": [ids[i] for i in stopped]},
+      "evolve": dict(config.evolve),
+      "num_devices": jax.device_count(),
+      "seconds": seconds,
+  }
+
+
+def _snapshot_steps(best_step: int, num_steps: int, k: int) -> np.ndarray:
+  steps = np.round(np.linspace(0, num_steps - 1, k)).astype(int)
+  return np.unique(np.append(steps, best_step))
+
+
+def draw_figures(workdir: Path, ids, images, targets, out, verdict, sam, embeddings, frame,
+                 config) -> list[str]:
+  """The paper's figures 1, 4, 5, 6 for this run; returns the file names written."""
+  dice = verdict["dice"]
+  written = []
+  pick = lambda name, default: ids.index(name) if name in ids else default
+  if "grid_dice" in out:
+    i = pick(config.figures.heatmap_id, 0)
+    n = config.baselines.grid_size
+    figures.dice_heatmap(workdir / "fig1_dice_heatmap.png", images[i], targets[i],
+                         out["grid_dice"][i].reshape(n, n), out["grid_clicks"],
+                         out["initial_click"][i], title=f"{ids[i]}: Dice over click positions")
+    written.append("fig1_dice_heatmap.png")
+  r = {"score": train_regressor.pearson(out["initial_score"], dice["initial"]),
+       "iou": train_regressor.pearson(out["initial_iou"], dice["initial"])}
+  figures.score_vs_dice(workdir / "fig4_score_vs_dice.png", dice["initial"],
+                        out["initial_iou"], out["initial_score"], r["iou"], r["score"])
+  written.append("fig4_score_vs_dice.png")
+  # Fig. 5 on the image that gained most (or the configured one).
+  i = pick(config.figures.trajectory_id, int(np.argmax(dice["evolved"] - dice["initial"])))
+  start = int(out["best_start"][i])
+  path = out["clicks"][i, start]
+  steps = _snapshot_steps(int(out["best_step"][i]), len(path), config.figures.num_snapshots)
+  masks, _ = evolve.click_masks(sam[0], sam[1], embeddings[i:i + 1], frame,
+                                path[steps][None])
+  masks = np.asarray(masks[0])
+  figures.trajectory(workdir / "fig5_trajectory.png", images[i], targets[i], path,
+                     out["scores"][i, start], steps, masks,
+                     [candidates.dice(m, targets[i]) for m in masks],
+                     title=f"{ids[i]}: Dice {dice['initial'][i]:.3f} -> {dice['evolved'][i]:.3f}")
+  written.append("fig5_trajectory.png")
+  figures.initial_vs_evolved(workdir / "fig6_initial_vs_evolved.png", dice["initial"],
+                             dice["evolved"], dice["safeguarded"], SIGNIFICANT)
+  written.append("fig6_initial_vs_evolved.png")
+  return written
+
+
+# ----------------------------------------------------------------------------
+# The tasks.
+
+
+def load_models(config):
+  """(SAM params, SAM config, checkpoint key), (score_fn, variables); a missing checkpoint
+  or regressor stops the task with the commands that make it."""
+  try:
+    sam_params, sam_config, sam_key = models.load_sam(config.sam)
+    scorer = models.load_scorer(config.regressor)
+  except (models.MissingCheckpointError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
+  return (sam_params, sam_config, sam_key), scorer
+
+
+def embed(config, workdir: Path, sam, images):
+  """Embeddings through the cache -> ((N, g, g, C) float32, ImageFrame, number encoded now)."""
+  cache = embedding_cache.EmbeddingCache(cache_dir(config, workdir), sam[2], sam[1])
+  embeddings, frame, encoded = cache.embeddings(sam[0], images, config.encode_batch_size)
+  logging.info("Embeddings: %d encoded, %d from the cache %s", encoded, len(images) - encoded,
+               cache.directory)
+  return embeddings, frame, encoded
+
+
+def _workdir(workdir) -> Path:
+  if not workdir:
+    raise ValueError("--workdir is required: the report is written there.")
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  return workdir
+
+
+def run(config, workdir) -> dict:
+  """Task 'evolve': the whole evaluation; returns the summary."""
+  workdir = _workdir(workdir)
+  train_regressor.write_json(workdir / "config.json", config.to_dict())
+  t0 = time.time()
+  sam, scorer = load_models(config)
+  ids, images, targets, clicks = load_inputs(config)
+  seconds = {"load": time.time() - t0}
+  t0 = time.time()
+  embeddings, frame, encoded = embed(config, workdir, sam, images)
+  seconds["embeddings"] = time.time() - t0
+  t0 = time.time()
+  small = images.astype(np.float32) / 255.0
+  out = run_batches(sam[:2], scorer, embeddings, frame, small, targets, clicks, config)
+  seconds["sampot_and_baselines"] = time.time() - t0
+  verdict = judge(out, targets, config)
+  t0 = time.time()
+  written = draw_figures(workdir, ids, images, targets, out, verdict, sam[:2], embeddings,
+                         frame, config)
+  seconds["figures"] = time.time() - t0
+  write_csv(workdir / "results.csv", results_rows(ids, out, verdict))
+  arrays = {k: out[k] for k in ("clicks", "scores", "ious", "nan_step", "best_start",
+                                "best_step", "grid_clicks", "grid_score", "grid_iou",
+                                "grid_dice") if k in out}
+  _atomic_npz(workdir / "trajectories.npz", dict(ids=np.asarray(ids), **arrays))
+  summary = summarize(ids, out, verdict, config, seconds)
+  summary["embeddings_encoded"] = encoded
+  summary["figures"] = written
+  train_regressor.write_json(workdir / "summary.json", summary)
+  ev = summary["evolved_vs_initial"]
+  logging.info("%d images: %d improved, %d degraded, %d by > %.2f; mean Dice %.4f -> %.4f "
+               "(safeguarded %.4f). Report in %s", len(ids), ev["improved"], ev["degraded"],
+               ev["significantly_improved"], SIGNIFICANT, summary["dice"]["initial"]["mean"],
+               summary["dice"]["evolved"]["mean"], summary["dice"]["safeguarded"]["mean"],
+               workdir)
+  return summary
+
+
+def heatmap(config, workdir) -> list[str]:
+  """Task 'heatmap': Fig. 1 on a config.heatmap.grid_size grid for config.heatmap.ids."""
+  workdir = _workdir(workdir)
+  sam, scorer = load_models(config)
+  ids, images, targets, clicks = load_inputs(config)
+  wanted = list(config.heatmap.ids) or ids[:config.heatmap.num_images]
+  unknown = [sid for sid in wanted if sid not in ids]
+  if unknown:
+    raise ValueError(f"config.heatmap.ids names {unknown}, not in split {config.split!r} "
+                     f"(e.g. {ids[:3]}).")
+  rows = [ids.index(sid) for sid in wanted]
+  embeddings, frame, _ = embed(config, workdir, sam, images[rows])
+  n = config.heatmap.grid_size
+  grid = baselines.grid_clicks(frame.original_size, n)
+  slope = evolve.settings_from_config(config.evolve).slope
+  written = []
+  for j, (sid, i) in enumerate(tqdm(list(zip(wanted, rows)), desc="heat maps", unit="image")):
+    score, iou, dice = (np.asarray(x[0]) for x in baselines.grid_maps(
+        sam[0], sam[1], scorer[0], scorer[1], embeddings[j:j + 1], frame,
+        images[i:i + 1].astype(np.float32) / 255.0, targets[i:i + 1], grid, slope,
+        config.baselines.grid_chunk))
+    name = f"heatmap_{sid}"
+    _atomic_npz(workdir / f"{name}.npz", dict(clicks=grid, dice=dice, score=score, iou=iou))
+    figures.dice_heatmap(workdir / f"{name}.png", images[i], targets[i], dice.reshape(n, n),
+                         grid, clicks[i], title=f"{sid}: Dice over {n}x{n} click positions")
+    written.append(f"{name}.png")
+  logging.info("Wrote %s to %s", written, workdir)
+  return written
