@@ -12,6 +12,7 @@ whose official logit is within 1e-3 of the threshold 0, where a 1e-5 difference 
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from skimage import io
@@ -99,3 +100,20 @@ def test_vit_b_end_to_end_matches_official_predictor(vit_b, xray, record_figure)
                    "foreground": int(exp_masks.sum())})
     assert np.all(np.abs(exp_logits[flipped]) < FLIP_BAND), "a mask pixel differs away from 0"
     assert exp_masks.shape == (len(exp_iou),) + image.shape
+
+
+def test_load_sam_ports_a_cached_official_checkpoint_once(vit_b, tmp_path, monkeypatch):
+  """The main job's path: the official file in the cache -> ported once -> loaded."""
+  config, official, params = vit_b
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  sam_reference.save_pth(official, cache / "sam_vit_b_01ec64.pth")  # as fetch_checkpoint leaves it
+  monkeypatch.setenv("SAMPOT_CACHE", str(cache))
+  loaded, loaded_config = sam_model.load_sam(variant="vit_b")
+  assert (cache / "sam_vit_b_flax" / "manifest.json").exists()
+  assert loaded_config.to_dict() == config.to_dict()
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  (cache / "sam_vit_b_01ec64.pth").unlink()  # a second call must not need the .pth again
+  again, _ = sam_model.load_sam(variant="vit_b")
+  assert jax.tree.structure(again) == jax.tree.structure(params)
