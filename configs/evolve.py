@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.evolve.num_starts = 1        # paper: the user's click only
   config.evolve.restart_jitter = 10.0
   config.evolve.seed = 0
+  config.evolve.num_snapshots = 4     # masks kept along the trajectory (Fig. 5)
 
   config.safeguards = safeguards.default_config()
 
@@ -56,7 +57,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.figures = ml_collections.ConfigDict()
   config.figures.heatmap_id = ""     # Fig. 1 image; empty: the first
   config.figures.trajectory_id = ""  # Fig. 5 image; empty: the one that gained most
-  config.figures.num_snapshots = 4
 
   config.batch_size = 8          # images per compiled call (rounded to the device count)
   config.encode_batch_size = 8

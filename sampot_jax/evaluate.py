@@ -126,6 +126,7 @@ def run_batches(sam, scorer, embeddings, frame, images_small, targets, clicks, c
                initial_iou=res.initial_iou, best_iou=res.best_iou,
                initial_mask=res.initial_mask, best_mask=res.best_mask,
                best_start=res.best_start, best_step=res.best_step,
+               snapshot_steps=res.snapshot_steps, snapshot_masks=res.snapshot_masks,
                multimask_mask=mm_mask, multimask_iou=mm_iou)
     if grid is not None:
       out["grid_score"], out["grid_iou"], out["grid_dice"] = baselines.grid_maps(
@@ -253,13 +254,7 @@ def summarize(ids, out, verdict, config, seconds: dict) -> dict:
   }
 
 
-def _snapshot_steps(best_step: int, num_steps: int, k: int) -> np.ndarray:
-  steps = np.round(np.linspace(0, num_steps - 1, k)).astype(int)
-  return np.unique(np.append(steps, best_step))
-
-
-def draw_figures(workdir: Path, ids, images, targets, out, verdict, sam, embeddings, frame,
-                 config) -> list[str]:
+def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> list[str]:
   """The paper's figures 1, 4, 5, 6 for this run; returns the file names written."""
   dice = verdict["dice"]
   written = []
@@ -279,14 +274,10 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, sam, embeddi
   # Fig. 5 on the image that gained most (or the configured one).
   i = pick(config.figures.trajectory_id, int(np.argmax(dice["evolved"] - dice["initial"])))
   start = int(out["best_start"][i])
-  path = out["clicks"][i, start]
-  steps = _snapshot_steps(int(out["best_step"][i]), len(path), config.figures.num_snapshots)
-  masks, _ = evolve.click_masks(sam[0], sam[1], embeddings[i:i + 1], frame,
-                                path[steps][None])
-  masks = np.asarray(masks[0])
-  figures.trajectory(workdir / "fig5_trajectory.png", images[i], targets[i], path,
-                     out["scores"][i, start], steps, masks,
-                     [candidates.dice(m, targets[i]) for m in masks],
+  masks = out["snapshot_masks"][i]
+  figures.trajectory(workdir / "fig5_trajectory.png", images[i], targets[i],
+                     out["clicks"][i, start], out["scores"][i, start], out["snapshot_steps"][i],
+                     masks, [candidates.dice(m, targets[i]) for m in masks],
                      title=f"{ids[i]}: Dice {dice['initial'][i]:.3f} -> {dice['evolved'][i]:.3f}")
   written.append("fig5_trajectory.png")
   figures.initial_vs_evolved(workdir / "fig6_initial_vs_evolved.png", dice["initial"],
@@ -344,8 +335,7 @@ def run(config, workdir) -> dict:
   seconds["sampot_and_baselines"] = time.time() - t0
   verdict = judge(out, targets, config)
   t0 = time.time()
-  written = draw_figures(workdir, ids, images, targets, out, verdict, sam[:2], embeddings,
-                         frame, config)
+  written = draw_figures(workdir, ids, images, targets, out, verdict, config)
   seconds["figures"] = time.time() - t0
   write_csv(workdir / "results.csv", results_rows(ids, out, verdict))
   arrays = {k: out[k] for k in ("clicks", "scores", "ious", "nan_step", "best_start",

@@ -57,6 +57,8 @@ class Settings:
       restarts jittered around it.
     restart_jitter: std of the restarts' offsets, pixels.
     seed: PRNG seed of the restarts.
+    num_snapshots: masks kept along the best start's trajectory (Fig. 5): evenly
+      spaced steps, the best step among them.
   """
   num_steps: int = 40
   learning_rate: float = 10.0
@@ -65,6 +67,7 @@ class Settings:
   num_starts: int = 1
   restart_jitter: float = 10.0
   seed: int = 0
+  num_snapshots: int = 4
 
   def __post_init__(self):
     for name, ok, need in (
@@ -73,7 +76,8 @@ class Settings:
         ("weight_decay", self.weight_decay >= 0, ">= 0"),
         ("slope", self.slope > 0, "> 0"),
         ("num_starts", self.num_starts >= 1, ">= 1"),
-        ("restart_jitter", self.restart_jitter >= 0, ">= 0")):
+        ("restart_jitter", self.restart_jitter >= 0, ">= 0"),
+        ("num_snapshots", self.num_snapshots >= 1, ">= 1")):
       if not ok:
         raise ValueError(f"evolve setting {name}={getattr(self, name)!r} must be {need}.")
 
@@ -103,6 +107,9 @@ class EvolveResult:
     initial_iou, best_iou: (B,) float32.
     initial_mask, best_mask: (B, H, W) bool at the original size.
     best_start, best_step: (B,) int32, where the best click lies.
+    snapshot_steps: (B, K) int32, increasing steps of the best start's trajectory,
+      best_step among them (K = num_snapshots).
+    snapshot_masks: (B, K, H, W) bool, the masks there.
   """
   clicks: jax.Array
   scores: jax.Array
@@ -118,6 +125,8 @@ class EvolveResult:
   best_mask: jax.Array
   best_start: jax.Array
   best_step: jax.Array
+  snapshot_steps: jax.Array
+  snapshot_masks: jax.Array
 
 
 def frame_for(original_size: tuple[int, int], img_size: int) -> predictor.ImageFrame:
@@ -206,10 +215,17 @@ def _evolve_batch(sam_params, score_variables, embeddings, images_small, clicks,
   flat = jnp.argmax(ranked, axis=1)  # all -inf (no finite score) -> 0, the given click
   best_start, best_step = flat // t, flat % t
   rows = jnp.arange(b)
+  # Snapshots: evenly spaced steps, the nearest one moved onto the best step.
+  even = jnp.round(jnp.linspace(0, t - 1, settings.num_snapshots)).astype(jnp.int32)
+  nearest = jnp.argmin(jnp.abs(even[None] - best_step[:, None]), axis=1)
+  steps = jnp.sort(jnp.where(jnp.arange(settings.num_snapshots)[None] == nearest[:, None],
+                             best_step[:, None], even[None]), axis=1).astype(jnp.int32)
   return dict(clicks=clicks, scores=scores, ious=ious, nan_step=nan_step,
               initial_click=clicks[:, 0, 0], best_click=clicks[rows, best_start, best_step],
               initial_score=scores[:, 0, 0], best_score=scores[rows, best_start, best_step],
-              best_start=best_start.astype(jnp.int32), best_step=best_step.astype(jnp.int32))
+              best_start=best_start.astype(jnp.int32), best_step=best_step.astype(jnp.int32),
+              snapshot_steps=steps, snapshot_clicks=clicks[rows[:, None], best_start[:, None],
+                                                           steps])
 
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "multimask_output",
@@ -228,13 +244,13 @@ def _click_masks(sam_params, embeddings, clicks, *, sam_config, frame, multimask
 
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "decode_fn"))
-def _initial_and_best_masks(sam_params, embeddings, initial_click, best_click, *, sam_config,
-                            frame, decode_fn):
-  masks, ious = _click_masks(sam_params, embeddings, jnp.stack([initial_click, best_click], 1),
-                             sam_config=sam_config, frame=frame, multimask_output=False,
-                             decode_fn=decode_fn)
+def _prompt_masks(sam_params, embeddings, initial_click, best_click, snapshot_clicks, *,
+                  sam_config, frame, decode_fn):
+  clicks = jnp.concatenate([initial_click[:, None], best_click[:, None], snapshot_clicks], 1)
+  masks, ious = _click_masks(sam_params, embeddings, clicks, sam_config=sam_config, frame=frame,
+                             multimask_output=False, decode_fn=decode_fn)
   return dict(initial_mask=masks[:, 0], best_mask=masks[:, 1], initial_iou=ious[:, 0],
-              best_iou=ious[:, 1])
+              best_iou=ious[:, 1], snapshot_masks=masks[:, 2:])
 
 
 def click_masks(sam_params, sam_config, embeddings: jax.Array, frame: predictor.ImageFrame,
@@ -342,7 +358,7 @@ def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: 
       sam_params, score_variables, embeddings, jnp.asarray(images_small, jnp.float32),
       jnp.asarray(clicks, jnp.float32), jax.random.key(settings.seed) if rng is None else rng,
       sam_config=frozen, frame=frame, score_fn=score_fn, settings=settings, decode_fn=decode_fn)
-  masks = _initial_and_best_masks(sam_params, embeddings, out["initial_click"],
-                                  out["best_click"], sam_config=frozen, frame=frame,
-                                  decode_fn=decode_fn)
+  masks = _prompt_masks(sam_params, embeddings, out["initial_click"], out["best_click"],
+                        out.pop("snapshot_clicks"), sam_config=frozen, frame=frame,
+                        decode_fn=decode_fn)
   return EvolveResult(**masks, **out)

@@ -1,0 +1,104 @@
+"""The smoke config end to end, as a user runs it: python main.py --config configs/smoke.py.
+
+Runs in a subprocess (a fresh JAX, as on the command line). XLA's CPU backend
+optimisation is off there: the tiny run is compile-bound, the code paths are the
+same, and it halves the time on a small machine.
+"""
+import csv
+import json
+import math
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("fig1_dice_heatmap.png", "fig4_score_vs_dice.png", "fig5_trajectory.png",
+           "fig6_initial_vs_evolved.png")
+METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "oracle")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("smoke")
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config", "configs/smoke.py", "--workdir", str(workdir)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir
+
+
+def leaves(tree, path=""):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from leaves(v, f"{path}.{k}")
+  elif isinstance(tree, list):
+    for i, v in enumerate(tree):
+      yield from leaves(v, f"{path}[{i}]")
+  else:
+    yield path, tree
+
+
+def test_summary_has_every_figure_and_finite_numbers(smoke_run):
+  summary = json.loads((smoke_run / "summary.json").read_text())
+  assert summary["num_images"] == 6
+  for key in ("evolved_vs_initial", "safeguarded_vs_initial"):
+    counts = summary[key]
+    assert counts["improved"] + counts["degraded"] + counts["unchanged"] == 6
+    for name in ("improved", "degraded", "significantly_improved"):
+      assert counts[f"{name}_share"] == pytest.approx(counts[name] / 6)
+  assert set(summary["dice"]) == set(METHODS)
+  for method in METHODS:
+    assert 0.0 <= summary["dice"][method]["mean"] <= 1.0
+  r = summary["pearson_r_at_initial_clicks"]
+  assert set(r) == {"regressor_score_vs_dice", "sam_iou_vs_dice"}
+  assert set(summary["safeguards"]["per_rule"]) == {"score_gain", "mask_overlap",
+                                                    "click_inside", "all"}
+  assert summary["figures"] == list(FIGURES)
+  assert summary["embeddings_encoded"] == 6
+  for path, value in leaves(summary):
+    assert value is not None, f"summary{path} is null (a NaN)"
+    if isinstance(value, float):
+      assert math.isfinite(value), f"summary{path} = {value}"
+
+
+def test_results_csv_has_a_row_per_image(smoke_run):
+  with open(smoke_run / "results.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 6
+  assert len({row["id"] for row in rows}) == 6
+  for row in rows:
+    for method in METHODS:
+      assert 0.0 <= float(row[f"dice_{method}"]) <= 1.0
+    for name in ("initial", "evolved", "safeguarded", "grid_search", "oracle"):
+      assert 0.0 <= float(row[f"{name}_x"]) <= 63.0 and 0.0 <= float(row[f"{name}_y"]) <= 63.0
+    assert math.isfinite(float(row["score_evolved"]))
+    assert float(row["score_evolved"]) >= float(row["score_initial"])  # best by score
+    # The safeguarded prompt is the evolved one when accepted, else the initial one.
+    keep = "evolved" if row["accepted"] == "True" else "initial"
+    assert row["dice_safeguarded"] == row[f"dice_{keep}"]
+
+
+def test_figures_are_non_empty_pngs(smoke_run):
+  for name in FIGURES:
+    data = (smoke_run / name).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert len(data) > 10_000, name
+
+
+def test_trajectories_are_saved(smoke_run):
+  with np.load(smoke_run / "trajectories.npz") as z:
+    assert z["clicks"].shape == (6, 2, 9, 2)  # images, starts, steps + 1, (x, y)
+    assert z["scores"].shape == (6, 2, 9)
+    assert z["grid_dice"].shape == (6, 36)
+    assert np.isfinite(z["scores"]).all()
+    grid_best = dict(zip(z["ids"].tolist(), z["grid_dice"].max(axis=1)))
+  with open(smoke_run / "results.csv", newline="") as f:
+    for row in csv.DictReader(f):
+      # The oracle is the best true Dice over the grid.
+      assert float(row["dice_oracle"]) == pytest.approx(grid_best[row["id"]])
