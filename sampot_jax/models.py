@@ -69,6 +69,12 @@ def random_sam_params(config, seed: int = 0) -> dict:
   return random_like(sam_model.param_shapes(config), seed)
 
 
+def random_regressor_variables(model: regressor.DiceRegressor, seed: int = 0) -> dict:
+  """Random {'params', 'batch_stats'} for a DiceRegressor (random_like; no compilation)."""
+  shapes = jax.eval_shape(lambda: regressor.init_variables(model, jax.random.key(0)))
+  return random_like(dict(shapes), seed)
+
+
 def params_key(params) -> str:
   """sha256 (hex) of a params pytree's paths, shapes, dtypes and bytes."""
   digest = hashlib.sha256()
@@ -112,7 +118,6 @@ def load_scorer(regressor_config_block):
   c = regressor_config_block
   if c.random_init:
     model = regressor.from_config(c.model)
-    shapes = jax.eval_shape(lambda: regressor.init_variables(model, jax.random.key(0)))
-    return regressor.make_scorer(model), random_like(dict(shapes), int(c.get("seed", 0)))
+    return regressor.make_scorer(model), random_regressor_variables(model, int(c.get("seed", 0)))
   from sampot_jax import train_regressor  # pylint: disable=g-import-not-at-top
   return train_regressor.load_oracle(c.workdir)
