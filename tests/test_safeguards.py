@@ -40,14 +40,11 @@ def test_each_rule_as_documented():
 
 
 def test_thresholds_and_switching_rules_off():
-  passed = safeguards.check(config(min_score_gain=0.08, min_mask_dice=None,
-                                   click_inside_initial_mask=False),
+  passed = safeguards.check(config(min_score_gain=0.08, rules=("score_gain",)),
                             INITIAL_SCORE, BEST_SCORE, INITIAL, BEST, CLICKS)
   assert list(passed) == ["score_gain"]
   np.testing.assert_array_equal(passed["score_gain"], [True, True, False, False])
-  none = safeguards.check(config(min_score_gain=None, min_mask_dice=None,
-                                 click_inside_initial_mask=False),
-                          INITIAL_SCORE, BEST_SCORE, INITIAL, BEST, CLICKS)
+  none = safeguards.check(config(rules=()), INITIAL_SCORE, BEST_SCORE, INITIAL, BEST, CLICKS)
   assert none == {}
   np.testing.assert_array_equal(safeguards.accept(none, 4), [True] * 4)
   strict = safeguards.check(config(min_mask_dice=0.99), INITIAL_SCORE, BEST_SCORE, INITIAL,
@@ -81,5 +78,8 @@ def test_report_counts_prevented_degradations_and_forgone_gains():
 def test_bad_config_and_shapes_are_refused():
   with pytest.raises(ValueError, match="unknown field"):
     safeguards.check(config(min_gain=0.1), INITIAL_SCORE, BEST_SCORE, INITIAL, BEST, CLICKS)
+  with pytest.raises(ValueError, match=r"names \['inside'\]"):
+    safeguards.check(config(rules=("inside",)), INITIAL_SCORE, BEST_SCORE, INITIAL, BEST,
+                     CLICKS)
   with pytest.raises(ValueError, match="same 4 images"):
     safeguards.check(config(), INITIAL_SCORE, BEST_SCORE, INITIAL, BEST[:3], CLICKS)
