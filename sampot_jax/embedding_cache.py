@@ -62,18 +62,19 @@ class EmbeddingCache:
       raise
 
   def embeddings(self, params, images, batch_size: int = 8,
-                 encode_fn: Callable = predictor.encode_images):
+                 encode_fn: Callable | None = None):
     """Embeddings of a batch, encoding only the images not on disk yet.
 
     Args:
       params: SAM params matching the cache's checkpoint (not checked: the key is).
       images: (N, H, W[, 3]) uint8/uint16 of one size, or a list of such images.
       batch_size: images per encoder call (the last call is padded to it).
-      encode_fn: predictor.encode_images or a stand-in with its signature.
+      encode_fn: a stand-in with predictor.encode_images' signature; default that.
 
     Returns:
       (embeddings (N, g, g, C) float32 numpy, ImageFrame, number encoded now).
     """
+    encode_fn = encode_fn or predictor.encode_images
     images = [np.asarray(im) for im in images]
     if not images:
       raise ValueError("images is an empty batch; pass at least one image.")

@@ -213,8 +213,9 @@ def results_rows(ids, out, verdict) -> list[dict]:
                accepted=bool(verdict["accepted"][i]))
     for rule, ok in verdict["passed"].items():
       row[f"rule_{rule}"] = bool(ok[i])
+    stopped = out["nan_step"][i][out["nan_step"][i] >= 0]
     row.update(best_start=int(out["best_start"][i]), best_step=int(out["best_step"][i]),
-               nan_step=int(out["nan_step"][i].max()))
+               nan_step=int(stopped.min()) if stopped.size else -1)
     rows.append(row)
   return rows
 
@@ -334,6 +335,10 @@ def run(config, workdir) -> dict:
   out = run_batches(sam[:2], scorer, embeddings, frame, small, targets, clicks, config)
   seconds["sampot_and_baselines"] = time.time() - t0
   verdict = judge(out, targets, config)
+  summary = summarize(ids, out, verdict, config, seconds)
+  summary["embeddings_encoded"] = encoded
+  if jax.process_index() != 0:  # every host computed the same report; one writes it
+    return summary
   t0 = time.time()
   written = draw_figures(workdir, ids, images, targets, out, verdict, config)
   seconds["figures"] = time.time() - t0
@@ -342,8 +347,6 @@ def run(config, workdir) -> dict:
                                 "best_step", "grid_clicks", "grid_score", "grid_iou",
                                 "grid_dice") if k in out}
   _atomic_npz(workdir / "trajectories.npz", dict(ids=np.asarray(ids), **arrays))
-  summary = summarize(ids, out, verdict, config, seconds)
-  summary["embeddings_encoded"] = encoded
   summary["figures"] = written
   train_regressor.write_json(workdir / "summary.json", summary)
   ev = summary["evolved_vs_initial"]

@@ -102,3 +102,27 @@ def test_trajectories_are_saved(smoke_run):
     for row in csv.DictReader(f):
       # The oracle is the best true Dice over the grid.
       assert float(row["dice_oracle"]) == pytest.approx(grid_best[row["id"]])
+
+
+def test_heatmap_task_reuses_the_cached_embeddings(smoke_run, tmp_path, monkeypatch):
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from sampot_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
+
+  def no_encoding(*args, **kwargs):
+    raise AssertionError("the heat map re-encoded an image the smoke run had cached")
+
+  monkeypatch.setattr(predictor, "encode_images", no_encoding)
+  config = smoke.get_config()
+  config.task = "heatmap"
+  config.data.dir = str(smoke_run / "data")
+  config.embedding_cache_dir = str(smoke_run / "embeddings")
+  config.heatmap = dict(ids=("MCUCXR_0005_0",), num_images=1, grid_size=4)
+  written = evaluate.heatmap(config, tmp_path)
+  assert written == ["heatmap_MCUCXR_0005_0.png"]
+  assert (tmp_path / written[0]).stat().st_size > 10_000
+  with np.load(tmp_path / "heatmap_MCUCXR_0005_0.npz") as z:
+    assert z["dice"].shape == (16,) and np.all((z["dice"] >= 0) & (z["dice"] <= 1))
+  config.heatmap.ids = ("nobody",)
+  with pytest.raises(ValueError, match="'nobody'"):
+    evaluate.heatmap(config, tmp_path)
