@@ -18,6 +18,7 @@ import tempfile
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from sampot_jax import evolve
 from sampot_jax import sharding
@@ -94,7 +95,8 @@ class EmbeddingCache:
           pass  # unreadable: encode again and overwrite
       missing.append(i)
     step = min(batch_size, len(missing)) or 1
-    for start in range(0, len(missing), step):
+    for start in tqdm(range(0, len(missing), step), desc="SAM image encoder", unit="batch",
+                      disable=len(missing) <= step):
       chunk = missing[start:start + step]
       # Full batches only: the encoder compiles once per run.
       batch, _ = sharding.pad_batch(np.stack([images[i] for i in chunk]), step)

@@ -76,7 +76,7 @@ def score_vs_dice(path, dice, sam_iou, score, r_iou, r_score):
     ax.set_xlabel(name)
     ax.set_ylabel("true Dice")
     ax.set_title(f"{name}: r = {r:.2f} (n = {len(dice)})")
-    ax.set_xlim(0, 1.02)
+    ax.set_xlim(0, max(1.02, float(np.nanmax(values, initial=0.0)) + 0.02))  # IoU may pass 1
     ax.set_ylim(0, 1.02)
   fig.suptitle("Initial clicks: confidence vs true Dice")
   fig.tight_layout()
