@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sam = ml_collections.ConfigDict()
   config.sam.checkpoint_dir = "checkpoints/sam_vit_b"  # python -m ports.sam ... --out DIR
   config.sam.variant = "vit_b"  # the paper's model
+  # Missing checkpoint_dir: False stops with the porting commands; True fetches the
+  # official file (online) and ports it there (sampot_jax.sam.model.load_sam).
+  config.sam.fetch_if_missing = False
   config.sam.random_init = False
   config.sam.overrides = {}  # sam_config fields, random models only
   config.sam.seed = 0

@@ -89,7 +89,9 @@ def load_sam(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
   """SAM from a config.sam block -> (params, sam config, checkpoint key).
 
   Fields: `random_init` (bool), `variant`, `overrides` (dict of sam_config
-  fields, random models only), `seed`, `checkpoint_dir` (a ports.sam output).
+  fields, random models only), `seed`, `checkpoint_dir` (a ports.sam output),
+  `fetch_if_missing` (fetch and port the official checkpoint into checkpoint_dir
+  instead of stopping with the commands that do it).
   The key identifies the weights (the official file's sha256 for ported
   checkpoints, a hash of the params for random ones); the embedding cache uses it.
   """
@@ -99,11 +101,16 @@ def load_sam(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
     params = random_sam_params(config, int(c.get("seed", 0)))
     return params, config, "random-" + params_key(params)[:16]
   directory = Path(c.checkpoint_dir).expanduser()
-  if not c.checkpoint_dir or not directory.is_dir():
+  if c.get("fetch_if_missing") and c.checkpoint_dir:
+    # Fetches the official file into the cache and ports it into the directory once.
+    params, config = sam_model.load_sam(directory, c.variant)
+  elif not c.checkpoint_dir or not directory.is_dir():
     raise MissingCheckpointError(
         f"No ported SAM checkpoint at config.sam.checkpoint_dir={str(c.checkpoint_dir)!r}; "
-        + how_to_port(c.checkpoint_dir or "checkpoints/sam_vit_b", c.variant))
-  params, config = sam_model.load_ported(directory)
+        + how_to_port(c.checkpoint_dir or "checkpoints/sam_vit_b", c.variant)
+        + "\n(or let the run do both: --config.sam.fetch_if_missing=True)")
+  else:
+    params, config = sam_model.load_ported(directory)
   manifest = json.loads((directory / "manifest.json").read_text())
   key = manifest.get("source_sha256") or params_key(params)
   return params, config, f"{config.variant}-{key[:16]}"

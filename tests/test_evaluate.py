@@ -210,3 +210,23 @@ def test_random_models_from_config(tmp_path):
 
 def jax_shapes(tree):
   return {k: jax_shapes(v) if isinstance(v, dict) else list(v.shape) for k, v in tree.items()}
+
+
+def test_fetch_if_missing_hands_over_to_the_fetching_loader(tmp_path, monkeypatch):
+  calls = []
+  tiny = sam_model.sam_config("vit_b", img_size=32, embed_dim=16, depth=1, num_heads=1,
+                              global_attn_indexes=(0,), window_size=2, prompt_embed_dim=16)
+
+  def fake_load_sam(directory, variant):  # what fetching + porting leaves behind
+    calls.append((directory, variant))
+    directory.mkdir()
+    (directory / "manifest.json").write_text(json.dumps({"source_sha256": "ab" * 32}))
+    return models.random_sam_params(tiny), tiny
+
+  monkeypatch.setattr(sam_model, "load_sam", fake_load_sam)
+  config = evolve_config.get_config()
+  config.sam.checkpoint_dir = str(tmp_path / "sam")
+  config.sam.fetch_if_missing = True
+  _, loaded_config, key = models.load_sam(config.sam)
+  assert calls == [(tmp_path / "sam", "vit_b")]
+  assert loaded_config.img_size == 32 and key == "vit_b-" + "ab" * 8
