@@ -11,7 +11,6 @@ from sampot_jax import candidates
 from sampot_jax import embedding_cache
 from sampot_jax import evaluate
 from sampot_jax import models
-from sampot_jax import safeguards
 from sampot_jax.sam import model as sam_model
 
 IDS = ["a", "b", "c"]
