@@ -103,7 +103,14 @@ def load_sam(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
   directory = Path(c.checkpoint_dir).expanduser()
   if c.get("fetch_if_missing") and c.checkpoint_dir:
     # Fetches the official file into the cache and ports it into the directory once.
-    params, config = sam_model.load_sam(directory, c.variant)
+    from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    try:
+      params, config = sam_model.load_sam(directory, c.variant)
+    except checkpoints.DownloadError as e:
+      raise MissingCheckpointError(
+          f"No ported SAM checkpoint at config.sam.checkpoint_dir={str(c.checkpoint_dir)!r}, and "
+          f"the official file could not be fetched:\n{e}\nOr "
+          + how_to_port(c.checkpoint_dir, c.variant)) from e
   elif not c.checkpoint_dir or not directory.is_dir():
     raise MissingCheckpointError(
         f"No ported SAM checkpoint at config.sam.checkpoint_dir={str(c.checkpoint_dir)!r}; "

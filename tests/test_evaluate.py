@@ -187,6 +187,7 @@ def test_cache_refuses_mixed_sizes(tmp_path):
 def test_real_config_without_checkpoint_says_how_to_port(tmp_path):
   config = evolve_config.get_config()
   config.sam.checkpoint_dir = str(tmp_path / "no_sam")
+  config.sam.fetch_if_missing = False
   with pytest.raises(SystemExit, match=r"(?s)No ported SAM checkpoint.*configs/port_sam.py.*"
                                        r"python -m ports.sam --checkpoint sam_vit_b_01ec64.pth"):
     evaluate.run(config, tmp_path / "run")
@@ -229,3 +230,19 @@ def test_fetch_if_missing_hands_over_to_the_fetching_loader(tmp_path, monkeypatc
   _, loaded_config, key = models.load_sam(config.sam)
   assert calls == [(tmp_path / "sam", "vit_b")]
   assert loaded_config.img_size == 32 and key == "vit_b-" + "ab" * 8
+
+
+def test_offline_fetch_says_where_to_put_the_file(tmp_path, monkeypatch):
+  from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  def offline(variant):
+    raise checkpoints.DownloadError(f"could not download; put it at /cache/{variant}.pth")
+
+  monkeypatch.setattr(checkpoints, "fetch_checkpoint", offline)
+  config = evolve_config.get_config()
+  assert config.sam.fetch_if_missing  # the main job fetches by default
+  config.sam.checkpoint_dir = str(tmp_path / "sam")
+  with pytest.raises(models.MissingCheckpointError,
+                     match=r"(?s)could not be fetched.*put it at /cache/vit_b.pth.*ports.sam"):
+    models.load_sam(config.sam)
+  assert not (tmp_path / "sam").exists()
