@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = data.default_data_config()
   config.data.dir = "../shared/data/montgomery"
+  # SAM sees the team set at its native 512 x 512 (the regressor resizes to its own 256 inside);
+  # Dice and clicks are in these pixels.
+  config.data.image_size = 512
   config.split = "test"
   config.max_images = 0  # 0 = the whole split
   # CSV id,x,y in pixels of the evaluated images (data.image_size); empty: GT centroids.
