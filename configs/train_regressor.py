@@ -44,7 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = False
   config.augment.max_shift = 0.05
-  config.augment.max_scale = 0.08
   config.augment.max_log_gamma = 0.3
 
   config.batch_size = 32

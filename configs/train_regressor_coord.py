@@ -3,7 +3,7 @@
 What leakage needs the network to see: a left-lung mask spilling into the
 right lung or outside the body is wrong because of WHERE it lies, so x/y
 channels (CoordConv) give every filter the position; wider late layers hold
-more shape; shift/scale/gamma jitter (Dice unchanged) fights over-fitting to
+more shape; shift/gamma jitter (Dice unchanged) fights over-fitting to
 46 training subjects.
 
 python main.py --config configs/train_regressor_coord.py \
