@@ -72,10 +72,78 @@ def relative_position_table(rel_pos: jax.Array, q_size: int, k_size: int) -> jax
   return rel_pos[index]
 
 
+# Logits made at once by `grid_attention`: a chunk this size stays in the last-level cache (CPU)
+# while it is biased, exponentiated and multiplied by v, instead of a pass through memory each.
+CHUNK_BYTES = 16 * 2**20
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+  return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(at_most, 1))
+
+
+def grid_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias_h: jax.Array,
+                   bias_w: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> jax.Array:
+  """Softmax attention over an (h, w) grid of tokens plus a decomposed position bias.
+
+  logits[qh, qw, kh, kw] = q[qh, qw] . k[kh, kw] + bias_h[qh, qw, kh] + bias_w[qh, qw, kw]
+
+  Args:
+    q, k, v: (B, heads, h, w, hd); q already scaled.
+    bias_h: (B, heads, h, w, h) float32; bias_w: (B, heads, h, w, w) float32.
+    chunk_bytes: float32 logits made at once; chunks are query rows, then images.
+
+  Returns:
+    (B, heads, h, w, hd) in v.dtype.
+
+  Neither the (h*w, h*w) logits nor the full bias are materialised: each chunk of query rows
+  gets its bias added on the fly, and the softmax is normalised after the product with v
+  (hd wide) rather than before it (h*w wide).
+  """
+  b, n, h, w, d = q.shape
+  k = k.reshape(b, n, h * w, d)
+  v = v.reshape(b, n, h * w, d)
+  image_bytes = n * (h * w) ** 2 * 4
+  rows = h if image_bytes <= chunk_bytes else _largest_divisor(h, chunk_bytes // (image_bytes // h))
+  images = _largest_divisor(b, chunk_bytes // image_bytes) if rows == h else 1
+
+  def attend_rows(q, k, v, bias_h, bias_w):
+    # q (c, n, r, w, d): r query rows of c images against every key of those images.
+    c, r = q.shape[0], q.shape[2]
+    logits = jnp.einsum("cnrwd,cnkd->cnrwk", q, k, preferred_element_type=jnp.float32)
+    logits = logits.reshape(c, n, r, w, h, w) + bias_h[..., :, None] + bias_w[..., None, :]
+    logits = logits.reshape(c, n, r, w, h * w)
+    e = jnp.exp(logits - logits.max(-1, keepdims=True))
+    out = jnp.einsum("cnrwk,cnkd->cnrwd", e.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return (out / e.sum(-1, keepdims=True)).astype(v.dtype)
+
+  def attend_images(q, k, v, bias_h, bias_w):
+    # All query rows of `images` images, `rows` rows at a time.
+    if rows == h:
+      return attend_rows(q, k, v, bias_h, bias_w)
+    split = lambda x: jnp.moveaxis(x.reshape(x.shape[:2] + (h // rows, rows) + x.shape[3:]), 2, 0)
+    out = jax.lax.map(lambda a: attend_rows(a[0], k, v, a[1], a[2]),
+                      (split(q), split(bias_h), split(bias_w)))
+    return jnp.moveaxis(out, 0, 2).reshape(q.shape[:-1] + (d,))
+
+  if images == b:
+    return attend_images(q, k, v, bias_h, bias_w)
+  split = lambda x: x.reshape((b // images, images) + x.shape[1:])
+  out = jax.lax.map(lambda a: attend_images(*a), tuple(map(split, (q, k, v, bias_h, bias_w))))
+  return out.reshape((b,) + out.shape[2:])
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention over a (B,H,W,C) grid with decomposed relative position bias."""
+  """Multi-head self-attention with decomposed relative position bias, global or in windows.
+
+  Takes and returns the (B,H,W,C) grid. With `window_size`, the grid is zero-padded to a multiple
+  of the window and attention runs within each window, as the official Block does around its
+  Attention; here qkv and proj see only the real tokens (a padded token's q, k, v is exactly
+  the qkv bias), which saves their matmuls on the padding.
+  """
   num_heads: int
   input_size: tuple[int, int]
+  window_size: int = 0
   qkv_bias: bool = True
   use_rel_pos: bool = True
   dtype: Dtype = jnp.float32
@@ -83,25 +151,45 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, dim = x.shape
-    head_dim = dim // self.num_heads
-    qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
-    qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, HW, heads, hd)
-    logits = jnp.einsum("bqnd,bknd->bnqk", q * head_dim**-0.5, k).astype(jnp.float32)
+    n = self.num_heads
+    d = dim // n
+    qkv_layer = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")
+    qkv = qkv_layer(x)
+    win = self.window_size
+    if win:
+      pad_h, pad_w = -h % win, -w % win
+      if pad_h or pad_w:
+        fill = (qkv_layer.variables["params"]["bias"].astype(qkv.dtype) if self.qkv_bias
+                else jnp.zeros((3 * dim,), qkv.dtype))
+        qkv = jnp.concatenate([qkv, jnp.broadcast_to(fill, (b, h, pad_w, 3 * dim))], axis=2)
+        qkv = jnp.concatenate([qkv, jnp.broadcast_to(fill, (b, pad_h, w + pad_w, 3 * dim))],
+                              axis=1)
+      gh, gw = (h + pad_h) // win, (w + pad_w) // win
+      # One transpose: windows to the batch axis and heads before the grid.
+      qkv = qkv.reshape(b, gh, win, gw, win, 3, n, d).transpose(5, 0, 1, 3, 6, 2, 4, 7)
+      qkv = qkv.reshape(3, b * gh * gw, n, win, win, d)
+      th, tw = win, win
+    else:
+      qkv = qkv.reshape(b, h, w, 3, n, d).transpose(3, 0, 4, 1, 2, 5)
+      th, tw = h, w
+    q, k, v = qkv[0], qkv[1], qkv[2]  # (B', heads, th, tw, hd)
     if self.use_rel_pos:
-      rel_h = self.param("rel_pos_h", nn.initializers.zeros, (2 * self.input_size[0] - 1, head_dim))
-      rel_w = self.param("rel_pos_w", nn.initializers.zeros, (2 * self.input_size[1] - 1, head_dim))
-      table_h = relative_position_table(rel_h, h, h).astype(self.dtype)  # (h, h, hd)
-      table_w = relative_position_table(rel_w, w, w).astype(self.dtype)  # (w, w, hd)
-      q_grid = q.reshape(b, h, w, self.num_heads, head_dim)
-      # Decomposed bias: a height term and a width term, added to the (qh,qw,kh,kw) logits.
-      bias_h = jnp.einsum("bhwnc,hkc->bnhwk", q_grid, table_h).astype(jnp.float32)
-      bias_w = jnp.einsum("bhwnc,wkc->bnhwk", q_grid, table_w).astype(jnp.float32)
-      logits = logits.reshape(b, self.num_heads, h, w, h, w)
-      logits = logits + bias_h[..., :, None] + bias_w[..., None, :]
-      logits = logits.reshape(b, self.num_heads, h * w, h * w)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bnqk,bknd->bqnd", weights, v).reshape(b, h, w, dim)
+      rel_h = self.param("rel_pos_h", nn.initializers.zeros, (2 * self.input_size[0] - 1, d))
+      rel_w = self.param("rel_pos_w", nn.initializers.zeros, (2 * self.input_size[1] - 1, d))
+      table_h = relative_position_table(rel_h, th, th).astype(self.dtype)  # (th, th, hd)
+      table_w = relative_position_table(rel_w, tw, tw).astype(self.dtype)  # (tw, tw, hd)
+      # The official bias uses the unscaled q.
+      bias_h = jnp.einsum("bnhwc,hkc->bnhwk", q, table_h, preferred_element_type=jnp.float32)
+      bias_w = jnp.einsum("bnhwc,wkc->bnhwk", q, table_w, preferred_element_type=jnp.float32)
+    else:
+      bias_h = jnp.zeros(q.shape[:-1] + (th,), jnp.float32)
+      bias_w = jnp.zeros(q.shape[:-1] + (tw,), jnp.float32)
+    out = grid_attention(q * jnp.asarray(d**-0.5, q.dtype), k, v, bias_h, bias_w)
+    if win:
+      out = out.reshape(b, gh, gw, n, win, win, d).transpose(0, 1, 4, 2, 5, 3, 6)
+      out = out.reshape(b, gh * win, gw * win, dim)[:, :h, :w]
+    else:
+      out = out.transpose(0, 2, 3, 1, 4).reshape(b, h, w, dim)
     return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
 
 
@@ -131,14 +219,8 @@ class Block(nn.Module):
     shortcut = x
     x = layer_norm(1e-6, self.dtype, name="norm1")(x)
     attn_size = (self.window_size, self.window_size) if self.window_size else self.input_size
-    attn = Attention(self.num_heads, attn_size, dtype=self.dtype, name="attn")
-    if self.window_size:
-      hw = x.shape[1:3]
-      windows, padded_hw = window_partition(x, self.window_size)
-      x = window_unpartition(attn(windows), self.window_size, padded_hw, hw)
-    else:
-      x = attn(x)
-    x = shortcut + x
+    x = shortcut + Attention(self.num_heads, attn_size, self.window_size, dtype=self.dtype,
+                             name="attn")(x)
     mlp = MLPBlock(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")
     return x + mlp(layer_norm(1e-6, self.dtype, name="norm2")(x))
 
