@@ -56,6 +56,7 @@ def _atomic_write(path: Path, write: Callable[[str], None], suffix: str):
   os.close(fd)
   try:
     write(tmp)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results owner-only.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
