@@ -40,7 +40,7 @@ from scipy import stats
 
 from sampot_jax import regressor
 
-CANDIDATE_CACHE_VERSION = 1
+CANDIDATE_CACHE_VERSION = 2
 
 
 # ----------------------------------------------------------------------------
@@ -102,6 +102,7 @@ class CandidateSet:
     ids: (N,) str, subject ids.
     images: (N, S, S) uint8.
     targets: (N, S, S) bool, ground-truth target masks.
+    others: (N, S, S) bool, the other lung (all False when the data has none).
     masks: (M, S, S) bool, candidate masks.
     image_index: (M,) int32, row of `images` each candidate belongs to.
     dice: (M,) float32, Dice of each candidate against its target.
@@ -110,6 +111,7 @@ class CandidateSet:
   ids: np.ndarray
   images: np.ndarray
   targets: np.ndarray
+  others: np.ndarray
   masks: np.ndarray
   image_index: np.ndarray
   dice: np.ndarray
@@ -169,7 +171,10 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict,
                      "check config.candidates.")
   return CandidateSet(
       ids=np.asarray(ids, dtype=str), images=np.asarray(images, np.uint8),
-      targets=np.asarray(targets, bool), masks=np.stack(masks),
+      targets=np.asarray(targets, bool),
+      others=(np.zeros_like(targets, bool) if other is None
+              else np.asarray(other[:len(ids)], bool)),
+      masks=np.stack(masks),
       image_index=np.asarray(index, np.int32),
       dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str))
 
@@ -527,6 +532,28 @@ def sweep_spearman(predict, variables, test_set: CandidateSet,
           "per_image": dict(zip(test_set.ids.tolist(), rhos.tolist()))}
 
 
+def anatomy_checks(predict, variables, test_set: CandidateSet) -> dict:
+  """Scores of whole-anatomy mistakes SAM makes: the other lung instead of
+  the target, or both lungs at once. Per check: true and predicted Dice
+  (mean, min, max) and bias = mean(pred - true). {} without other lungs."""
+  has_other = test_set.others.any(axis=(1, 2))
+  if not has_other.any():
+    return {}
+  images = test_set.images[has_other].astype(np.float32) / 255.0
+  targets, others = test_set.targets[has_other], test_set.others[has_other]
+  out = {}
+  for name, masks in (("other_lung_only", others),
+                      ("both_lungs", targets | others)):
+    true = np.array([dice(m, t) for m, t in zip(masks, targets)])
+    pred = predict(variables, images, masks.astype(np.float32))
+    out[name] = {"n": int(true.size), "true_mean": float(true.mean()),
+                 "true_min": float(true.min()), "true_max": float(true.max()),
+                 "pred_mean": float(pred.mean()), "pred_min": float(pred.min()),
+                 "pred_max": float(pred.max()),
+                 "bias": float(np.mean(pred - true))}
+  return out
+
+
 def evaluate_oracle(pred: np.ndarray, atlas_pred: np.ndarray,
                     cands: CandidateSet, failure_kinds) -> dict:
   """Agreement of regressor and atlas with true Dice, overall and per kind."""
@@ -591,7 +618,17 @@ def markdown_table(oracle: dict) -> str:
   lines += ["", f"Erode/dilate sweeps ({sw['num_images']} images, offsets "
             f"{sw['offsets_px']} px): median Spearman rho "
             f"{f(sw['median_spearman_rho'])}, min {f(sw['min_spearman_rho'])}.",
-            "", "| target | measured | pass |", "|---|---|---|"]
+            ""]
+  if oracle.get("anatomy"):
+    lines += ["| whole-anatomy mask | n | true Dice mean [min, max] | "
+              "predicted mean [min, max] | bias |", "|---|---|---|---|---|"]
+    for name, a in oracle["anatomy"].items():
+      lines.append(
+          f"| {name} | {a['n']} | {f(a['true_mean'])} [{f(a['true_min'])}, "
+          f"{f(a['true_max'])}] | {f(a['pred_mean'])} [{f(a['pred_min'])}, "
+          f"{f(a['pred_max'])}] | {f(a['bias'])} |")
+    lines.append("")
+  lines += ["| target | measured | pass |", "|---|---|---|"]
   for name, t in oracle["targets"].items():
     lines.append(f"| {name} | {f(t['value'])} | "
                  f"{'yes' if t['pass'] else 'NO'} |")
@@ -660,10 +697,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   failure_kinds = tuple(candidates.FAILURE_KINDS)
   by_kind = evaluate_oracle(pred, atlas_pred, test, failure_kinds)
   sweeps = sweep_spearman(predict, best, test, tuple(config.sweep_offsets))
+  anatomy = anatomy_checks(predict, best, test)
   targets = check_targets(by_kind, sweeps, failure_kinds)
   oracle = {"split": "test", "num_images": len(test.ids),
             "num_candidates": len(test), "by_kind": by_kind,
-            "sweeps": sweeps, "targets": targets,
+            "sweeps": sweeps, "anatomy": anatomy, "targets": targets,
             "all_targets_pass": all(t["pass"] for t in targets.values())}
   write_json(workdir / "oracle_eval.json", oracle)
   table = markdown_table(json.loads((workdir / "oracle_eval.json").read_text()))

@@ -43,7 +43,7 @@ def synthetic_set(n_images: int, seed: int) -> tr.CandidateSet:
   return tr.CandidateSet(
       ids=np.array([f"s{i}" for i in range(n_images)]),
       images=np.stack(images), targets=np.stack(targets),
-      masks=np.stack(masks), image_index=np.array(index, np.int32),
+      others=np.zeros_like(np.stack(targets)), masks=np.stack(masks), image_index=np.array(index, np.int32),
       dice=np.array(dice, np.float32), kinds=np.array(kinds))
 
 
@@ -195,6 +195,11 @@ def test_real_run_writes_metrics_and_oracle_eval(real_run):
   assert -1 <= oracle["by_kind"]["all"]["regressor"]["pearson_r"] <= 1
   assert math.isfinite(oracle["sweeps"]["median_spearman_rho"])
   assert set(oracle["targets"]) >= {"all_pearson_r>=0.95", "all_mae<=0.05"}
+  # Whole-anatomy mistakes: the right lung alone has Dice 0 with the left.
+  anatomy = oracle["anatomy"]
+  assert anatomy["other_lung_only"]["true_max"] == 0.0
+  assert 0 < anatomy["both_lungs"]["true_mean"] < 1
+  assert finite_numbers(anatomy)
   table = (workdir / "oracle_eval.md").read_text()
   assert "| leak_other_lung |" in table and "| all_mae<=0.05 |" in table
   png = (workdir / "oracle_scatter.png").read_bytes()
