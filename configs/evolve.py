@@ -39,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sam.seed = 0
 
   config.regressor = ml_collections.ConfigDict()
-  config.regressor.workdir = "runs/regressor"  # a train_regressor workdir
+  # A train_regressor workdir; SAMPOT uses the coord variant by default (docs/regressor.md):
+  #   python main.py --config configs/train_regressor_coord.py --workdir runs/regressor
+  config.regressor.workdir = "runs/regressor"
   config.regressor.random_init = False
   config.regressor.model = ml_collections.ConfigDict()  # random models only
   config.regressor.seed = 0
