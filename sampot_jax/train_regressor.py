@@ -532,25 +532,48 @@ def sweep_spearman(predict, variables, test_set: CandidateSet,
           "per_image": dict(zip(test_set.ids.tolist(), rhos.tolist()))}
 
 
-def anatomy_checks(predict, variables, test_set: CandidateSet) -> dict:
+def anatomy_checks(predict, variables, test_set: CandidateSet,
+                   offsets) -> dict:
   """Scores of whole-anatomy mistakes SAM makes: the other lung instead of
-  the target, or both lungs at once. Per check: true and predicted Dice
-  (mean, min, max) and bias = mean(pred - true). {} without other lungs."""
-  has_other = test_set.others.any(axis=(1, 2))
-  if not has_other.any():
-    return {}
-  images = test_set.images[has_other].astype(np.float32) / 255.0
-  targets, others = test_set.targets[has_other], test_set.others[has_other]
+  the target, or both lungs at once.
+
+  Per check: true and predicted Dice (mean, min, max), bias = mean(pred -
+  true), and `outranks_better_sweep`: over images, the mean share of the
+  erode/dilate sweep masks with a higher true Dice that score below the
+  mistake (0 is right; SAMPOT would prefer the mistake over those). {} when
+  the data has no other lungs.
+  """
   out = {}
-  for name, masks in (("other_lung_only", others),
-                      ("both_lungs", targets | others)):
-    true = np.array([dice(m, t) for m, t in zip(masks, targets)])
-    pred = predict(variables, images, masks.astype(np.float32))
-    out[name] = {"n": int(true.size), "true_mean": float(true.mean()),
-                 "true_min": float(true.min()), "true_max": float(true.max()),
-                 "pred_mean": float(pred.mean()), "pred_min": float(pred.min()),
-                 "pred_max": float(pred.max()),
-                 "bias": float(np.mean(pred - true))}
+  rows = np.nonzero(test_set.others.any(axis=(1, 2)))[0]
+  if not rows.size:
+    return out
+  names = ("other_lung_only", "both_lungs")
+  true = {n: [] for n in names}
+  pred = {n: [] for n in names}
+  outranks = {n: [] for n in names}
+  for i in rows:
+    target, other = test_set.targets[i], test_set.others[i]
+    sweep = sweep_masks(target, offsets)
+    mistakes = np.stack([other, target | other])
+    masks = np.concatenate([sweep, mistakes])
+    images = np.repeat(test_set.images[i][None].astype(np.float32) / 255.0,
+                       len(masks), axis=0)
+    scores = predict(variables, images, masks.astype(np.float32))
+    sweep_true = np.array([dice(m, target) for m in sweep])
+    for k, name in enumerate(names):
+      t = dice(mistakes[k], target)
+      s = scores[len(sweep) + k]
+      true[name].append(t)
+      pred[name].append(s)
+      better = sweep_true > t
+      outranks[name].append(float(np.mean(scores[:len(sweep)][better] < s)))
+  for name in names:
+    t, p = np.asarray(true[name]), np.asarray(pred[name])
+    out[name] = {"n": int(t.size), "true_mean": float(t.mean()),
+                 "true_min": float(t.min()), "true_max": float(t.max()),
+                 "pred_mean": float(p.mean()), "pred_min": float(p.min()),
+                 "pred_max": float(p.max()), "bias": float(np.mean(p - t)),
+                 "outranks_better_sweep": float(np.mean(outranks[name]))}
   return out
 
 
@@ -621,12 +644,14 @@ def markdown_table(oracle: dict) -> str:
             ""]
   if oracle.get("anatomy"):
     lines += ["| whole-anatomy mask | n | true Dice mean [min, max] | "
-              "predicted mean [min, max] | bias |", "|---|---|---|---|---|"]
+              "predicted mean [min, max] | bias | outranks better sweep masks |",
+              "|---|---|---|---|---|---|"]
     for name, a in oracle["anatomy"].items():
       lines.append(
           f"| {name} | {a['n']} | {f(a['true_mean'])} [{f(a['true_min'])}, "
           f"{f(a['true_max'])}] | {f(a['pred_mean'])} [{f(a['pred_min'])}, "
-          f"{f(a['pred_max'])}] | {f(a['bias'])} |")
+          f"{f(a['pred_max'])}] | {f(a['bias'])} | "
+          f"{f(a['outranks_better_sweep'])} |")
     lines.append("")
   lines += ["| target | measured | pass |", "|---|---|---|"]
   for name, t in oracle["targets"].items():
@@ -697,7 +722,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   failure_kinds = tuple(candidates.FAILURE_KINDS)
   by_kind = evaluate_oracle(pred, atlas_pred, test, failure_kinds)
   sweeps = sweep_spearman(predict, best, test, tuple(config.sweep_offsets))
-  anatomy = anatomy_checks(predict, best, test)
+  anatomy = anatomy_checks(predict, best, test, tuple(config.sweep_offsets))
   targets = check_targets(by_kind, sweeps, failure_kinds)
   oracle = {"split": "test", "num_images": len(test.ids),
             "num_candidates": len(test), "by_kind": by_kind,

@@ -200,6 +200,8 @@ def test_real_run_writes_metrics_and_oracle_eval(real_run):
   assert anatomy["other_lung_only"]["true_max"] == 0.0
   assert 0 < anatomy["both_lungs"]["true_mean"] < 1
   assert finite_numbers(anatomy)
+  for check in anatomy.values():
+    assert 0.0 <= check["outranks_better_sweep"] <= 1.0
   table = (workdir / "oracle_eval.md").read_text()
   assert "| leak_other_lung |" in table and "| all_mae<=0.05 |" in table
   png = (workdir / "oracle_scatter.png").read_bytes()
