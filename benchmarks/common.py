@@ -82,15 +82,16 @@ def peak_memory() -> dict:
 
 
 def measure(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = float("inf"),
-            warmup: bool = True) -> dict:
+            warmed: tuple[str, ...] = ()) -> dict:
   """Times each zero-argument function (it must wait for its own result).
 
-  Returns {name: {"median_s", "min_s", "times_s", "first_s"}}; rounds stop early once the
-  measured time exceeds `budget_s` (at least one round).
+  Each function runs once unmeasured first (`first_s`), except those named in `warmed` (already
+  run, e.g. by `best_torch_threads` on a shorter input). Returns {name: {"median_s", "min_s",
+  "times_s"[, "first_s"]}}; rounds stop once the measured time exceeds `budget_s` (at least one).
   """
   out = {name: {"times_s": []} for name in fns}
   for name, fn in fns.items():
-    if warmup:
+    if name not in warmed:
       start = time.perf_counter()
       fn()
       out[name]["first_s"] = time.perf_counter() - start
@@ -130,6 +131,7 @@ def best_torch_threads(fn: Callable[[], object], cores: int, tries: int = 3) -> 
   workloads (decoder, SAMPOT step) one thread is then faster. PyTorch gets the better count.
   """
   if cores <= 1 or on_gpu():
+    fn()  # still a warm-up, which callers count on
     return cores, {}
   probe = {}
   for threads in (1, cores):

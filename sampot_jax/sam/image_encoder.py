@@ -34,31 +34,6 @@ class LayerNorm2d(nn.Module):
     return (y * weight + bias).astype(x.dtype)
 
 
-def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
-  """(B,H,W,C) -> (B*nh*nw, window, window, C), zero-padding H and W up to a multiple of window."""
-  b, h, w, c = x.shape
-  pad_h, pad_w = -h % window, -w % window
-  if pad_h or pad_w:
-    # The official code pads after norm1 with zeros and lets those tokens take part in attention.
-    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-  hp, wp = h + pad_h, w + pad_w
-  x = x.reshape(b, hp // window, window, wp // window, window, c)
-  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c)
-  return x, (hp, wp)
-
-
-def window_unpartition(windows: jax.Array, window: int, padded_hw: tuple[int, int],
-                       hw: tuple[int, int]) -> jax.Array:
-  """Inverse of `window_partition`: (B*nh*nw, window, window, C) -> (B,H,W,C)."""
-  hp, wp = padded_hw
-  h, w = hw
-  c = windows.shape[-1]
-  b = windows.shape[0] // ((hp // window) * (wp // window))
-  x = windows.reshape(b, hp // window, wp // window, window, window, c)
-  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
-  return x[:, :h, :w, :]
-
-
 def relative_position_table(rel_pos: jax.Array, q_size: int, k_size: int) -> jax.Array:
   """(2*max(q,k)-1, C) learned table -> (q_size, k_size, C) embeddings of q-k offsets."""
   if rel_pos.shape[0] != 2 * max(q_size, k_size) - 1:
