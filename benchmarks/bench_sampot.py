@@ -156,7 +156,7 @@ def encoder_times(official, params, config, batches, dtype, repeats, budget_s, d
       if r["kind"] == "encoder" and r["dtype"] == dtype:
         known[r["batch"]] = (r["jax_per_image_s"], r["torch_per_image_s"])
   for batch in sorted(set(batches) | {1}):
-    if batch in known and known[batch][1] is not None:
+    if batch in known:
       out[batch] = (*known[batch], f"encoder figures from {from_json}")
       continue
     report = common.Report(None)
@@ -166,7 +166,8 @@ def encoder_times(official, params, config, batches, dtype, repeats, budget_s, d
     out[batch] = (r["jax_per_image_s"], r["torch_per_image_s"], r["note"])
   for batch in batches:  # PyTorch skipped (memory): its per-image time at batch 1
     if out[batch][1] is None:
-      out[batch] = (out[batch][0], out[1][1], "PyTorch encoder: its batch-1 time per image")
+      out[batch] = (out[batch][0], out[1][1],
+                    out[batch][2] + "; PyTorch encoder: its batch-1 time per image")
   return out
 
 
