@@ -189,7 +189,7 @@ def fmt(x, unit: str = "s") -> str:
     if x >= 1:
       return f"{x:.2f} s"
     return f"{x * 1e3:.2f} ms" if x >= 1e-3 else f"{x * 1e6:.0f} µs"
-  return f"{x:.2f}"
+  return f"{x:.3g}"
 
 
 def markdown_table(rows: list[dict]) -> str:
