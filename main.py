@@ -11,6 +11,9 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, reports, figures).")
+flags.DEFINE_bool("keep_freed_memory", True,
+                  "Let malloc keep freed memory for reuse (sampot_jax.runtime.keep_freed_memory): "
+                  "up to 1.5x faster SAMPOT steps on a CPU; the process keeps its peak footprint.")
 flags.mark_flags_as_required(["config"])
 
 # task name -> "module:function"; each function takes (config, workdir).
@@ -29,6 +32,9 @@ def main(argv):
   task = FLAGS.config.task
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}; fix the config file.")
+  if FLAGS.keep_freed_memory:
+    from sampot_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.keep_freed_memory()  # before the task's first JAX computation
   module_name, fn_name = TASKS[task].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
   fn(FLAGS.config, FLAGS.workdir)

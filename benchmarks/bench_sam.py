@@ -220,6 +220,7 @@ def bench_decode(official, params, config, batches, repeats, budget_s, device, c
 def parse_args(argv=None):
   gpu = common.on_gpu()
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument(common.SYSTEM_MALLOC, action="store_true", help=common.SYSTEM_MALLOC_HELP)
   p.add_argument("--out", help="JSON file to write")
   p.add_argument("--tiny", action="store_true", help="a tiny model: a smoke run in seconds")
   p.add_argument("--variant", default="vit_b")
@@ -242,13 +243,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  malloc = common.setup_malloc(argv)
   args = parse_args(argv)
   threads = common.setup_threads()
   device = common.torch_device()
   ints = lambda s: [int(v) for v in s.split(",") if v]
   config = sam_model.sam_config(args.variant, **(TINY if args.tiny else {}))
   report = common.Report(args.out, benchmark="sam", variant=args.variant, tiny=args.tiny,
-                         environment=common.environment(threads))
+                         environment=common.environment(threads, malloc))
   start = time.perf_counter()
   official, params = build(config)
   official = official.to(device)

@@ -174,6 +174,7 @@ def encoder_times(official, params, config, batches, dtype, repeats, budget_s, d
 def parse_args(argv=None):
   gpu = common.on_gpu()
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument(common.SYSTEM_MALLOC, action="store_true", help=common.SYSTEM_MALLOC_HELP)
   p.add_argument("--out", help="JSON file to write (rewritten after every figure)")
   p.add_argument("--tiny", action="store_true", help="a tiny SAM and regressor: a smoke run")
   p.add_argument("--variant", default="vit_b")
@@ -196,6 +197,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  malloc = common.setup_malloc(argv)
   args = parse_args(argv)
   cores = common.setup_threads()
   device = common.torch_device()
@@ -205,7 +208,7 @@ def main(argv=None):
   batches = [2] if args.tiny else ints(args.batches)
   report = common.Report(args.out, benchmark="sampot", variant=args.variant, tiny=args.tiny,
                          steps=steps, precision=args.precision,
-                         environment=common.environment(cores))
+                         environment=common.environment(cores, malloc))
   official, params = bench_sam.build(config)
   official = official.to(device)
   model, variables = make_regressor(4 * (config.img_size // config.patch_size), args.tiny)

@@ -20,6 +20,22 @@ import jax
 import numpy as np
 import torch
 
+from sampot_jax import runtime
+
+
+SYSTEM_MALLOC = "--system-malloc"
+SYSTEM_MALLOC_HELP = ("keep glibc's default malloc settings; by default both frameworks run with "
+                      "sampot_jax.runtime.keep_freed_memory(), as main.py does")
+
+
+def setup_malloc(argv) -> str:
+  """Before anything touches JAX (argument defaults do): the allocator main.py runs with."""
+  if SYSTEM_MALLOC in argv:
+    return f"glibc defaults ({SYSTEM_MALLOC})"
+  if runtime.keep_freed_memory():
+    return "glibc: freed memory kept for reuse (sampot_jax.runtime.keep_freed_memory)"
+  return "system defaults (keep_freed_memory not available here)"
+
 
 def setup_threads() -> int:
   """Gives PyTorch the cores XLA's CPU client uses (all of them); returns that number."""
@@ -146,7 +162,7 @@ def best_torch_threads(fn: Callable[[], object], cores: int, tries: int = 3) -> 
   return min(probe, key=probe.get), {str(k): v for k, v in probe.items()}
 
 
-def environment(threads: int) -> dict:
+def environment(threads: int, malloc: str) -> dict:
   """Machine, versions, date and load, for the JSON."""
   import flax  # pylint: disable=g-import-not-at-top
   import segment_anything  # pylint: disable=g-import-not-at-top,unused-import
@@ -169,7 +185,7 @@ def environment(threads: int) -> dict:
       mem_available_gib=mem_available_gb(),
       threads=(f"torch.set_num_threads({threads}); XLA CPU runs its intra-op pool on all "
                f"{os.cpu_count()} cores (default); both use the same {threads} cores"),
-      xla_flags=os.environ.get("XLA_FLAGS", ""))
+      xla_flags=os.environ.get("XLA_FLAGS", ""), malloc=malloc)
   if torch.cuda.is_available():
     env["gpu"] = torch.cuda.get_device_name(0)
   return env

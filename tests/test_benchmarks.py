@@ -1,6 +1,8 @@
 """The benchmark scripts run (tiny models, a handful of steps) and write complete JSON.
 
 No timing is asserted: figures live in docs/benchmarks.md, measured by the scripts themselves.
+--system-malloc: this process has started JAX already, too late for keep_freed_memory (and it
+would change malloc for every test after this one).
 """
 import json
 
@@ -10,7 +12,7 @@ from benchmarks import bench_sampot
 
 def test_bench_sam_tiny_writes_json(tmp_path):
   out = tmp_path / "sam.json"
-  bench_sam.main(["--tiny", "--repeats", "1", "--out", str(out)])
+  bench_sam.main(["--tiny", "--repeats", "1", "--system-malloc", "--out", str(out)])
   payload = json.loads(out.read_text())
   assert payload["complete"]
   kinds = {(r["kind"], r["batch"]) for r in payload["results"]}
@@ -22,7 +24,7 @@ def test_bench_sam_tiny_writes_json(tmp_path):
 
 def test_bench_sampot_tiny_writes_json(tmp_path):
   out = tmp_path / "sampot.json"
-  bench_sampot.main(["--tiny", "--repeats", "1", "--out", str(out)])
+  bench_sampot.main(["--tiny", "--repeats", "1", "--system-malloc", "--out", str(out)])
   payload = json.loads(out.read_text())
   assert payload["complete"]
   kinds = [r["kind"] for r in payload["results"]]

@@ -47,9 +47,16 @@ def relative_position_table(rel_pos: jax.Array, q_size: int, k_size: int) -> jax
   return rel_pos[index]
 
 
-# Logits made at once by `grid_attention`: a chunk this size stays in the last-level cache (CPU)
-# while it is biased, exponentiated and multiplied by v, instead of a pass through memory each.
-CHUNK_BYTES = 16 * 2**20
+# Float32 logits made at once by `grid_attention`. On a CPU a chunk this size stays in the
+# last-level cache while it is biased, exponentiated and multiplied by v, instead of a pass through
+# memory each. On a GPU, chunks must be large enough to fill the chip: one image's global attention
+# (12 x 4096^2 floats for vit_b) at a time.
+CHUNK_BYTES = {"cpu": 16 * 2**20}
+DEFAULT_CHUNK_BYTES = 2**30
+
+
+def chunk_bytes_for(backend: str | None = None) -> int:
+  return CHUNK_BYTES.get(backend or jax.default_backend(), DEFAULT_CHUNK_BYTES)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -57,7 +64,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 
 def grid_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias_h: jax.Array,
-                   bias_w: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> jax.Array:
+                   bias_w: jax.Array, chunk_bytes: int | None = None) -> jax.Array:
   """Softmax attention over an (h, w) grid of tokens plus a decomposed position bias.
 
   logits[qh, qw, kh, kw] = q[qh, qw] . k[kh, kw] + bias_h[qh, qw, kh] + bias_w[qh, qw, kw]
@@ -65,7 +72,8 @@ def grid_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias_h: jax.Array,
   Args:
     q, k, v: (B, heads, h, w, hd); q already scaled.
     bias_h: (B, heads, h, w, h) float32; bias_w: (B, heads, h, w, w) float32.
-    chunk_bytes: float32 logits made at once; chunks are query rows, then images.
+    chunk_bytes: float32 logits made at once (default `chunk_bytes_for` the backend); chunks
+      are query rows, then images.
 
   Returns:
     (B, heads, h, w, hd) in v.dtype.
@@ -75,6 +83,7 @@ def grid_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias_h: jax.Array,
   (hd wide) rather than before it (h*w wide).
   """
   b, n, h, w, d = q.shape
+  chunk_bytes = chunk_bytes or chunk_bytes_for()
   # Keys as (d, h*w) matrices, transposed once here rather than in every chunk's matmul.
   k = jnp.swapaxes(k.reshape(b, n, h * w, d), -1, -2)
   v = v.reshape(b, n, h * w, d)
@@ -172,7 +181,7 @@ class Attention(nn.Module):
     return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
 
 
-def _gelu(x: jax.Array) -> jax.Array:
+def gelu(x: jax.Array) -> jax.Array:
   """Exact (erf) GELU in torch's form x/2 (1 + erf(x/sqrt 2)); XLA's erf is a short polynomial,
   cheaper than the erfc that jax.nn.gelu(approximate=False) evaluates."""
   return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(2**-0.5, x.dtype)))
@@ -186,7 +195,7 @@ class MLPBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    act = {"gelu": _gelu, "relu": jax.nn.relu}[self.activation]
+    act = {"gelu": gelu, "relu": jax.nn.relu}[self.activation]
     y = act(nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="lin2")(y)
 

@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sampot_jax.sam.image_encoder import LayerNorm2d
+from sampot_jax.sam.image_encoder import LayerNorm2d, gelu
 from sampot_jax.sam.transformer import TwoWayTransformer
 
 
@@ -25,17 +25,35 @@ class MLP(nn.Module):
 class ConvTranspose2x2(nn.Module):
   """torch ConvTranspose2d(kernel_size=2, stride=2): each input pixel writes one 2x2 output patch.
 
-  The kernel is (2, 2, in, out): kernel[p, q] maps input (i, j) to output (2i+p, 2j+q).
+  (..., in) -> (..., 2, 2, out): the patch stays beside its pixel ("phase" layout) rather than
+  being interleaved into a 2x larger grid, so that this and everything after it, per pixel, are
+  plain matmuls and elementwise ops; `interleave_phases` makes the image once, at the end. The
+  kernel is (2, 2, in, out): kernel[p, q] maps input (i, j) to output (2i+p, 2j+q).
   """
   features: int
 
   @nn.compact
   def __call__(self, x):
-    n, h, w, c = x.shape
+    c = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    y = jnp.einsum("nhwc,pqco->nhpwqo", x, kernel)
-    return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+    return jnp.einsum("...c,pqco->...pqo", x, kernel) + bias
+
+
+def interleave_phases(x: jax.Array, k: int) -> jax.Array:
+  """(..., h, w, 2, 2, ..., 2, 2) with k (2, 2) phase pairs -> (..., h 2^k, w 2^k) image.
+
+  Element (i, j, p1, q1, ..., pk, qk) goes to row i 2^k + p1 2^(k-1) + ... + pk and column
+  j 2^k + q1 2^(k-1) + ... + qk: each ConvTranspose2x2 adds the next finer pair.
+  """
+  lead = x.ndim - 2 - 2 * k
+  if lead < 0 or x.shape[lead + 2:] != (2,) * (2 * k):
+    raise ValueError(f"expected (..., h, w) followed by {k} pairs of 2x2 phases; got {x.shape}")
+  h, w = x.shape[lead:lead + 2]
+  rows = [lead] + [lead + 2 + 2 * i for i in range(k)]
+  cols = [lead + 1] + [lead + 3 + 2 * i for i in range(k)]
+  x = jnp.transpose(x, tuple(range(lead)) + tuple(rows) + tuple(cols))
+  return x.reshape(*x.shape[:lead], h * 2**k, w * 2**k)
 
 
 class MaskDecoder(nn.Module):
@@ -69,16 +87,19 @@ class MaskDecoder(nn.Module):
     mask_tokens_out = hs[:, 1:1 + num_mask_tokens]
 
     h, w = image_embeddings.shape[1:3]
+    # Phase layout (see ConvTranspose2x2): (B, h, w, 2, 2, 2, 2, C/8), 4x upscaled.
     up = ConvTranspose2x2(dim // 4, name="output_upscaling_0")(src.reshape(b, h, w, dim))
-    up = jax.nn.gelu(LayerNorm2d(name="output_upscaling_1")(up), approximate=False)
-    up = jax.nn.gelu(ConvTranspose2x2(dim // 8, name="output_upscaling_3")(up), approximate=False)
-    hyper_in = jnp.stack([
-        MLP(dim, dim // 8, 3, name=f"output_hypernetworks_mlps_{i}")(mask_tokens_out[:, i])
-        for i in range(num_mask_tokens)
-    ], axis=1)  # (B, M, C/8)
-    masks = jnp.einsum("bmc,bhwc->bmhw", hyper_in, up)
+    up = gelu(LayerNorm2d(name="output_upscaling_1")(up))
+    up = gelu(ConvTranspose2x2(dim // 8, name="output_upscaling_3")(up))
+    # Token 0 is the single-mask output; tokens 1..3 are the multimask outputs. Only the
+    # requested tokens are turned into masks (the product with `up` is the costly part); at init
+    # every hypernetwork is called, since Flax creates parameters on a module's first call.
+    wanted = list(range(1, num_mask_tokens)) if multimask_output else [0]
+    called = range(num_mask_tokens) if self.is_initializing() else wanted
+    hyper = {i: MLP(dim, dim // 8, 3, name=f"output_hypernetworks_mlps_{i}")(mask_tokens_out[:, i])
+             for i in called}
+    hyper_in = jnp.stack([hyper[i] for i in wanted], axis=1)  # (B, M, C/8)
+    masks = interleave_phases(jnp.einsum("bmc,bhwpqrsc->bmhwpqrs", hyper_in, up), 2)
     iou_pred = MLP(self.iou_head_hidden_dim, num_mask_tokens, self.iou_head_depth,
                    name="iou_prediction_head")(iou_token_out)
-    # Token 0 is the single-mask output; tokens 1..3 are the multimask outputs.
-    sl = slice(1, None) if multimask_output else slice(0, 1)
-    return masks[:, sl], iou_pred[:, sl]
+    return masks, iou_pred[:, wanted[0]:wanted[-1] + 1]
