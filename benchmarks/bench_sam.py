@@ -243,22 +243,17 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  malloc = common.setup_malloc(argv)
-  args = parse_args(argv)
-  threads = common.setup_threads()
-  device = common.torch_device()
-  ints = lambda s: [int(v) for v in s.split(",") if v]
+  args, threads, device, env = common.start(argv, parse_args)
   config = sam_model.sam_config(args.variant, **(TINY if args.tiny else {}))
   report = common.Report(args.out, benchmark="sam", variant=args.variant, tiny=args.tiny,
-                         environment=common.environment(threads, malloc))
+                         environment=env)
   start = time.perf_counter()
   official, params = build(config)
   official = official.to(device)
   report.header["build_and_port_s"] = time.perf_counter() - start
-  batches = [1, 2] if args.tiny else ints(args.batches)
+  batches = [1, 2] if args.tiny else common.ints(args.batches)
   if not args.skip_encoder:
-    bf16_batches = ints(args.bf16_batches) if args.bf16_batches else (
+    bf16_batches = common.ints(args.bf16_batches) if args.bf16_batches else (
         batches if device.type == "cuda" else batches[:1])
     for dtype in args.dtypes.split(","):
       if dtype == "tf32" and device.type == "cpu":
@@ -267,8 +262,9 @@ def main(argv=None):
                     [dtype], args.repeats, args.budget_s, device, args.torch_bf16_cpu, report,
                     tiny_threads=threads if args.tiny else 0)
   if not args.skip_decode:
-    bench_decode(official, params, config, [1, 2] if args.tiny else ints(args.decode_batches),
-                 args.repeats, args.budget_s, device, threads, report, args.decode_precision)
+    decode_batches = [1, 2] if args.tiny else common.ints(args.decode_batches)
+    bench_decode(official, params, config, decode_batches, args.repeats, args.budget_s, device,
+                 threads, report, args.decode_precision)
   payload = report.save(done=True)
   print(common.markdown_table(report.rows))
   return payload

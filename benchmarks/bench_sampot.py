@@ -197,18 +197,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  malloc = common.setup_malloc(argv)
-  args = parse_args(argv)
-  cores = common.setup_threads()
-  device = common.torch_device()
-  ints = lambda s: [int(v) for v in s.split(",") if v]
+  args, cores, device, env = common.start(argv, parse_args)
   config = sam_model.sam_config(args.variant, **(bench_sam.TINY if args.tiny else {}))
   steps = 3 if args.tiny else args.steps
-  batches = [2] if args.tiny else ints(args.batches)
+  batches = [2] if args.tiny else common.ints(args.batches)
   report = common.Report(args.out, benchmark="sampot", variant=args.variant, tiny=args.tiny,
-                         steps=steps, precision=args.precision,
-                         environment=common.environment(cores, malloc))
+                         steps=steps, precision=args.precision, environment=env)
   official, params = bench_sam.build(config)
   official = official.to(device)
   model, variables = make_regressor(4 * (config.img_size // config.patch_size), args.tiny)

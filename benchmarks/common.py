@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,23 @@ def setup_malloc(argv) -> str:
   if runtime.keep_freed_memory():
     return "glibc: freed memory kept for reuse (sampot_jax.runtime.keep_freed_memory)"
   return "system defaults (keep_freed_memory not available here)"
+
+
+def start(argv, parse_args):
+  """A benchmark script's first steps, in the order they must run.
+
+  argv: the arguments (None: sys.argv[1:]). Returns (args, threads, torch device, environment).
+  """
+  argv = sys.argv[1:] if argv is None else argv
+  malloc = setup_malloc(argv)  # before parse_args: its GPU-dependent defaults start JAX
+  args = parse_args(argv)
+  threads = setup_threads()
+  return args, threads, torch_device(), environment(threads, malloc)
+
+
+def ints(text: str) -> list[int]:
+  """"1,8,32" -> [1, 8, 32]; "" -> []."""
+  return [int(v) for v in text.split(",") if v]
 
 
 def setup_threads() -> int:
