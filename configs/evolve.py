@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sam.checkpoint_dir = "checkpoints/sam_vit_b"  # python -m ports.sam ... --out DIR
   config.sam.variant = "vit_b"  # the paper's model
   # Missing checkpoint_dir: False stops with the porting commands; True fetches the
-  # official file (online) and ports it there (sampot_jax.sam.model.load_sam).
+  # official file (online) and ports it there (ports.sam.fetch_and_port).
   config.sam.fetch_if_missing = True  # fetch + port the official file once
   config.sam.random_init = False
   config.sam.overrides = {}  # sam_config fields, random models only

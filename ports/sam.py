@@ -172,6 +172,26 @@ def port_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, varia
   return manifest
 
 
+def fetch_and_port(directory=None, variant: str = "vit_b") -> tuple[dict, "ml_collections.ConfigDict"]:
+  """Params and config from a ported directory; without a port there, the official checkpoint.
+
+  With `directory` holding a port, that port is loaded. Otherwise the official `.pth` of
+  `variant` is fetched into the cache (`sampot_jax.checkpoints.fetch_checkpoint`: offline, its
+  error says where to put the file), ported once into `directory` (default: the cache's
+  `sam_<variant>_flax`) and loaded.
+  """
+  from sampot_jax import checkpoints
+
+  directory = Path(directory) if directory else checkpoints.cache_dir() / f"sam_{variant}_flax"
+  if not (directory / checkpoints.MANIFEST_FILE).exists():
+    if directory.exists() and any(directory.iterdir()):
+      raise checkpoints.ParamsDirError(
+          f"{directory} exists but holds no manifest.json: it is not a complete port. Remove it, "
+          f"or port again: python -m ports.sam --checkpoint sam_{variant}_....pth --out {directory}")
+    port_checkpoint(checkpoints.fetch_checkpoint(variant), directory, variant)
+  return sam_model.load_ported(directory)
+
+
 def run(config, workdir):
   """main.py entry (configs/port_sam.py): port config.checkpoint, or fetch the official one."""
   from sampot_jax import checkpoints

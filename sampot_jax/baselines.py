@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from sampot_jax import evolve
+from sampot_jax import metrics
 from sampot_jax import sharding
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
@@ -81,7 +82,7 @@ def read_clicks(path, ids, image_shape: tuple[int, int]) -> np.ndarray:
     raise ValueError(f"{path} has no click for {len(missing)} image(s), e.g. {missing[:3]}; "
                      "give one row per evaluated image.")
   try:
-    return evolve.check_clicks(clicks, image_shape, ids=list(ids))
+    return predictor.check_clicks(clicks, image_shape, ids=list(ids))
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
 
@@ -93,16 +94,6 @@ def grid_clicks(original_size: tuple[int, int], n: int) -> np.ndarray:
   ys = (np.arange(n) + 0.5) * h / n - 0.5
   yy, xx = np.meshgrid(ys, xs, indexing="ij")
   return np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32)
-
-
-def mask_dice(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Dice of bool masks over the last two axes (jit-able); two empty masks score 1.
-
-  The jnp counterpart of candidates.dice, for use inside compiled code.
-  """
-  inter = jnp.sum(a & b, axis=(-2, -1)).astype(jnp.float32)
-  total = (jnp.sum(a, axis=(-2, -1)) + jnp.sum(b, axis=(-2, -1))).astype(jnp.float32)
-  return jnp.where(total > 0, 2.0 * inter / jnp.maximum(total, 1.0), 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "score_fn", "slope",
@@ -119,7 +110,7 @@ def _grid_maps(sam_params, score_variables, embeddings, images_small, targets, c
       score = score_fn(score_variables, image_small[None], soft[None])[0]
       mask = transforms.postprocess_masks(low_res[0, 0], frame.input_size, frame.original_size,
                                           sam_config.img_size) > predictor.MASK_THRESHOLD
-      return score, iou[0, 0], mask_dice(mask, target)
+      return score, iou[0, 0], metrics.mask_dice(mask, target)
     # Chunks of clicks at a time bound the memory of the full-size masks.
     return jax.lax.map(one_click, clicks, batch_size=chunk)
   return jax.vmap(one_image)(embeddings, images_small, targets)
@@ -153,9 +144,7 @@ def grid_maps(sam_params, sam_config, score_fn, score_variables, embeddings, fra
 
 def inside(masks: np.ndarray, clicks: np.ndarray) -> np.ndarray:
   """(N, H, W) bool masks, (K, 2) clicks -> (N, K) bool: click on a mask pixel (nearest)."""
-  h, w = masks.shape[1:]
-  x = np.clip(np.rint(clicks[:, 0]), 0, w - 1).astype(int)
-  y = np.clip(np.rint(clicks[:, 1]), 0, h - 1).astype(int)
+  x, y = predictor.click_pixels(clicks, masks.shape[1:])
   return np.asarray(masks)[:, y, x]
 
 
@@ -179,7 +168,7 @@ def multimask_choice(sam_params, sam_config, embeddings, frame, clicks, decode_f
   clicks (B, 2) -> (mask (B, H, W) bool, iou (B,), which (B,) int) as jax arrays.
   """
   kwargs = {} if decode_fn is None else {"decode_fn": decode_fn}
-  masks, ious = evolve.click_masks(sam_params, sam_config, embeddings, frame,
+  masks, ious = predictor.click_masks(sam_params, sam_config, embeddings, frame,
                                    jnp.asarray(clicks)[:, None], multimask_output=True, **kwargs)
   return _pick(masks[:, 0], ious[:, 0])
 

@@ -24,6 +24,8 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
+from sampot_jax import metrics
+
 FAILURE_KINDS = ("shift", "scale", "rotate", "holes", "ragged", "leak_other_lung",
                  "leak_outside", "fragments")
 DICE_RANGE = (0.2, 0.98)
@@ -37,17 +39,6 @@ class Candidate:
   mask: np.ndarray  # (S, S) bool
   dice: float
   kind: str
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-  """Dice of two masks (any shape, bool or 0/1). Two empty masks score 1."""
-  a, b = np.asarray(a, bool), np.asarray(b, bool)
-  if a.shape != b.shape:
-    raise ValueError(f"dice of masks with shapes {a.shape} and {b.shape}; they must match.")
-  total = int(a.sum()) + int(b.sum())
-  if total == 0:
-    return 1.0
-  return 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -109,7 +100,7 @@ def level_set_candidates(gt: np.ndarray, n: int, rng: np.random.Generator,
     side = over if (i + first_side) % 2 else under
     idx = side[np.argmin(np.abs(curve[side] - target))]
     mask = phi <= levels[idx]
-    out.append(Candidate(mask, dice(mask, gt), "level_set"))
+    out.append(Candidate(mask, metrics.dice(mask, gt), "level_set"))
   return out
 
 
@@ -172,7 +163,7 @@ def sam_click_candidates(gt: np.ndarray, segment_fn: Callable[[np.ndarray], np.n
       raise ValueError(f"segment_fn returned a mask of shape {mask.shape} for click "
                        f"{click.tolist()}; expected gt's shape {gt.shape}.")
     mask = mask.astype(bool)
-    out.append(Candidate(mask, dice(mask, gt), "sam_click"))
+    out.append(Candidate(mask, metrics.dice(mask, gt), "sam_click"))
   return out
 
 
@@ -394,7 +385,7 @@ def _bisect(make, gt, target: float, iters: int) -> tuple[np.ndarray, float]:
   for _ in range(iters):
     p = 0.5 * (lo + hi)
     mask = make(p)
-    d = dice(mask, gt)
+    d = metrics.dice(mask, gt)
     if best_dice is None or abs(d - target) < abs(best_dice - target):
       best_mask, best_dice = mask, d
     if d > target:

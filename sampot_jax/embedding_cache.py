@@ -4,7 +4,7 @@
     embeddings, frame, encoded = cache.embeddings(params, images)
 
 Layout: DIRECTORY/<model>/<image>.npy, float32 (g, g, C). <model> hashes the
-checkpoint key (models.load_sam: the official file's sha256, or a hash of random
+checkpoint key (models.sam_from_config: the official file's sha256, or a hash of random
 params) with the SAM config; <image> hashes the image's shape, dtype and bytes.
 So a new checkpoint or config never meets old embeddings, and re-running SAMPOT
 with other settings encodes nothing. Files are written to a temporary name and
@@ -20,7 +20,6 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from sampot_jax import evolve
 from sampot_jax import sharding
 from sampot_jax.sam import predictor
 
@@ -104,5 +103,5 @@ class EmbeddingCache:
       for i, emb in zip(chunk, np.asarray(encoded)):
         self._write(paths[i], emb)
         out[i] = emb
-    frame = evolve.frame_for(sizes[0], self.sam_config.img_size)
+    frame = predictor.frame_for(sizes[0], self.sam_config.img_size)
     return np.stack(out).astype(np.float32), frame, len(missing)

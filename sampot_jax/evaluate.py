@@ -30,31 +30,17 @@ import numpy as np
 from tqdm import tqdm
 
 from sampot_jax import baselines
-from sampot_jax import candidates
 from sampot_jax import embedding_cache
 from sampot_jax import evolve
 from sampot_jax import figures
+from sampot_jax import files
+from sampot_jax import metrics
 from sampot_jax import models
 from sampot_jax import safeguards
 from sampot_jax import sharding
-from sampot_jax import train_regressor
 
 SIGNIFICANT = 0.05  # Dice gain the paper calls significant
 METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "oracle")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-  def write(tmp):
-    with open(tmp, "w", newline="") as f:
-      f.write(text)
-  train_regressor._atomic_write(path, write, path.suffix)  # pylint: disable=protected-access
-
-
-def _atomic_npz(path: Path, arrays: dict) -> None:
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      np.savez_compressed(f, **arrays)
-  train_regressor._atomic_write(path, write, ".npz")  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------
@@ -143,16 +129,12 @@ def run_batches(sam, scorer, embeddings, frame, images_small, targets, clicks, c
 # Host-side verdicts and the report.
 
 
-def dice_all(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
-  return np.array([candidates.dice(m, t) for m, t in zip(masks, targets)], np.float64)
-
-
 def judge(out: dict, targets: np.ndarray, config) -> dict:
   """True Dice of every method, safeguard verdicts, grid search and oracle picks."""
   n = len(targets)
-  dice = {"initial": dice_all(out["initial_mask"], targets),
-          "evolved": dice_all(out["best_mask"], targets),
-          "multimask": dice_all(out["multimask_mask"], targets)}
+  dice = {"initial": metrics.dice_rows(out["initial_mask"], targets),
+          "evolved": metrics.dice_rows(out["best_mask"], targets),
+          "multimask": metrics.dice_rows(out["multimask_mask"], targets)}
   passed = safeguards.check(config.safeguards, out["initial_score"], out["best_score"],
                             out["initial_mask"], out["best_mask"], out["best_click"])
   accepted = safeguards.accept(passed, n)
@@ -225,7 +207,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
   writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
   writer.writeheader()
   writer.writerows(rows)
-  _atomic_text(path, buffer.getvalue())
+  files.write_text(path, buffer.getvalue())
 
 
 def summarize(ids, out, verdict, config, seconds: dict) -> dict:
@@ -239,9 +221,9 @@ def summarize(ids, out, verdict, config, seconds: dict) -> dict:
       "dice": {m: {"mean": float(np.mean(dice[m])), "median": float(np.median(dice[m]))}
                for m in METHODS if m in dice},
       "pearson_r_at_initial_clicks": {
-          "regressor_score_vs_dice": train_regressor.pearson(out["initial_score"],
+          "regressor_score_vs_dice": metrics.pearson(out["initial_score"],
                                                              dice["initial"]),
-          "sam_iou_vs_dice": train_regressor.pearson(out["initial_iou"], dice["initial"]),
+          "sam_iou_vs_dice": metrics.pearson(out["initial_iou"], dice["initial"]),
       },
       "safeguards": {"rules": dict(config.safeguards),
                      "accepted": int(verdict["accepted"].sum()),
@@ -267,8 +249,8 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
                          out["grid_dice"][i].reshape(n, n), out["grid_clicks"],
                          out["initial_click"][i], title=f"{ids[i]}: Dice over click positions")
     written.append("fig1_dice_heatmap.png")
-  r = {"score": train_regressor.pearson(out["initial_score"], dice["initial"]),
-       "iou": train_regressor.pearson(out["initial_iou"], dice["initial"])}
+  r = {"score": metrics.pearson(out["initial_score"], dice["initial"]),
+       "iou": metrics.pearson(out["initial_iou"], dice["initial"])}
   figures.score_vs_dice(workdir / "fig4_score_vs_dice.png", dice["initial"],
                         out["initial_iou"], out["initial_score"], r["iou"], r["score"])
   written.append("fig4_score_vs_dice.png")
@@ -278,7 +260,7 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
   masks = out["snapshot_masks"][i]
   figures.trajectory(workdir / "fig5_trajectory.png", images[i], targets[i],
                      out["clicks"][i, start], out["scores"][i, start], out["snapshot_steps"][i],
-                     masks, [candidates.dice(m, targets[i]) for m in masks],
+                     masks, [metrics.dice(m, targets[i]) for m in masks],
                      title=f"{ids[i]}: Dice {dice['initial'][i]:.3f} -> {dice['evolved'][i]:.3f}")
   written.append("fig5_trajectory.png")
   figures.initial_vs_evolved(workdir / "fig6_initial_vs_evolved.png", dice["initial"],
@@ -295,8 +277,8 @@ def load_models(config):
   """(SAM params, SAM config, checkpoint key), (score_fn, variables); a missing checkpoint
   or regressor stops the task with the commands that make it."""
   try:
-    sam_params, sam_config, sam_key = models.load_sam(config.sam)
-    scorer = models.load_scorer(config.regressor)
+    sam_params, sam_config, sam_key = models.sam_from_config(config.sam)
+    scorer = models.scorer_from_config(config.regressor)
   except (models.MissingCheckpointError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   return (sam_params, sam_config, sam_key), scorer
@@ -322,7 +304,7 @@ def _workdir(workdir) -> Path:
 def run(config, workdir) -> dict:
   """Task 'evolve': the whole evaluation; returns the summary."""
   workdir = _workdir(workdir)
-  train_regressor.write_json(workdir / "config.json", config.to_dict())
+  files.write_json(workdir / "config.json", config.to_dict())
   t0 = time.time()
   sam, scorer = load_models(config)
   ids, images, targets, clicks = load_inputs(config)
@@ -346,9 +328,9 @@ def run(config, workdir) -> dict:
   arrays = {k: out[k] for k in ("clicks", "scores", "ious", "nan_step", "best_start",
                                 "best_step", "grid_clicks", "grid_score", "grid_iou",
                                 "grid_dice") if k in out}
-  _atomic_npz(workdir / "trajectories.npz", dict(ids=np.asarray(ids), **arrays))
+  files.write_npz(workdir / "trajectories.npz", dict(ids=np.asarray(ids), **arrays))
   summary["figures"] = written
-  train_regressor.write_json(workdir / "summary.json", summary)
+  files.write_json(workdir / "summary.json", summary)
   ev = summary["evolved_vs_initial"]
   logging.info("%d images: %d improved, %d degraded, %d by > %.2f; mean Dice %.4f -> %.4f "
                "(safeguarded %.4f). Report in %s", len(ids), ev["improved"], ev["degraded"],
@@ -380,7 +362,7 @@ def heatmap(config, workdir) -> list[str]:
         images[i:i + 1].astype(np.float32) / 255.0, targets[i:i + 1], grid, slope,
         config.baselines.grid_chunk))
     name = f"heatmap_{sid}"
-    _atomic_npz(workdir / f"{name}.npz", dict(clicks=grid, dice=dice, score=score, iou=iou))
+    files.write_npz(workdir / f"{name}.npz", dict(clicks=grid, dice=dice, score=score, iou=iou))
     figures.dice_heatmap(workdir / f"{name}.png", images[i], targets[i], dice.reshape(n, n),
                          grid, clicks[i], title=f"{sid}: Dice over {n}x{n} click positions")
     written.append(f"{name}.png")

@@ -36,14 +36,6 @@ from sampot_jax.sam import transforms
 
 # Bumped each time the batched evolution is traced (= compiled): tests check
 # that batches of one shape compile once.
-_TRACE_COUNT = [0]
-
-
-def trace_count() -> int:
-  """How many times `evolve_prompts`' jitted core has been traced so far."""
-  return _TRACE_COUNT[0]
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """SAMPOT hyper-parameters (hashable: a static argument of the jitted core).
@@ -129,12 +121,6 @@ class EvolveResult:
   snapshot_masks: jax.Array
 
 
-def frame_for(original_size: tuple[int, int], img_size: int) -> predictor.ImageFrame:
-  """The ImageFrame SAM uses for images of `original_size` (H, W)."""
-  h, w = (int(s) for s in original_size)
-  return predictor.ImageFrame(transforms.preprocess_shape(h, w, img_size), (h, w))
-
-
 def soft_mask(low_res: jax.Array, frame: predictor.ImageFrame, img_size: int,
               size: tuple[int, int], slope: float) -> jax.Array:
   """(..., L, L) SAM low-res logits -> (..., *size) float32 soft mask in [0, 1].
@@ -173,8 +159,7 @@ def _evolve_start(start, embedding, image_small, sam_params, score_variables, *,
       slope=settings.slope, decode_fn=decode_fn)
   value_and_grad = jax.value_and_grad(score_iou, has_aux=True)
   tx = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay)
-  h, w = frame.original_size
-  upper = jnp.array([w - 1, h - 1], jnp.float32)
+  upper = jnp.array(predictor.click_upper(frame.original_size), jnp.float32)
 
   def step(carry, _):
     click, opt_state, alive = carry
@@ -202,7 +187,6 @@ def _evolve_start(start, embedding, image_small, sam_params, score_variables, *,
 def _evolve_batch(sam_params, score_variables, embeddings, images_small, clicks, rng, *,
                   sam_config, frame, score_fn, settings, decode_fn):
   """Everything but the masks, in one program (eager ops would each compile)."""
-  _TRACE_COUNT[0] += 1
   starts = starting_points(clicks, settings, frame.original_size, rng)
   one = functools.partial(_evolve_start, sam_config=sam_config, frame=frame,
                           score_fn=score_fn, settings=settings, decode_fn=decode_fn)
@@ -228,73 +212,15 @@ def _evolve_batch(sam_params, score_variables, embeddings, images_small, clicks,
                                                            steps])
 
 
-@functools.partial(jax.jit, static_argnames=("sam_config", "frame", "multimask_output",
-                                             "decode_fn"))
-def _click_masks(sam_params, embeddings, clicks, *, sam_config, frame, multimask_output,
-                 decode_fn=predictor.decode_clicks):
-  b, k = clicks.shape[:2]
-  low_res, iou = decode_fn(
-      sam_params, jnp.repeat(embeddings, k, axis=0), clicks.reshape(b * k, 1, 2),
-      jnp.ones((b * k, 1), jnp.int32), frame, sam_config, multimask_output=multimask_output)
-  logits = transforms.postprocess_masks(low_res, frame.input_size, frame.original_size,
-                                        sam_config.img_size)
-  masks = (logits > predictor.MASK_THRESHOLD).reshape((b, k) + logits.shape[1:])
-  iou = iou.reshape((b, k) + iou.shape[1:])
-  return (masks, iou) if multimask_output else (masks[:, :, 0], iou[:, :, 0])
-
-
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "decode_fn"))
 def _prompt_masks(sam_params, embeddings, initial_click, best_click, snapshot_clicks, *,
                   sam_config, frame, decode_fn):
   clicks = jnp.concatenate([initial_click[:, None], best_click[:, None], snapshot_clicks], 1)
-  masks, ious = _click_masks(sam_params, embeddings, clicks, sam_config=sam_config, frame=frame,
-                             multimask_output=False, decode_fn=decode_fn)
+  masks, ious = predictor.click_masks_jit(sam_params, embeddings, clicks, sam_config=sam_config,
+                                           frame=frame, multimask_output=False,
+                                           decode_fn=decode_fn)
   return dict(initial_mask=masks[:, 0], best_mask=masks[:, 1], initial_iou=ious[:, 0],
               best_iou=ious[:, 1], snapshot_masks=masks[:, 2:])
-
-
-def click_masks(sam_params, sam_config, embeddings: jax.Array, frame: predictor.ImageFrame,
-                clicks: jax.Array, multimask_output: bool = False,
-                decode_fn: Callable = predictor.decode_clicks):
-  """SAM's hard masks at the original size for K single clicks per image (jitted).
-
-  Args:
-    embeddings: (B, g, g, C); clicks: (B, K, 2) (x, y) original pixels.
-
-  Returns:
-    masks (B, K, H, W) bool and IoU predictions (B, K); with multimask_output
-    (B, K, M, H, W) and (B, K, M).
-  """
-  return _click_masks(sam_params, embeddings, jnp.asarray(clicks, jnp.float32),
-                      sam_config=ml_collections.FrozenConfigDict(sam_config), frame=frame,
-                      multimask_output=multimask_output, decode_fn=decode_fn)
-
-
-def check_clicks(clicks, original_size: tuple[int, int], ids=None) -> np.ndarray:
-  """Validates (B, 2) (x, y) clicks against an (H, W) image; returns them as float32.
-
-  Inside means 0 <= x <= W - 1 and 0 <= y <= H - 1 (pixel indices). `ids` name
-  the images in errors.
-  """
-  clicks = np.asarray(clicks, np.float64)
-  if clicks.ndim != 2 or clicks.shape[1] != 2:
-    raise ValueError(f"clicks has shape {clicks.shape}; expected (B, 2) as (x, y) pixels.")
-  name = lambda i: repr(ids[i]) if ids is not None else f"#{i}"
-  bad = ~np.isfinite(clicks).all(axis=1)
-  if bad.any():
-    i = int(np.argmax(bad))
-    raise ValueError(f"the click of image {name(i)} is {clicks[i].tolist()}; clicks must be "
-                     "finite (x, y) pixel coordinates.")
-  h, w = original_size
-  outside = ((clicks[:, 0] < 0) | (clicks[:, 0] > w - 1) | (clicks[:, 1] < 0)
-             | (clicks[:, 1] > h - 1))
-  if outside.any():
-    i = int(np.argmax(outside))
-    raise ValueError(
-        f"{int(outside.sum())} click(s) lie outside the {w}x{h} (W x H) image, e.g. image "
-        f"{name(i)} at (x, y) = {clicks[i].tolist()}; clicks are (x, y) with 0 <= x <= {w - 1}, "
-        f"0 <= y <= {h - 1}.")
-  return clicks.astype(np.float32)
 
 
 def starting_points(clicks, settings: Settings, original_size: tuple[int, int],
@@ -325,7 +251,7 @@ def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: 
       between calls (it is a static argument: a new one recompiles).
     score_variables: the scorer's variables.
     embeddings: (B, g, g, C) float32 from predictor.encode_images (or the cache).
-    frame: the ImageFrame of the batch (predictor.encode_images, or `frame_for`).
+    frame: the ImageFrame of the batch (predictor.encode_images, or predictor.frame_for).
     images_small: (B, S, S) float32 in [0, 1], the images as the scorer sees them.
     clicks: (B, 2) (x, y) in original pixels, inside the image.
     settings: see Settings.
@@ -352,7 +278,7 @@ def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: 
     raise ValueError(f"clicks has shape {np.shape(clicks)}; expected ({b}, 2) (x, y), one "
                      "per image.")
   if getattr(clicks, "is_fully_addressable", True):
-    check_clicks(clicks, frame.original_size)
+    predictor.check_clicks(clicks, frame.original_size)
   frozen = ml_collections.FrozenConfigDict(sam_config)
   out = _evolve_batch(
       sam_params, score_variables, embeddings, jnp.asarray(images_small, jnp.float32),
@@ -362,3 +288,8 @@ def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: 
                         out.pop("snapshot_clicks"), sam_config=frozen, frame=frame,
                         decode_fn=decode_fn)
   return EvolveResult(**masks, **out)
+
+
+def compiled_programs() -> int:
+  """How many programs `evolve_prompts`' jitted core holds (one per shape and setting)."""
+  return _evolve_batch._cache_size()  # pylint: disable=protected-access

@@ -5,6 +5,7 @@
                        at the initial clicks
   trajectory           Fig. 5: a prompt's path with mask snapshots and their Dice
   initial_vs_evolved   Fig. 6: Dice after evolution vs Dice at the initial click
+  oracle_scatter       Fig. 4 (a): predicted vs true Dice of the test candidates
 
 Every function takes arrays and a path, draws one figure and writes it atomically.
 """
@@ -16,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from sampot_jax import train_regressor  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sampot_jax import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 110
 
@@ -24,9 +25,7 @@ DPI = 110
 def save(fig, path) -> Path:
   """Writes `fig` as PNG to a temporary name beside `path`, renames it, closes the figure."""
   path = Path(path)
-  # train_regressor's atomic writer: temporary sibling, then os.replace.
-  train_regressor._atomic_write(  # pylint: disable=protected-access
-      path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), ".png")
+  files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), ".png")
   plt.close(fig)
   return path
 
@@ -144,3 +143,29 @@ def initial_vs_evolved(path, dice_initial, dice_evolved, dice_safeguarded=None,
   axes[1].set_title("zoom")
   fig.tight_layout()
   return save(fig, path)
+
+
+def oracle_scatter(path: Path, pred: np.ndarray, atlas_pred: np.ndarray,
+                   cands, by_kind: dict) -> None:
+  """Predicted vs true Dice per candidate, regressor and atlas (Fig. 4(a))."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharex=True)
+  kinds = sorted(set(cands.kinds.tolist()))
+  cmap = plt.get_cmap("tab20")
+  for ax, values, name in ((axes[0], pred, "regressor"),
+                           (axes[1], atlas_pred, "atlas (no image)")):
+    for k, kind in enumerate(kinds):
+      sel = cands.kinds == kind
+      ax.scatter(cands.dice[sel], values[sel], s=6, alpha=0.6,
+                 color=cmap(k % 20), label=kind)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    key = "regressor" if values is pred else "atlas"
+    stats_all = by_kind["all"][key]
+    ax.set_title(f"{name}: r = {stats_all['pearson_r']:.3f}, "
+                 f"MAE = {stats_all['mae']:.3f}  (n = {len(cands)})")
+    ax.set_xlabel("true Dice")
+    ax.set_ylabel("predicted Dice" if values is pred else "Dice vs mean mask")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+  axes[0].legend(fontsize=7, markerscale=2, loc="upper left")
+  fig.tight_layout()
+  save(fig, path)

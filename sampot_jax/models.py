@@ -1,7 +1,7 @@
 """The two frozen models of a SAMPOT run, from a config: SAM and the Dice regressor.
 
-    sam_params, sam_config, sam_key = load_sam(config.sam)
-    score_fn, score_variables = load_scorer(config.regressor)
+    sam_params, sam_config, sam_key = sam_from_config(config.sam)
+    score_fn, score_variables = scorer_from_config(config.regressor)
 
 Real runs read a ported SAM checkpoint and a trained regressor; when the SAM
 checkpoint is missing they stop with the commands that fetch and port it. Smoke
@@ -85,7 +85,7 @@ def params_key(params) -> str:
   return digest.hexdigest()
 
 
-def load_sam(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
+def sam_from_config(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
   """SAM from a config.sam block -> (params, sam config, checkpoint key).
 
   Fields: `random_init` (bool), `variant`, `overrides` (dict of sam_config
@@ -103,9 +103,10 @@ def load_sam(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
   directory = Path(c.checkpoint_dir).expanduser()
   if c.get("fetch_if_missing") and c.checkpoint_dir:
     # Fetches the official file into the cache and ports it into the directory once.
+    from ports import sam as port_sam  # pylint: disable=g-import-not-at-top
     from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
     try:
-      params, config = sam_model.load_sam(directory, c.variant)
+      params, config = port_sam.fetch_and_port(directory, c.variant)
     except checkpoints.DownloadError as e:
       raise MissingCheckpointError(
           f"No ported SAM checkpoint at config.sam.checkpoint_dir={str(c.checkpoint_dir)!r}, and "
@@ -123,15 +124,14 @@ def load_sam(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
   return params, config, f"{config.variant}-{key[:16]}"
 
 
-def load_scorer(regressor_config_block):
+def scorer_from_config(regressor_config_block):
   """The regressor from a config.regressor block -> (score_fn, variables).
 
   Fields: `random_init` (bool) with `model` (regressor model fields) and
-  `seed`, or `workdir` (a train_regressor workdir, see load_oracle).
+  `seed`, or `workdir` (a train_regressor workdir, see regressor.load_oracle).
   """
   c = regressor_config_block
   if c.random_init:
     model = regressor.from_config(c.model)
     return regressor.make_scorer(model), random_regressor_variables(model, int(c.get("seed", 0)))
-  from sampot_jax import train_regressor  # pylint: disable=g-import-not-at-top
-  return train_regressor.load_oracle(c.workdir)
+  return regressor.load_oracle(c.workdir)

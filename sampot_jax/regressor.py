@@ -10,13 +10,22 @@ Input convention (the same for `DiceRegressor.__call__` and `score`):
          both are resized inside (bilinear, antialiased) to it.
   output: float32 (B,), the predicted Dice of the mask against the unseen
           ground truth.
+
+A trained regressor (the SAMPOT oracle) lives in a train_regressor workdir:
+`save_oracle` / `load_oracle`.
 """
 import functools
+import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from sampot_jax import files
 
 Variables = dict
 
@@ -187,3 +196,38 @@ def make_scorer(
                                       jax.Array]:
   """`score` with the model bound: score_fn(variables, image, soft_mask)."""
   return functools.partial(score, model=model)
+
+
+def save_oracle(workdir: Path, config: ml_collections.ConfigDict,
+                variables: dict) -> None:
+  """Best variables to workdir/oracle, model config to oracle_config.json."""
+  workdir = Path(workdir).resolve()
+  path = workdir / "oracle"
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, jax.tree.map(jnp.asarray, variables), force=True)
+  checkpointer.wait_until_finished()
+  files.write_json(workdir / "oracle_config.json",
+             {"model": config.model.to_dict(),
+              "data": {"target": config.data.target,
+                       "image_size": config.data.image_size}})
+
+
+def load_oracle(workdir: Path) -> tuple[Callable, dict]:
+  """The trained oracle of a train_regressor workdir.
+
+  Returns:
+    (score_fn, variables): score_fn(variables, image, soft_mask) -> (B,), see
+    `regressor.score` for the input convention.
+  """
+  workdir = Path(workdir).resolve()
+  config_path = workdir / "oracle_config.json"
+  if not config_path.exists():
+    raise FileNotFoundError(
+        f"{config_path} is missing; train first: python main.py --config "
+        f"configs/train_regressor.py --workdir {workdir}")
+  model_config = json.loads(config_path.read_text())["model"]
+  model = from_config(model_config)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          init_variables(model, jax.random.key(0)))
+  variables = ocp.StandardCheckpointer().restore(workdir / "oracle", abstract)
+  return make_scorer(model), dict(variables)

@@ -16,7 +16,8 @@ gave up (it rejected one of higher true Dice).
 import ml_collections
 import numpy as np
 
-from sampot_jax import candidates
+from sampot_jax import metrics
+from sampot_jax.sam import predictor
 
 RULES = ("score_gain", "mask_overlap", "click_inside")
 
@@ -69,13 +70,10 @@ def check(config, initial_score, best_score, initial_masks, best_masks,
       gain = np.asarray(best_score, np.float64) - np.asarray(initial_score, np.float64)
       passed[rule] = np.nan_to_num(gain, nan=-np.inf) > config.min_score_gain
     elif rule == "mask_overlap":
-      overlap = np.array([candidates.dice(a, b) for a, b in zip(initial_masks, best_masks)])
+      overlap = metrics.dice_rows(initial_masks, best_masks)
       passed[rule] = overlap >= config.min_mask_dice
     else:
-      h, w = initial_masks.shape[1:]
-      clicks = np.asarray(best_clicks, np.float64)
-      x = np.clip(np.rint(clicks[:, 0]), 0, w - 1).astype(int)
-      y = np.clip(np.rint(clicks[:, 1]), 0, h - 1).astype(int)
+      x, y = predictor.click_pixels(best_clicks, initial_masks.shape[1:])
       passed[rule] = initial_masks[np.arange(n), y, x]
   return passed
 

@@ -6,6 +6,7 @@ import pytest
 from scipy import ndimage
 
 from sampot_jax import candidates as cands
+from sampot_jax import metrics
 
 MONTGOMERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "montgomery"
 S = 128
@@ -32,12 +33,12 @@ def test_dice_formula():
   a[0:10, 0:10] = True
   b = np.roll(a, 5, axis=1)
   inter, total = (a & b).sum(), a.sum() + b.sum()
-  assert cands.dice(a, b) == pytest.approx(2 * inter / total)
-  assert cands.dice(a, a) == 1.0
-  assert cands.dice(a, ~a) == 0.0
-  assert cands.dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+  assert metrics.dice(a, b) == pytest.approx(2 * inter / total)
+  assert metrics.dice(a, a) == 1.0
+  assert metrics.dice(a, ~a) == 0.0
+  assert metrics.dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
   with pytest.raises(ValueError, match="shapes"):
-    cands.dice(a, a[:5])
+    metrics.dice(a, a[:5])
 
 
 def test_make_candidates_is_deterministic(lungs):
@@ -165,7 +166,7 @@ def test_sam_click_candidates_with_a_fake_model(lungs):
   np.testing.assert_array_equal(np.array(clicks),
                                 cands.sam_click_prompts(left, np.random.default_rng(0)))
   for c, click in zip(out, clicks):
-    assert c.dice == pytest.approx(cands.dice(_ellipse(click[1], click[0], 25, 15), left))
+    assert c.dice == pytest.approx(metrics.dice(_ellipse(click[1], click[0], 25, 15), left))
   with pytest.raises(ValueError, match="shape"):
     cands.sam_click_candidates(left, lambda c: np.zeros((8, 8), bool), np.random.default_rng(0))
   with_sam = cands.make_candidates(None, left, None, np.random.default_rng(0),

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from configs import evolve as evolve_config
+from ports import sam as port_sam
 from sampot_jax import baselines
 from sampot_jax import candidates
+from sampot_jax import metrics
 from sampot_jax import embedding_cache
 from sampot_jax import evaluate
 from sampot_jax import models
@@ -73,13 +75,13 @@ def test_grid_clicks_are_cell_centres():
   np.testing.assert_allclose(grid[::4, 1], [2.0, 7.0, 12.0, 17.0])
 
 
-def test_mask_dice_matches_candidates_dice():
+def test_mask_dice_matches_dice():
   rng = np.random.default_rng(0)
   a = rng.random((5, 9, 9)) > 0.5
   b = rng.random((5, 9, 9)) > 0.3
   a[4] = b[4] = False  # two empty masks score 1
-  expected = [candidates.dice(x, y) for x, y in zip(a, b)]
-  np.testing.assert_allclose(np.asarray(baselines.mask_dice(jnp.asarray(a), jnp.asarray(b))),
+  expected = [metrics.dice(x, y) for x, y in zip(a, b)]
+  np.testing.assert_allclose(np.asarray(metrics.mask_dice(jnp.asarray(a), jnp.asarray(b))),
                              expected, rtol=1e-6)
 
 
@@ -192,20 +194,21 @@ def test_real_config_without_checkpoint_says_how_to_port(tmp_path):
                                        r"python -m ports.sam --checkpoint sam_vit_b_01ec64.pth"):
     evaluate.run(config, tmp_path / "run")
   with pytest.raises(models.MissingCheckpointError):
-    models.load_sam(config.sam)
+    models.sam_from_config(config.sam)
 
 
 def test_random_models_from_config(tmp_path):
   from configs import smoke  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  params, sam_config, key = models.load_sam(config.sam)
+  params, sam_config, key = models.sam_from_config(config.sam)
   assert sam_config.img_size == 64 and key.startswith("random-")
-  assert models.load_sam(config.sam)[2] == key  # same seed, same weights, same key
-  score_fn, variables = models.load_scorer(config.regressor)
+  assert models.sam_from_config(config.sam)[2] == key  # same seed, same weights, same key
+  score_fn, variables = models.scorer_from_config(config.regressor)
   image = jnp.zeros((2, 64, 64))
   score = score_fn(variables, image, image)
   assert score.shape == (2,) and np.isfinite(np.asarray(score)).all()
-  json.dumps(jax_shapes(params))  # a plain nested dict of arrays
+  # The random params have exactly the model's tree and shapes.
+  assert jax_shapes(params) == jax_shapes(sam_model.param_shapes(sam_config))
 
 
 def jax_shapes(tree):
@@ -217,17 +220,17 @@ def test_fetch_if_missing_hands_over_to_the_fetching_loader(tmp_path, monkeypatc
   tiny = sam_model.sam_config("vit_b", img_size=32, embed_dim=16, depth=1, num_heads=1,
                               global_attn_indexes=(0,), window_size=2, prompt_embed_dim=16)
 
-  def fake_load_sam(directory, variant):  # what fetching + porting leaves behind
+  def fake_fetch_and_port(directory, variant):  # what fetching + porting leaves behind
     calls.append((directory, variant))
     directory.mkdir()
     (directory / "manifest.json").write_text(json.dumps({"source_sha256": "ab" * 32}))
     return models.random_sam_params(tiny), tiny
 
-  monkeypatch.setattr(sam_model, "load_sam", fake_load_sam)
+  monkeypatch.setattr(port_sam, "fetch_and_port", fake_fetch_and_port)
   config = evolve_config.get_config()
   config.sam.checkpoint_dir = str(tmp_path / "sam")
   config.sam.fetch_if_missing = True
-  _, loaded_config, key = models.load_sam(config.sam)
+  _, loaded_config, key = models.sam_from_config(config.sam)
   assert calls == [(tmp_path / "sam", "vit_b")]
   assert loaded_config.img_size == 32 and key == "vit_b-" + "ab" * 8
 
@@ -244,5 +247,5 @@ def test_offline_fetch_says_where_to_put_the_file(tmp_path, monkeypatch):
   config.sam.checkpoint_dir = str(tmp_path / "sam")
   with pytest.raises(models.MissingCheckpointError,
                      match=r"(?s)could not be fetched.*put it at /cache/vit_b.pth.*ports.sam"):
-    models.load_sam(config.sam)
+    models.sam_from_config(config.sam)
   assert not (tmp_path / "sam").exists()

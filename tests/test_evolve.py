@@ -20,7 +20,7 @@ from sampot_jax.sam import transforms
 # An analytic segmenter: logits = RADIUS - distance to the click (model frame).
 
 DISK_CONFIG = sam_model.sam_config("vit_b", img_size=64)
-DISK_FRAME = evolve.frame_for((48, 48), 64)
+DISK_FRAME = predictor.frame_for((48, 48), 64)
 RADIUS = 12.0
 TARGET = (30.0, 20.0)
 
@@ -208,15 +208,15 @@ def test_each_row_of_a_batch_depends_only_on_its_image(tiny):
 
 def test_one_compilation_per_batch_shape(tiny):
   tiny["run"](tiny["emb"], tiny["small"], tiny["clicks"])
-  before = evolve.trace_count()
+  before = evolve.compiled_programs()
   # New values, same shapes: no retrace.
   tiny["run"](tiny["emb"][::-1], tiny["small"][::-1], tiny["clicks"][::-1] + 1.0)
   tiny["run"](tiny["emb"] * 0.5, tiny["small"], tiny["clicks"] + 2.0, jax.random.key(7))
-  assert evolve.trace_count() == before
+  assert evolve.compiled_programs() == before
   # Other static settings are another program (the cheap segmenter keeps this fast).
   evolve_disk((20.0, 28.0), num_steps=3, num_starts=2)
   evolve_disk((21.0, 27.0), num_steps=3, num_starts=2)
-  assert evolve.trace_count() == before + 1
+  assert evolve.compiled_programs() == before + 1
 
 
 def test_best_prompt_comes_with_its_mask_and_iou(tiny):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from configs import train_regressor_tiny
-from sampot_jax import candidates
+from sampot_jax import candidate_sets
+from sampot_jax import metrics
+from sampot_jax import oracle_eval
 from sampot_jax import regressor
 from sampot_jax import train_regressor as tr
 
@@ -23,7 +25,7 @@ def disc(size, cy, cx, r):
   return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def synthetic_set(n_images: int, seed: int) -> tr.CandidateSet:
+def synthetic_set(n_images: int, seed: int) -> candidate_sets.CandidateSet:
   """Discs on noise; candidates are shifted / resized discs with true Dice."""
   rng = np.random.default_rng(seed)
   images, targets, masks, index, dice, kinds = [], [], [], [], [], []
@@ -38,9 +40,9 @@ def synthetic_set(n_images: int, seed: int) -> tr.CandidateSet:
                r * rng.uniform(0.6, 1.4))
       masks.append(m)
       index.append(i)
-      dice.append(candidates.dice(m, target))
+      dice.append(metrics.dice(m, target))
       kinds.append("shift")
-  return tr.CandidateSet(
+  return candidate_sets.CandidateSet(
       ids=np.array([f"s{i}" for i in range(n_images)]),
       images=np.stack(images), targets=np.stack(targets),
       others=np.zeros_like(np.stack(targets)), masks=np.stack(masks), image_index=np.array(index, np.int32),
@@ -123,7 +125,7 @@ def test_too_few_candidates_for_a_batch_names_the_field(tmp_path):
 
 def test_sweep_masks_erode_and_dilate():
   target = disc(SIZE, 16, 16, 8)
-  masks = tr.sweep_masks(target, (-4, -2, 0, 2, 4))
+  masks = oracle_eval.sweep_masks(target, (-4, -2, 0, 2, 4))
   np.testing.assert_array_equal(masks[2], target)
   sizes = masks.sum(axis=(1, 2))
   assert np.all(np.diff(sizes) > 0)
@@ -134,23 +136,23 @@ def test_sweep_masks_erode_and_dilate():
 
 def test_soft_dice_against_hard_reference_is_dice():
   a, b = disc(SIZE, 14, 14, 6), disc(SIZE, 17, 16, 7)
-  got = tr.soft_dice(a[None], b.astype(np.float32))[0]
-  assert got == pytest.approx(candidates.dice(a, b), rel=1e-6)
+  got = metrics.soft_dice(a[None], b.astype(np.float32))[0]
+  assert got == pytest.approx(metrics.dice(a, b), rel=1e-6)
 
 
 def test_evaluate_oracle_groups_and_targets():
   cands = synthetic_set(4, 2)
   kinds = np.array(["shift", "leak_outside"] * (len(cands) // 2))
-  cands = tr.CandidateSet(**{**cands.__dict__, "kinds": kinds})
+  cands = candidate_sets.CandidateSet(**{**cands.__dict__, "kinds": kinds})
   perfect = cands.dice.copy()
-  by_kind = tr.evaluate_oracle(perfect, perfect * 0.5, cands,
+  by_kind = oracle_eval.evaluate_oracle(perfect, perfect * 0.5, cands,
                                ("shift", "leak_outside"))
   assert set(by_kind) - {"true_dice>=0.8"} == {"all", "failure_modes",
                                                "shift", "leak_outside"}
   assert by_kind["all"]["regressor"]["pearson_r"] == pytest.approx(1.0)
   assert by_kind["all"]["regressor"]["mae"] == 0.0
   assert by_kind["shift"]["n"] + by_kind["leak_outside"]["n"] == len(cands)
-  targets = tr.check_targets(by_kind, {"median_spearman_rho": 0.5},
+  targets = oracle_eval.check_targets(by_kind, {"median_spearman_rho": 0.5},
                              ("shift", "leak_outside"))
   assert targets["all_pearson_r>=0.95"]["pass"]
   assert not targets["sweep_median_spearman_rho>=0.9"]["pass"]
@@ -164,8 +166,8 @@ def real_run(tmp_path_factory):
   config = train_regressor_tiny.get_config()
   config.data.dir = str(DATA)
   config.num_epochs = 6
-  metrics = tr.run(config, str(workdir))
-  return config, workdir, metrics
+  summary = tr.run(config, str(workdir))
+  return config, workdir, summary
 
 
 def finite_numbers(obj):
@@ -184,15 +186,22 @@ def finite_numbers(obj):
 @needs_data
 def test_real_run_writes_metrics_and_oracle_eval(real_run):
   config, workdir, _ = real_run
-  metrics = json.loads((workdir / "metrics.json").read_text())
+  summary = json.loads((workdir / "metrics.json").read_text())
   oracle = json.loads((workdir / "oracle_eval.json").read_text())
-  assert metrics["epochs_run"] == config.num_epochs
-  assert len(metrics["history"]) == config.num_epochs
-  assert finite_numbers(metrics)
+  assert summary["epochs_run"] == config.num_epochs
+  assert len(summary["history"]) == config.num_epochs
+  assert finite_numbers(summary)
   for kind in ("all", "failure_modes", "level_set", "leak_other_lung",
                "leak_outside"):
     assert finite_numbers(oracle["by_kind"][kind]), kind
-  assert -1 <= oracle["by_kind"]["all"]["regressor"]["pearson_r"] <= 1
+  # The reported r is the one of the saved oracle's predictions on the test candidates.
+  score_fn, variables = regressor.load_oracle(workdir)
+  test = candidate_sets.load_or_build_candidates(config, workdir, "test")
+  predict = oracle_eval.make_predict(regressor.from_config(config.model), config.eval_batch_size)
+  pred = oracle_eval.predict_candidates(predict, variables, test)
+  assert oracle["by_kind"]["all"]["regressor"]["pearson_r"] == pytest.approx(
+      metrics.pearson(pred, test.dice), abs=1e-6)
+  assert oracle["num_candidates"] == len(test)
   assert math.isfinite(oracle["sweeps"]["median_spearman_rho"])
   assert set(oracle["targets"]) >= {"all_pearson_r>=0.95", "all_mae<=0.05"}
   # Whole-anatomy mistakes: the right lung alone has Dice 0 with the left.
@@ -212,23 +221,25 @@ def test_real_run_writes_metrics_and_oracle_eval(real_run):
 
 @needs_data
 def test_real_run_loss_decreases(real_run):
-  _, _, metrics = real_run
-  losses = [h["train_loss"] for h in metrics["history"]]
+  _, _, summary = real_run
+  losses = [h["train_loss"] for h in summary["history"]]
   assert losses[-1] < 0.7 * losses[0], losses
-  assert metrics["best_val_loss"] < metrics["history"][0]["val_loss"] or (
-      metrics["best_epoch"] == 1)
+  # The kept model is the epoch with the lowest validation loss.
+  val = [h["val_loss"] for h in summary["history"]]
+  assert summary["best_epoch"] == int(np.argmin(val)) + 1
+  assert summary["best_val_loss"] == pytest.approx(min(val))
 
 
 @needs_data
 def test_load_oracle_reproduces_the_evaluation(real_run):
   config, workdir, _ = real_run
-  score_fn, variables = tr.load_oracle(workdir)
-  test = tr.load_or_build_candidates(config, workdir, "test")
+  score_fn, variables = regressor.load_oracle(workdir)
+  test = candidate_sets.load_or_build_candidates(config, workdir, "test")
   idx = np.arange(8)
-  images, masks, _ = tr._batch(test, idx)
+  images, masks, _ = candidate_sets.batch(test, idx)
   got = np.asarray(jax.jit(score_fn)(variables, images, masks))
   model = regressor.from_config(config.model)
-  want = tr.make_predict(model, config.eval_batch_size)(variables, images,
+  want = oracle_eval.make_predict(model, config.eval_batch_size)(variables, images,
                                                         masks)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert np.all((got >= 0) & (got <= 1))
@@ -236,25 +247,25 @@ def test_load_oracle_reproduces_the_evaluation(real_run):
 
 @needs_data
 def test_rerun_reuses_candidates_and_checkpoint(real_run):
-  config, workdir, metrics = real_run
+  config, workdir, summary = real_run
   caches = sorted((workdir / "candidates").glob("*.npz"))
   assert len(caches) == 3
   stamps = [p.stat().st_mtime_ns for p in caches]
   again = tr.run(config, str(workdir))
   assert [p.stat().st_mtime_ns for p in caches] == stamps
-  assert again["history"] == metrics["history"]
-  assert again["test_pearson_r"] == pytest.approx(metrics["test_pearson_r"])
+  assert again["history"] == summary["history"]
+  assert again["test_pearson_r"] == pytest.approx(summary["test_pearson_r"])
 
 
 def test_load_oracle_without_training_says_how(tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
-    tr.load_oracle(tmp_path)
+    regressor.load_oracle(tmp_path)
 
 
 def test_augment_moves_image_and_mask_together_and_keeps_dice():
   targets = np.stack([disc(SIZE, 16, 15, 7), disc(SIZE, 14, 17, 8)])
   cands = np.stack([disc(SIZE, 18, 15, 6), disc(SIZE, 14, 20, 9)])
-  before = [candidates.dice(c, t) for c, t in zip(cands, targets)]
+  before = [metrics.dice(c, t) for c, t in zip(cands, targets)]
   # The target rides in the image slot: it must get the mask's exact shift.
   images, masks = tr.augment(jax.random.key(3), targets.astype(np.float32),
                              cands.astype(np.float32), max_shift=0.2,
@@ -263,7 +274,7 @@ def test_augment_moves_image_and_mask_together_and_keeps_dice():
   assert images.shape == masks.shape == (2, SIZE, SIZE)
   assert not np.array_equal(masks, cands)  # something moved
   assert set(np.unique(masks)) <= {0.0, 1.0}  # still binary
-  after = [candidates.dice(c > 0.5, t > 0.5) for c, t in zip(masks, images)]
+  after = [metrics.dice(c > 0.5, t > 0.5) for c, t in zip(masks, images)]
   np.testing.assert_allclose(after, before, atol=1e-6)
   # Photometric jitter stays in [0, 1] and changes only the image.
   noise = np.random.default_rng(0).uniform(size=(2, SIZE, SIZE))

@@ -9,6 +9,7 @@ Embeddings and logits must agree to 1e-4 relative (measured: about 1e-5, from su
 over 12 blocks of 768-wide matmuls). Binary masks at the original size may differ only at pixels
 whose official logit is within 1e-3 of the threshold 0, where a 1e-5 difference can flip the sign.
 """
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from skimage import io
 
+from ports import sam as port_sam
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from tests import sam_reference
@@ -48,7 +50,7 @@ def vit_b(tmp_path_factory):
   assert '"num_tensors": 314' in proc.stdout
   params, loaded_config = sam_model.load_ported(out)
   assert loaded_config.to_dict() == config.to_dict()
-  return config, official, params
+  return config, official, params, tmp / "sam_vit_b_random.pth"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def xray():
 def test_vit_b_end_to_end_matches_official_predictor(vit_b, xray, record_figure):
   from segment_anything import SamPredictor
 
-  config, official, params = vit_b
+  config, official, params, _ = vit_b
   image, click = xray
   reference = SamPredictor(official)
   reference.set_image(np.repeat(image[..., None], 3, axis=-1))  # the official API wants RGB
@@ -102,18 +104,18 @@ def test_vit_b_end_to_end_matches_official_predictor(vit_b, xray, record_figure)
     assert exp_masks.shape == (len(exp_iou),) + image.shape
 
 
-def test_load_sam_ports_a_cached_official_checkpoint_once(vit_b, tmp_path, monkeypatch):
+def test_fetch_and_port_ports_a_cached_official_checkpoint_once(vit_b, tmp_path, monkeypatch):
   """The main job's path: the official file in the cache -> ported once -> loaded."""
-  config, official, params = vit_b
+  config, _, params, pth = vit_b
   cache = tmp_path / "cache"
   cache.mkdir()
-  sam_reference.save_pth(official, cache / "sam_vit_b_01ec64.pth")  # as fetch_checkpoint leaves it
+  shutil.copyfile(pth, cache / "sam_vit_b_01ec64.pth")  # as fetch_checkpoint leaves it
   monkeypatch.setenv("SAMPOT_CACHE", str(cache))
-  loaded, loaded_config = sam_model.load_sam(variant="vit_b")
+  loaded, loaded_config = port_sam.fetch_and_port(variant="vit_b")
   assert (cache / "sam_vit_b_flax" / "manifest.json").exists()
   assert loaded_config.to_dict() == config.to_dict()
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   (cache / "sam_vit_b_01ec64.pth").unlink()  # a second call must not need the .pth again
-  again, _ = sam_model.load_sam(variant="vit_b")
+  again, _ = port_sam.fetch_and_port(variant="vit_b")
   assert jax.tree.structure(again) == jax.tree.structure(params)

@@ -11,6 +11,7 @@ from scipy import ndimage
 from skimage import transform
 
 TARGETS = ("left", "right", "both")
+ON_BAD_EXAMPLE = ("error", "skip")  # what a reader does with a bad example
 
 
 class BadExampleError(ValueError):

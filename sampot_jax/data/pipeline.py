@@ -1,6 +1,4 @@
 """`load_split`: one split of any source, in memory, as a `LungSet`."""
-from pathlib import Path
-
 from absl import logging
 import ml_collections
 import numpy as np
@@ -9,7 +7,6 @@ from sampot_jax.data import folder
 from sampot_jax.data import lungs
 from sampot_jax.data import sources
 from sampot_jax.data import splits as splits_lib
-from sampot_jax.data import tfds_builder
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -44,9 +41,9 @@ def load_split(data_config, split: str) -> lungs.LungSet:
     raise ValueError(f"split={split!r} is not one of {splits_lib.SPLITS}.")
   if source not in sources.SOURCES:
     raise ValueError(f"config.data.source={source!r} is not one of {sources.SOURCES}.")
-  if on_bad not in tfds_builder.ON_BAD_EXAMPLE:
+  if on_bad not in lungs.ON_BAD_EXAMPLE:
     raise ValueError(f"config.data.on_bad_example={on_bad!r} is not one of "
-                     f"{tfds_builder.ON_BAD_EXAMPLE}.")
+                     f"{lungs.ON_BAD_EXAMPLE}.")
   if target not in lungs.TARGETS:
     raise ValueError(f"config.data.target={target!r} is not one of {lungs.TARGETS}.")
   if size < 8:
@@ -57,8 +54,10 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   if source == "folder":
     examples, skipped = folder.read_split(data_config.dir, split, size, on_bad)
   else:
+    # TFDS is imported only here: configs and the folder reader stay light.
+    from sampot_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
     builder = tfds_builder.prepare(source, data_config.dir, data_config.get("tfds_dir"), on_bad)
-    skipped = _prepared_skips(builder, split, on_bad, data_config.dir)
+    skipped = _prepared_skips(builder, split, on_bad)
     examples = [sources.resize_example(e, size) for e in tfds_builder.read_split(builder, split)]
   if skipped:
     logging.warning("%s/%s: %d bad example(s) skipped, %d loaded.", source, split,
@@ -75,7 +74,7 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   return lungs.LungSet(stacked["ids"], stacked["images"], stacked["left"], stacked["right"])
 
 
-def _prepared_skips(builder, split, on_bad, manual_dir) -> list:
+def _prepared_skips(builder, split, on_bad) -> list:
   """Skips recorded when the TFDS data was prepared; an error if they break the policy."""
   meta = builder.info.metadata or {}
   skipped = (meta.get("skipped") or {}).get(split, [])
@@ -84,10 +83,4 @@ def _prepared_skips(builder, split, on_bad, manual_dir) -> list:
         skipped[0][0], f"{skipped[0][1]} (this and {len(skipped) - 1} more were skipped when "
         f"{builder.data_dir} was prepared with on_bad_example='skip'; fix the files and delete "
         "that folder, or set on_bad_example='skip').")
-  built_from = meta.get("manual_dir")
-  if built_from:
-    here = str(Path(manual_dir).expanduser().resolve())
-    if here != built_from:
-      logging.warning("%s was prepared from %s, not %s; delete it to rebuild from the latter.",
-                      builder.data_dir, built_from, here)
   return skipped

@@ -7,7 +7,15 @@ on disk (the NLM originals are ~4000x5000), and above the 256 the regressor uses
 images are resized with antialiased bilinear, masks by area fraction > 1/2, and
 the aspect ratio is not kept (as in the team set). The original size is kept in
 the metadata.
+
+Prepared data lives in a folder keyed by the source folder's path
+(`<tfds_dir>/src_<hash>/`), so two data sets in one layout never share it, and
+carries a fingerprint of the source files (names, sizes, modification times):
+a source edited after preparation stops the run with what changed and how to
+rebuild, instead of silently training on the old copy.
 """
+import hashlib
+import os
 from pathlib import Path
 
 from absl import logging
@@ -20,7 +28,7 @@ from sampot_jax.data import sources
 from sampot_jax.data import splits as splits_lib
 
 STORED_SIZE = 512
-ON_BAD_EXAMPLE = ("error", "skip")
+ON_BAD_EXAMPLE = lungs.ON_BAD_EXAMPLE
 
 _INSTRUCTIONS = """\
 Download the data set yourself and pass its folder as the manual directory
@@ -66,10 +74,12 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     # etils no longer installs; the answer is simply this file.
     return epath.Path(__file__)
 
-  def __init__(self, *, on_bad_example: str = "error", **kwargs):
+  def __init__(self, *, on_bad_example: str = "error", fingerprint: dict | None = None,
+               **kwargs):
     if on_bad_example not in ON_BAD_EXAMPLE:
       raise ValueError(f"on_bad_example={on_bad_example!r} is not one of {ON_BAD_EXAMPLE}.")
     self._on_bad_example = on_bad_example
+    self._fingerprint = fingerprint
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
@@ -105,7 +115,8 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     # Filled while the generators run; written with dataset_info at the end.
     skipped = {split: [] for split in splits_lib.SPLITS}
     self.info.metadata.update({"on_bad_example": self._on_bad_example,
-                               "manual_dir": str(root.resolve()), "skipped": skipped})
+                               "manual_dir": str(root.resolve()), "skipped": skipped,
+                               "source_files": self._fingerprint or source_files(root)})
     return {split: self._generate_examples(scan, split, skipped[split])
             for split in splits_lib.SPLITS}
 
@@ -136,11 +147,58 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     skipped.append([error.path, error.problem])
 
 
+def source_files(root) -> dict:
+  """{relative path: [size, mtime_ns]} of every non-hidden file below `root`."""
+  root = Path(root)
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for name in sorted(filenames):
+      if not name.startswith("."):
+        st = (Path(dirpath) / name).stat()
+        out[str((Path(dirpath) / name).relative_to(root))] = [st.st_size, st.st_mtime_ns]
+  return out
+
+
+def prepared_dir(manual_dir, tfds_dir=None) -> Path:
+  """Where the data prepared from `manual_dir` lives: keyed by the folder's resolved path."""
+  root = str(Path(manual_dir).expanduser().resolve())
+  base = Path(tfds_dir).expanduser() if tfds_dir else Path(tfds.core.constants.DATA_DIR)
+  return base / f"src_{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+
+
+def _changes(before: dict, now: dict) -> str:
+  """A short description of how two source_files listings differ."""
+  added = sorted(set(now) - set(before))
+  removed = sorted(set(before) - set(now))
+  changed = sorted(k for k in set(now) & set(before) if list(now[k]) != list(before[k]))
+  parts = []
+  for what, names in (("added", added), ("removed", removed), ("changed", changed)):
+    if names:
+      more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+      parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{more})")
+  return "; ".join(parts)
+
+
 def prepare(source: str, manual_dir, tfds_dir=None, on_bad_example: str = "error"):
-  """Builds (once) and returns the builder for `source`."""
-  builder = ChestXrayLungs(config=source, data_dir=tfds_dir, on_bad_example=on_bad_example)
+  """Builds (once per source folder) and returns the builder for `source`.
+
+  Raises ValueError when the source files changed since the data was prepared.
+  """
+  root = Path(manual_dir).expanduser().resolve()
+  files = source_files(root)
+  data_dir = prepared_dir(root, tfds_dir)
+  builder = ChestXrayLungs(config=source, data_dir=str(data_dir),
+                           on_bad_example=on_bad_example, fingerprint=files)
+  if Path(builder.data_dir).is_dir() and (Path(builder.data_dir) / "dataset_info.json").exists():
+    before = (builder.info.metadata or {}).get("source_files")
+    if before is not None and dict(before) != files:
+      raise ValueError(
+          f"The files in {root} changed after {builder.data_dir} was prepared from them: "
+          f"{_changes(dict(before), files)}. Delete that folder to prepare the data again "
+          f"(rm -rf {builder.data_dir}).")
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(Path(manual_dir).expanduser())))
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
   return builder
 
 

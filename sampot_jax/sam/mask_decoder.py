@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sampot_jax.sam.image_encoder import LayerNorm2d, gelu
+from sampot_jax.sam.common import LayerNorm2d, gelu
 from sampot_jax.sam.transformer import TwoWayTransformer
 
 

@@ -1,7 +1,7 @@
 """SAM as a Flax module with two methods: `encode` (once per image) and `decode` (per prompt).
 
     config = sam_config("vit_b")
-    params = init_params(config, jax.random.key(0))          # or ports.sam / checkpoints
+    params = init_params(config, jax.random.key(0))          # or load_ported(DIR)
     emb = encode(params, pixels, config)                      # (B,1024,1024,3) -> (B,64,64,256)
     logits, iou = decode(params, emb, config, points=p, labels=l)   # (B,M,256,256), (B,M)
 
@@ -142,26 +142,3 @@ def load_ported(directory) -> tuple[dict, ml_collections.ConfigDict]:
   sam = manifest["sam_config"]
   config = sam_config(sam["variant"], **{k: v for k, v in sam.items() if k != "variant"})
   return params, config
-
-
-def load_sam(directory=None, variant: str = "vit_b") -> tuple[dict, ml_collections.ConfigDict]:
-  """Params and config from a ported directory; without one, the official checkpoint.
-
-  With `directory` set and holding a port, that port is loaded. Otherwise the official `.pth` of
-  `variant` is fetched into the cache (`sampot_jax.checkpoints.fetch_checkpoint`: offline, its
-  error says where to put the file), ported once into `directory` (default: the cache's
-  `sam_<variant>_flax`) and loaded.
-  """
-  from pathlib import Path
-
-  from ports import sam as port_sam
-  from sampot_jax import checkpoints
-
-  directory = Path(directory) if directory else checkpoints.cache_dir() / f"sam_{variant}_flax"
-  if not (directory / checkpoints.MANIFEST_FILE).exists():
-    if directory.exists() and any(directory.iterdir()):
-      raise checkpoints.ParamsDirError(
-          f"{directory} exists but holds no manifest.json: it is not a complete port. Remove it, "
-          f"or port again: python -m ports.sam --checkpoint sam_{variant}_....pth --out {directory}")
-    port_sam.port_checkpoint(checkpoints.fetch_checkpoint(variant), directory, variant)
-  return load_ported(directory)

@@ -8,9 +8,11 @@ them into the model's 1024 frame and masks back. `decode_clicks` is the pure, ji
 core that SAMPOT differentiates with respect to the click coordinates.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from sampot_jax.sam import model as sam_model
@@ -24,6 +26,65 @@ class ImageFrame:
   """Sizes shared by a batch: `input_size` (h, w) after resizing, `original_size` (H, W)."""
   input_size: tuple[int, int]
   original_size: tuple[int, int]
+
+
+def frame_for(original_size: tuple[int, int], img_size: int) -> ImageFrame:
+  """The ImageFrame SAM uses for images of `original_size` (H, W)."""
+  h, w = (int(s) for s in original_size)
+  return ImageFrame(transforms.preprocess_shape(h, w, img_size), (h, w))
+
+
+def click_upper(original_size: tuple[int, int]) -> tuple[float, float]:
+  """The largest (x, y) of a click on an (H, W) image: the last pixel's index.
+
+  Clicks are pixel positions, so 0 <= x <= W - 1 and 0 <= y <= H - 1 everywhere
+  (validation, clipping during evolution, pixel lookup).
+  """
+  h, w = original_size
+  return float(w - 1), float(h - 1)
+
+
+def outside_image(points, original_size: tuple[int, int]) -> np.ndarray:
+  """(..., 2) (x, y) points -> (...) bool, True where a point lies outside `click_upper`."""
+  points = np.asarray(points, np.float64)
+  x_max, y_max = click_upper(original_size)
+  return ((points[..., 0] < 0) | (points[..., 0] > x_max) | (points[..., 1] < 0)
+          | (points[..., 1] > y_max))
+
+
+def click_pixels(clicks, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """(..., 2) (x, y) clicks -> the nearest pixel's (column, row) int indices inside `shape`."""
+  clicks = np.asarray(clicks, np.float64)
+  h, w = shape
+  x = np.clip(np.rint(clicks[..., 0]), 0, w - 1).astype(int)
+  y = np.clip(np.rint(clicks[..., 1]), 0, h - 1).astype(int)
+  return x, y
+
+
+def check_clicks(clicks, original_size: tuple[int, int], ids=None) -> np.ndarray:
+  """Validates (B, 2) (x, y) clicks against an (H, W) image; returns them as float32.
+
+  Inside means 0 <= x <= W - 1 and 0 <= y <= H - 1 (pixel indices). `ids` name
+  the images in errors.
+  """
+  clicks = np.asarray(clicks, np.float64)
+  if clicks.ndim != 2 or clicks.shape[1] != 2:
+    raise ValueError(f"clicks has shape {clicks.shape}; expected (B, 2) as (x, y) pixels.")
+  name = lambda i: repr(ids[i]) if ids is not None else f"#{i}"
+  bad = ~np.isfinite(clicks).all(axis=1)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f"the click of image {name(i)} is {clicks[i].tolist()}; clicks must be "
+                     "finite (x, y) pixel coordinates.")
+  h, w = original_size
+  outside = outside_image(clicks, original_size)
+  if outside.any():
+    i = int(np.argmax(outside))
+    raise ValueError(
+        f"{int(outside.sum())} click(s) lie outside the {w}x{h} (W x H) image, e.g. image "
+        f"{name(i)} at (x, y) = {clicks[i].tolist()}; clicks are (x, y) with 0 <= x <= {w - 1}, "
+        f"0 <= y <= {h - 1}.")
+  return clicks.astype(np.float32)
 
 
 def encode_images(params, images, config, batch_size: int | None = None):
@@ -60,7 +121,7 @@ def _check_prompts(points, labels, boxes, frame: ImageFrame):
                        f"{None if labels is None else np.shape(labels)}. Use 1 foreground, 0 background.")
     if not np.isfinite(points).all():
       raise ValueError("points contains NaN or inf; pass finite pixel coordinates.")
-    outside = (points[..., 0] < 0) | (points[..., 0] > w) | (points[..., 1] < 0) | (points[..., 1] > h)
+    outside = outside_image(points, frame.original_size)
     if outside.any():
       first = tuple(points[np.argwhere(outside)[0][0], np.argwhere(outside)[0][1]])
       raise ValueError(f"{int(outside.sum())} point(s) lie outside the {w}x{h} (W x H) image, e.g. "
@@ -102,3 +163,35 @@ def predict(params, embeddings, frame: ImageFrame, config, points=None, labels=N
   if not return_logits:
     masks = masks > MASK_THRESHOLD
   return masks, iou, low_res
+
+
+@functools.partial(jax.jit, static_argnames=("sam_config", "frame", "multimask_output",
+                                             "decode_fn"))
+def click_masks_jit(sam_params, embeddings, clicks, *, sam_config, frame, multimask_output,
+                 decode_fn=decode_clicks):
+  b, k = clicks.shape[:2]
+  low_res, iou = decode_fn(
+      sam_params, jnp.repeat(embeddings, k, axis=0), clicks.reshape(b * k, 1, 2),
+      jnp.ones((b * k, 1), jnp.int32), frame, sam_config, multimask_output=multimask_output)
+  logits = transforms.postprocess_masks(low_res, frame.input_size, frame.original_size,
+                                        sam_config.img_size)
+  masks = (logits > MASK_THRESHOLD).reshape((b, k) + logits.shape[1:])
+  iou = iou.reshape((b, k) + iou.shape[1:])
+  return (masks, iou) if multimask_output else (masks[:, :, 0], iou[:, :, 0])
+
+
+def click_masks(sam_params, sam_config, embeddings: jax.Array, frame: ImageFrame,
+                clicks: jax.Array, multimask_output: bool = False,
+                decode_fn=decode_clicks):
+  """SAM's hard masks at the original size for K single clicks per image (jitted).
+
+  Args:
+    embeddings: (B, g, g, C); clicks: (B, K, 2) (x, y) original pixels.
+
+  Returns:
+    masks (B, K, H, W) bool and IoU predictions (B, K); with multimask_output
+    (B, K, M, H, W) and (B, K, M).
+  """
+  return click_masks_jit(sam_params, embeddings, jnp.asarray(clicks, jnp.float32),
+                      sam_config=ml_collections.FrozenConfigDict(sam_config), frame=frame,
+                      multimask_output=multimask_output, decode_fn=decode_fn)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sampot_jax.sam.image_encoder import LayerNorm2d
+from sampot_jax.sam.common import LayerNorm2d
 
 
 class PositionEmbeddingRandom(nn.Module):

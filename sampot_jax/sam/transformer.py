@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sampot_jax.sam.image_encoder import MLPBlock, layer_norm
+from sampot_jax.sam.common import MLPBlock, layer_norm
 
 
 class Attention(nn.Module):

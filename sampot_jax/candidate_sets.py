@@ -1,0 +1,145 @@
+"""Candidate masks with known Dice for a whole split, and their on-disk cache.
+
+    cands = load_or_build_candidates(config, workdir, "train")   # CandidateSet
+
+The cache file name carries a hash of everything that shapes the candidates
+(seed, data and candidate settings, image count), so a changed setting never
+reuses a stale set.
+"""
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+import time
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from sampot_jax import candidates
+from sampot_jax import data
+from sampot_jax import files
+
+CANDIDATE_CACHE_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateSet:
+  """Candidate masks of one split, with their images and true Dice.
+
+  Attributes:
+    ids: (N,) str, subject ids.
+    images: (N, S, S) uint8.
+    targets: (N, S, S) bool, ground-truth target masks.
+    others: (N, S, S) bool, the other lung (all False when the data has none).
+    masks: (M, S, S) bool, candidate masks.
+    image_index: (M,) int32, row of `images` each candidate belongs to.
+    dice: (M,) float32, Dice of each candidate against its target.
+    kinds: (M,) str, candidate kind (e.g. 'level_set', 'shift', ...).
+  """
+  ids: np.ndarray
+  images: np.ndarray
+  targets: np.ndarray
+  others: np.ndarray
+  masks: np.ndarray
+  image_index: np.ndarray
+  dice: np.ndarray
+  kinds: np.ndarray
+
+  def __len__(self) -> int:
+    return int(self.dice.shape[0])
+
+  def save(self, path: Path) -> None:
+    def write(tmp):
+      with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f, version=np.int32(CANDIDATE_CACHE_VERSION),
+            **{k: v for k, v in dataclasses.asdict(self).items()})
+    files.atomic_write(path, write, ".npz")
+
+  @classmethod
+  def load(cls, path: Path) -> "CandidateSet":
+    with np.load(path, allow_pickle=False) as z:
+      if int(z["version"]) != CANDIDATE_CACHE_VERSION:
+        raise ValueError(f"{path}: cache version {int(z['version'])}, expected "
+                         f"{CANDIDATE_CACHE_VERSION}; delete the file.")
+      return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+
+
+def _take_images(lungs, max_images: int):
+  """First `max_images` subjects of a LungSet (all when 0)."""
+  n = len(lungs.ids) if max_images <= 0 else min(max_images, len(lungs.ids))
+  return (list(lungs.ids[:n]), lungs.images[:n])
+
+
+def build_candidate_set(lungs, config: ml_collections.ConfigDict,
+                        split: str) -> CandidateSet:
+  """Candidates for every subject of a LungSet via candidates.make_candidates.
+
+  Each subject gets its own generator seeded by (config.seed, split, index),
+  so a subset of subjects gets the same candidates as the full split.
+  """
+  ids, images = _take_images(lungs, config.max_images_per_split)
+  target_name = config.data.target
+  targets = lungs.target(target_name)[:len(ids)]
+  other = lungs.other_lung(target_name)
+  split_code = {"train": 0, "val": 1, "test": 2}[split]
+  masks, index, dice, kinds = [], [], [], []
+  for i in range(len(ids)):
+    rng = np.random.default_rng([config.seed, split_code, i])
+    other_i = None if other is None else other[i]
+    for c in candidates.make_candidates(images[i], targets[i], other_i, rng,
+                                        config.candidates):
+      masks.append(np.asarray(c.mask, bool))
+      index.append(i)
+      dice.append(c.dice)
+      kinds.append(c.kind)
+  if not masks:
+    raise ValueError(f"split {split!r}: make_candidates gave no candidates; "
+                     "check config.candidates.")
+  return CandidateSet(
+      ids=np.asarray(ids, dtype=str), images=np.asarray(images, np.uint8),
+      targets=np.asarray(targets, bool),
+      others=(np.zeros_like(targets, bool) if other is None
+              else np.asarray(other[:len(ids)], bool)),
+      masks=np.stack(masks),
+      image_index=np.asarray(index, np.int32),
+      dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str))
+
+
+def cache_key(config: ml_collections.ConfigDict, split: str) -> str:
+  keyed = {"version": CANDIDATE_CACHE_VERSION, "split": split,
+           "seed": config.seed, "data": config.data.to_dict(),
+           "candidates": config.candidates.to_dict(),
+           "max_images_per_split": config.max_images_per_split}
+  blob = json.dumps(files.json_ready(keyed), sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def load_or_build_candidates(config: ml_collections.ConfigDict, workdir: Path,
+                             split: str) -> CandidateSet:
+  """The split's CandidateSet from the workdir cache, built on a miss."""
+  cache_dir = config.get("candidates_dir") or Path(workdir) / "candidates"
+  path = Path(cache_dir) / f"{split}_{cache_key(config, split)}.npz"
+  if path.exists():
+    logging.info("Candidates for %s from cache %s", split, path)
+    return CandidateSet.load(path)
+  t0 = time.time()
+  lungs = data.load_split(config.data, split)
+  cands = build_candidate_set(lungs, config, split)
+  cands.save(path)
+  logging.info("Built %d candidates for %d %s images in %.0f s -> %s",
+               len(cands), len(cands.ids), split, time.time() - t0, path)
+  return cands
+
+
+def atlas_of(train_set: CandidateSet) -> np.ndarray:
+  """Mean training target mask, (S, S) float32 in [0, 1]."""
+  return train_set.targets.mean(axis=0, dtype=np.float32)
+
+
+def batch(cands: CandidateSet, idx: np.ndarray):
+  """Images, masks (B, S, S) float32 in [0, 1] and Dice (B,) for indices."""
+  images = cands.images[cands.image_index[idx]].astype(np.float32) / 255.0
+  masks = cands.masks[idx].astype(np.float32)
+  return images, masks, cands.dice[idx]
