@@ -14,13 +14,13 @@ flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, report
 flags.DEFINE_bool("keep_freed_memory", True,
                   "Let malloc keep freed memory for reuse (sampot_jax.runtime.keep_freed_memory): "
                   "up to 1.5x faster SAMPOT steps on a CPU; the process keeps its peak footprint.")
-flags.mark_flags_as_required(["config"])
+flags.mark_flags_as_required(["config", "workdir"])
 
 # task name -> "module:function"; each function takes (config, workdir).
 TASKS = {
     "port_sam": "ports.sam:run",
     "train_regressor": "sampot_jax.train_regressor:run",
-    "evolve": "sampot_jax.evaluate:run",
+    "evaluate": "sampot_jax.evaluate:run",
     "smoke": "sampot_jax.smoke:run",
     "heatmap": "sampot_jax.evaluate:heatmap",
 }

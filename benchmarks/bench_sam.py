@@ -4,7 +4,7 @@
     python -m benchmarks.bench_sam --tiny --out /tmp/sam_tiny.json         # seconds (smoke)
 
 The official model is built at random init plus seeded noise on every tensor and ported into
-Flax through a real .pth file (tests/sam_reference.py), so both frameworks run the same weights;
+Flax through a real .pth file (ports/official.py), so both frameworks run the same weights;
 the first image's outputs are compared as a check. Figures: the image encoder per batch and dtype
 (float32; bfloat16 = Flax compute dtype vs torch.autocast), one decode (one click, one image) and
 a batched decode (one click per image, B images in one call).
@@ -31,7 +31,7 @@ import torch
 from benchmarks import common
 from benchmarks import torch_side
 from sampot_jax.sam import model as sam_model
-from tests import sam_reference
+from ports import official as sam_official
 
 TINY = dict(img_size=128, embed_dim=32, depth=3, num_heads=2, global_attn_indexes=(1,),
             window_size=3, prompt_embed_dim=32, transformer_mlp_dim=64, iou_head_hidden_dim=32)
@@ -61,9 +61,9 @@ def torch_encoder_bytes(config, batch: int) -> float:
 
 
 def build(config, seed: int = 0):
-  official = sam_reference.official_sam(config, seed=seed)
+  official = sam_official.official_sam(config, seed=seed)
   with tempfile.TemporaryDirectory() as tmp:
-    params = sam_reference.ported_params(official, config, Path(tmp))
+    params = sam_official.ported_params(official, config, Path(tmp))
   return official, params
 
 
@@ -130,7 +130,7 @@ def bench_encoder(official, params, config, batches, dtypes, repeats, budget_s, 
       check = None
       if "torch" in stats and dtype != "bfloat16" and batch == min(batches):
         ref = run_torch().float().cpu().numpy().transpose(0, 2, 3, 1)
-        check = sam_reference.errors(ref, np.asarray(run_jax()))
+        check = sam_official.errors(ref, np.asarray(run_jax()))
       jax_s = stats["jax"]["median_s"]
       torch_s = stats["torch"]["median_s"] if "torch" in stats else estimate
       flops = encoder_flops(config) * batch
@@ -203,7 +203,7 @@ def bench_decode(official, params, config, batches, repeats, budget_s, device, c
     stats = common.measure(
         {"jax": run_jax, "torch": common.with_threads(run_torch, threads)}, repeats, budget_s)
     ours = np.asarray(run_jax()[0])
-    check = sam_reference.errors(run_torch()[0].cpu().numpy(), ours)
+    check = sam_official.errors(run_torch()[0].cpu().numpy(), ours)
     jax_s, torch_s = stats["jax"]["median_s"], stats["torch"]["median_s"]
     how = "official decoder" if batch == 1 else "hand-batched official modules"
     report.add(dict(kind="decode", batch=batch, dtype=dtype, jax=stats["jax"],

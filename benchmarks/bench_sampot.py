@@ -42,29 +42,14 @@ from sampot_jax import evolve
 from sampot_jax import regressor
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
-from tests import sam_reference
+from ports import official as sam_official
 
 SLOPE = 5.0
 LEARNING_RATE = 10.0
-# configs/train_regressor.py's model. Copied, not imported: that config pulls in the data
-# pipeline (tensorflow_datasets), which a bare GPU machine lacks; `regressor_config` checks the
-# copy against the config wherever the config imports.
-REGRESSOR = dict(features=(16, 32, 64, 64, 64), strides=(4, 2, 2, 2, 1),
-                 kernel_size=(4, 3, 3, 3, 3), resolution=256, coord_channels=False,
-                 readout="flatten", negative_slope=0.01, bn_momentum=0.9)
-
-
 def regressor_config() -> dict:
-  try:
-    from configs import train_regressor  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return dict(REGRESSOR)
-  model = train_regressor.get_config().model.to_dict()
-  model = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
-  if model != REGRESSOR:
-    print(f"note: configs/train_regressor.py's model is now {model}; benchmarking that one",
-          file=sys.stderr)
-  return model
+  """configs/train_regressor.py's model (configs are plain data: no TFDS or JAX import)."""
+  from configs import train_regressor  # pylint: disable=g-import-not-at-top
+  return train_regressor.get_config().model.to_dict()
 
 
 def make_regressor(resolution: int, tiny: bool):
@@ -87,7 +72,7 @@ class Setup:
     self.batch = batch
     self.config = ml_collections.FrozenConfigDict(config)
     self.params, self.official = params, official
-    self.frame = evolve.frame_for((config.img_size, config.img_size), config.img_size)
+    self.frame = predictor.frame_for((config.img_size, config.img_size), config.img_size)
     self.upper = float(config.img_size - 1)
     emb = rng.standard_normal((batch, g, g, config.prompt_embed_dim), dtype=np.float32)
     images = rng.uniform(0, 1, (batch, side, side)).astype(np.float32)
@@ -142,8 +127,8 @@ class Setup:
     score_t = self.torch_reg(self.images_t[:1],
                              torch.sigmoid(SLOPE * low_res[:, 0, :valid, :valid]))
     score_t.sum().backward()
-    return dict(score=sam_reference.errors(score_t.detach().cpu().numpy(), np.asarray(score)[None]),
-                grad=sam_reference.errors(click.grad[0].cpu().numpy(), np.asarray(grad)),
+    return dict(score=sam_official.errors(score_t.detach().cpu().numpy(), np.asarray(score)[None]),
+                grad=sam_official.errors(click.grad[0].cpu().numpy(), np.asarray(grad)),
                 score_value=float(score), grad_value=np.asarray(grad).tolist())
 
 
@@ -207,7 +192,7 @@ def main(argv=None):
   official = official.to(device)
   model, variables = make_regressor(4 * (config.img_size // config.patch_size), args.tiny)
   report.header["regressor"] = {k: v for k, v in vars(model).items()
-                                if k in REGRESSOR and not k.startswith("_")}
+                                if k in regressor_config() and not k.startswith("_")}
   precision = functools.partial(bench_sam._precision, args.precision)  # pylint: disable=protected-access
 
   # One step, one image.

@@ -9,16 +9,15 @@ multimask choice only; configs/evaluate.py adds the grid search and the oracle.
 """
 import ml_collections
 
-from sampot_jax import data
-from sampot_jax import safeguards
+from sampot_jax import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.task = "evolve"
+  config.task = "evaluate"
   config.seed = 0
 
-  config.data = data.default_data_config()
+  config.data = defaults.data()
   config.data.dir = "../shared/data/montgomery"
   # SAM sees the team set at its native 512 x 512 (the regressor resizes to its own 256 inside);
   # Dice and clicks are in these pixels.
@@ -56,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.evolve.seed = 0
   config.evolve.num_snapshots = 4     # masks kept along the trajectory (Fig. 5)
 
-  config.safeguards = safeguards.default_config()
+  config.safeguards = defaults.safeguards()
 
   config.baselines = ml_collections.ConfigDict()
   config.baselines.grid_size = 0   # n x n grid clicks for search + oracle; 0 = off

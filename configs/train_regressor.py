@@ -9,8 +9,7 @@ python main.py --config configs/train_regressor.py \
 """
 import ml_collections
 
-from sampot_jax import candidates
-from sampot_jax import data
+from sampot_jax import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -18,10 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.task = "train_regressor"
   config.seed = 0
 
-  config.data = data.default_data_config()
+  config.data = defaults.data()
   # 0 = every subject of each split; a small number makes quick runs.
   config.max_images_per_split = 0
-  config.candidates = candidates.default_config()
+  config.candidates = defaults.candidates()
   # Cache of the candidate sets (.npz, keyed by the fields above); None means
   # workdir/candidates. Point runs of several variants at one folder.
   config.candidates_dir = ml_collections.config_dict.placeholder(str)

@@ -20,14 +20,13 @@ that grid's pixels (x = column, y = row).
 import dataclasses
 from typing import Callable
 
-import ml_collections
 import numpy as np
 from scipy import ndimage
 
+from sampot_jax import defaults
 from sampot_jax import metrics
 
-FAILURE_KINDS = ("shift", "scale", "rotate", "holes", "ragged", "leak_other_lung",
-                 "leak_outside", "fragments")
+FAILURE_KINDS = defaults.FAILURE_KINDS
 DICE_RANGE = (0.2, 0.98)
 # Holes remove area only, so Dice = 2(1-h)/(2-h); below ~0.3 nothing recognisable is left.
 KIND_DICE_RANGE = {"holes": (0.3, 0.98)}
@@ -429,16 +428,6 @@ def failure_mode_candidates(image: np.ndarray | None, gt: np.ndarray,
   return out
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Candidate counts per image (the paper used ~16 level sets + 6 SAM clicks)."""
-  config = ml_collections.ConfigDict()
-  config.n_level_sets = 16
-  config.level_set_dice_range = (0.2, 1.0)
-  config.n_per_kind = 4
-  config.kinds = FAILURE_KINDS
-  return config
-
-
 def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.ndarray | None,
                     rng: np.random.Generator, config=None,
                     segment_fn: Callable[[np.ndarray], np.ndarray] | None = None
@@ -450,13 +439,13 @@ def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.nda
     gt: (S, S) bool target mask.
     other_lung: (S, S) bool or None.
     rng: numpy Generator.
-    config: see `default_config` (None: the defaults).
+    config: config.candidates, see sampot_jax.defaults.candidates (None: the defaults).
     segment_fn: optional click (x, y) -> (S, S) mask; adds 6 'sam_click' candidates.
 
   Returns:
     list of Candidate.
   """
-  config = default_config() if config is None else config
+  config = defaults.candidates() if config is None else config
   out = level_set_candidates(gt, config.n_level_sets, rng,
                              tuple(config.get("level_set_dice_range", (0.2, 1.0))))
   if config.n_per_kind and config.kinds:

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from sampot_jax import settings as settings_lib
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
 
@@ -76,12 +77,7 @@ class Settings:
 
 def settings_from_config(config) -> Settings:
   """A Settings from a config.evolve ConfigDict (or dict); unknown keys are errors."""
-  fields = {f.name for f in dataclasses.fields(Settings)}
-  given = dict(config)
-  unknown = sorted(set(given) - fields)
-  if unknown:
-    raise ValueError(f"config.evolve has unknown field(s) {unknown}; known: {sorted(fields)}.")
-  return Settings(**given)
+  return settings_lib.typed(Settings, config, "config.evolve")
 
 
 @flax.struct.dataclass

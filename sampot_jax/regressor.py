@@ -26,6 +26,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from sampot_jax import files
+from sampot_jax import settings
 
 Variables = dict
 
@@ -151,18 +152,7 @@ class DiceRegressor(nn.Module):
 
 def from_config(model_config) -> DiceRegressor:
   """Builds the model from a config.model ConfigDict (or plain dict)."""
-  c = dict(model_config)
-  return DiceRegressor(
-      features=tuple(c["features"]),
-      strides=tuple(c["strides"]),
-      kernel_size=(int(c["kernel_size"]) if isinstance(c["kernel_size"], int)
-                   else tuple(int(k) for k in c["kernel_size"])),
-      resolution=int(c["resolution"]),
-      coord_channels=bool(c["coord_channels"]),
-      readout=str(c["readout"]),
-      negative_slope=float(c["negative_slope"]),
-      bn_momentum=float(c["bn_momentum"]),
-  )
+  return settings.typed(DiceRegressor, model_config, "config.model")
 
 
 def init_variables(model: DiceRegressor, rng: jax.Array) -> Variables:

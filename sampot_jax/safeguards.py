@@ -13,30 +13,29 @@ initial prompt is kept. `report` says, per rule, how many degradations it
 prevented (it rejected an evolved mask of lower true Dice) and how many gains it
 gave up (it rejected one of higher true Dice).
 """
-import ml_collections
+import dataclasses
+
 import numpy as np
 
+from sampot_jax import defaults
 from sampot_jax import metrics
+from sampot_jax import settings
 from sampot_jax.sam import predictor
 
-RULES = ("score_gain", "mask_overlap", "click_inside")
+RULES = defaults.SAFEGUARD_RULES
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """All three rules and their thresholds (--config.safeguards.rules="('score_gain',)")."""
-  config = ml_collections.ConfigDict()
-  config.rules = RULES
-  config.min_score_gain = 0.0
-  config.min_mask_dice = 0.5
-  return config
+@dataclasses.dataclass(frozen=True)
+class Safeguards:
+  """config.safeguards, typed (defaults: sampot_jax.defaults.safeguards)."""
+  rules: tuple[str, ...] | str = RULES
+  min_score_gain: float = 0.0
+  min_mask_dice: float = 0.5
 
 
 def enabled_rules(config) -> tuple[str, ...]:
   """The rules in force, in RULES order; unknown names or fields are errors."""
-  unknown = sorted(set(config.keys()) - {"rules", "min_score_gain", "min_mask_dice"})
-  if unknown:
-    raise ValueError(f"config.safeguards has unknown field(s) {unknown}; known: rules, "
-                     "min_score_gain, min_mask_dice.")
+  config = settings.typed(Safeguards, config, "config.safeguards")
   rules = (config.rules,) if isinstance(config.rules, str) else tuple(config.rules)
   bad = sorted(set(rules) - set(RULES))
   if bad:
@@ -50,7 +49,7 @@ def check(config, initial_score, best_score, initial_masks, best_masks,
   """Each enabled rule's verdict per image.
 
   Args:
-    config: see default_config.
+    config: config.safeguards, see sampot_jax.defaults.safeguards.
     initial_score, best_score: (N,) float regressor scores.
     initial_masks, best_masks: (N, H, W) bool at the original size.
     best_clicks: (N, 2) (x, y) original pixels.
@@ -65,7 +64,9 @@ def check(config, initial_score, best_score, initial_masks, best_masks,
     raise ValueError(f"safeguards.check: masks {initial_masks.shape} / {best_masks.shape} and "
                      f"clicks {np.shape(best_clicks)} must describe the same {n} images.")
   passed = {}
-  for rule in enabled_rules(config):
+  rules = enabled_rules(config)
+  config = settings.typed(Safeguards, config, "config.safeguards")
+  for rule in rules:
     if rule == "score_gain":
       gain = np.asarray(best_score, np.float64) - np.asarray(initial_score, np.float64)
       passed[rule] = np.nan_to_num(gain, nan=-np.inf) > config.min_score_gain

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from sampot_jax import defaults
 from sampot_jax import candidates as cands
 from sampot_jax import metrics
 
@@ -55,7 +56,7 @@ def test_make_candidates_is_deterministic(lungs):
 def test_every_dice_is_the_true_dice(lungs):
   image, left, right = lungs
   out = cands.make_candidates(image, left, right, np.random.default_rng(0))
-  config = cands.default_config()
+  config = defaults.candidates()
   assert len(out) == config.n_level_sets + config.n_per_kind * len(config.kinds)
   for c in out:
     assert c.mask.shape == left.shape and c.mask.dtype == bool

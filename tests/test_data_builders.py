@@ -4,6 +4,7 @@ import sys
 import numpy as np
 import pytest
 
+from sampot_jax import defaults
 from sampot_jax import data
 from sampot_jax.data import fake_data
 from sampot_jax.data import splits as splits_lib
@@ -66,7 +67,7 @@ def test_lungs_are_separated_and_oriented(built):
 
 def test_load_split_from_builder(built):
   source, root, _, _ = built
-  config = data.default_data_config()
+  config = defaults.data()
   config.source, config.dir, config.tfds_dir = source, str(root / "raw"), str(root / "tfds")
   config.image_size = 32
   total = 0

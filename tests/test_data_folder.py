@@ -3,13 +3,14 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from sampot_jax import defaults
 from sampot_jax import data
 from sampot_jax.data import fake_data
 from sampot_jax.data import raw
 
 
 def _config(root, **overrides):
-  config = data.default_data_config()
+  config = defaults.data()
   config.source, config.dir, config.image_size = "folder", str(root), 32
   for k, v in overrides.items():
     config[k] = v

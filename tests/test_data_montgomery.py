@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from sampot_jax import defaults
 from sampot_jax import data
 
 MONTGOMERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "montgomery"
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.skipif(not MONTGOMERY.is_dir(),
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-  c = data.default_data_config()
+  c = defaults.data()
   c.dir = str(MONTGOMERY)
   c.tfds_dir = str(tmp_path_factory.mktemp("tfds"))
   return c

@@ -15,36 +15,8 @@ from sampot_jax import regressor
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
-
-# ---------------------------------------------------------------------------
-# An analytic segmenter: logits = RADIUS - distance to the click (model frame).
-
-DISK_CONFIG = sam_model.sam_config("vit_b", img_size=64)
-DISK_FRAME = predictor.frame_for((48, 48), 64)
-RADIUS = 12.0
-TARGET = (30.0, 20.0)
-
-
-def disk_decoder(params, embeddings, points, labels, frame, config, multimask_output=False):
-  del params, embeddings, labels
-  side = config.img_size  # low-res frame = model frame here
-  p = transforms.apply_coords(points[:, 0], frame.original_size, config.img_size)
-  c = jnp.arange(side) + 0.5
-  d2 = (c[None, None, :] - p[:, 0, None, None]) ** 2 + (c[None, :, None] - p[:, 1, None, None]) ** 2
-  logits = (RADIUS - jnp.sqrt(d2 + 1e-6))[:, None]
-  m = 3 if multimask_output else 1
-  return jnp.repeat(logits, m, 1), jnp.ones((points.shape[0], m))
-
-
-def soft_dice(target, image, mask):
-  del image
-  return 2 * (mask * target).sum((1, 2)) / (mask.sum((1, 2)) + target.sum((1, 2)))
-
-
-def disk_mask(click, slope=5.0):
-  low, _ = disk_decoder(None, None, jnp.asarray([[click]]), None, DISK_FRAME, DISK_CONFIG)
-  return evolve.soft_mask(low[:, 0], DISK_FRAME, 64, (48, 48), slope)
-
+from tests.helpers import (DISK_CONFIG, DISK_FRAME, RADIUS, TARGET, dice_with_image,
+                           disk_decoder, disk_mask, soft_dice)
 
 def evolve_disk(start, score_fn=soft_dice, target=TARGET, **settings):
   settings = evolve.Settings(**{"num_steps": 30, "learning_rate": 1.0, **settings})
@@ -180,12 +152,6 @@ def test_vmapped_batch_equals_per_image_runs():
                                  err_msg=f"{name} of image {i}")
   # Different targets, different paths.
   assert not np.allclose(np.asarray(batch.best_click[0]), np.asarray(batch.best_click[1]))
-
-
-def dice_with_image(variables, image, mask):
-  """Soft Dice of the mask with the image (variables are shared by the batch: unused)."""
-  del variables
-  return 2 * (mask * image).sum((1, 2)) / (mask.sum((1, 2)) + image.sum((1, 2)))
 
 
 def test_each_row_of_a_batch_depends_only_on_its_image(tiny):

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from sampot_jax import defaults
 from sampot_jax import safeguards
 
 
@@ -21,7 +22,7 @@ BEST_SCORE = np.array([0.6, 0.9, 0.55, 0.5])
 
 
 def config(**kw):
-  c = safeguards.default_config()
+  c = defaults.safeguards()
   c.update(kw)
   return c
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sampot_jax.sam import model as sam_model
-from tests import sam_reference
+from ports import official as sam_official
 
 REL_TOL = 1e-4
 
@@ -27,13 +27,13 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   config = tiny_config()
-  official = sam_reference.official_sam(config, seed=1)
-  params = sam_reference.ported_params(official, config, tmp_path_factory.mktemp("tiny"))
+  official = sam_official.official_sam(config, seed=1)
+  params = sam_official.ported_params(official, config, tmp_path_factory.mktemp("tiny"))
   return config, official, params
 
 
 def check(name, reference, ours, record_figure):
-  err = sam_reference.errors(reference, ours)
+  err = sam_official.errors(reference, ours)
   record_figure(name, err)
   assert np.asarray(ours).shape == np.asarray(reference).shape
   assert err["max_rel"] < REL_TOL, (name, err)
@@ -46,8 +46,8 @@ def check(name, reference, ours, record_figure):
 ])
 def test_image_encoder_matches_official(overrides, tmp_path, record_figure):
   config = tiny_config(**overrides)
-  official = sam_reference.official_sam(config, seed=2)
-  params = sam_reference.ported_params(official, config, tmp_path)
+  official = sam_official.official_sam(config, seed=2)
+  params = sam_official.ported_params(official, config, tmp_path)
   x = torch.randn(2, 3, config.img_size, config.img_size, generator=torch.Generator().manual_seed(0))
   with torch.no_grad():
     expected = official.image_encoder(x).numpy().transpose(0, 2, 3, 1)

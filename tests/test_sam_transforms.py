@@ -8,7 +8,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
 from sampot_jax.sam import transforms
-from tests import sam_reference
+from ports import official as sam_official
 
 
 @pytest.mark.parametrize("shape", [(512, 512, 3), (300, 451, 3), (1500, 1203, 3), (77, 33, 3),
@@ -56,7 +56,7 @@ def test_postprocess_masks_matches_official(input_size, original, record_figure)
   assert ours.shape == expected.shape
   # Same weights, summed in another order: float32 rounding only (measured: below 5e-7 relative
   # to the largest logit, about 4e-6 absolute on logits up to 18).
-  err = sam_reference.errors(expected, ours)
+  err = sam_official.errors(expected, ours)
   record_figure(f"postprocess_masks{input_size}->{original}", err)
   assert err["max_rel"] < 2e-6, err
 

@@ -21,7 +21,7 @@ from skimage import io
 from ports import sam as port_sam
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
-from tests import sam_reference
+from ports import official as sam_official
 from tests.conftest import MONTGOMERY
 
 REL_TOL = 1e-4
@@ -40,8 +40,8 @@ def _left_lung_click(mask):
 def vit_b(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("vit_b")
   config = sam_model.sam_config("vit_b")
-  official = sam_reference.official_sam(config, seed=0)
-  sam_reference.save_pth(official, tmp / "sam_vit_b_random.pth")
+  official = sam_official.official_sam(config, seed=0)
+  sam_official.save_pth(official, tmp / "sam_vit_b_random.pth")
   out = tmp / "ported"
   proc = subprocess.run([sys.executable, "-m", "ports.sam", "--checkpoint",
                          str(tmp / "sam_vit_b_random.pth"), "--out", str(out)],
@@ -72,7 +72,7 @@ def test_vit_b_end_to_end_matches_official_predictor(vit_b, xray, record_figure)
   expected_embedding = reference.features.numpy().transpose(0, 2, 3, 1)
 
   embedding, frame = predictor.encode_images(params, image[None], config)  # grayscale accepted
-  err = sam_reference.errors(expected_embedding, embedding)
+  err = sam_official.errors(expected_embedding, embedding)
   record_figure("vit_b_image_embedding", err)
   assert embedding.shape == (1, 64, 64, 256)
   assert err["max_rel"] < REL_TOL, err
@@ -89,7 +89,7 @@ def test_vit_b_end_to_end_matches_official_predictor(vit_b, xray, record_figure)
         multimask_output=multimask, return_logits=True)
     for name, ref, ours in (("low_res_logits", exp_low_res, low_res[0]), ("iou", exp_iou, iou[0]),
                             ("logits_original_size", exp_logits, logits[0])):
-      err = sam_reference.errors(ref, ours)
+      err = sam_official.errors(ref, ours)
       record_figure(f"vit_b_{name}[{tag}]", err)
       assert np.shape(ours) == np.shape(ref), name
       assert err["max_rel"] < REL_TOL, (name, tag, err)

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
 
     from sampot_jax import baselines, evolve, sharding
-    from tests import test_evolve as te
+    from tests import helpers as te
 
     assert jax.device_count() == 4, jax.devices()
     n = 5  # does not divide by 4: padded to 8, unpadded back to 5

@@ -2,7 +2,7 @@
 
 Typical use:
 
-  config = default_data_config()
+  config = defaults.data()    # from sampot_jax import defaults
   config.dir = "../shared/data/montgomery"
   train = load_split(config, "train")       # LungSet, images (N, 256, 256) uint8
   masks = train.target(config.target)      # (N, 256, 256) bool
@@ -10,10 +10,9 @@ Typical use:
 from sampot_jax.data.lungs import BadExampleError
 from sampot_jax.data.lungs import LungSet
 from sampot_jax.data.lungs import TARGETS
-from sampot_jax.data.pipeline import default_data_config
 from sampot_jax.data.pipeline import load_split
 from sampot_jax.data.sources import SOURCES
 from sampot_jax.data.splits import SPLITS
 
 __all__ = ["BadExampleError", "LungSet", "SOURCES", "SPLITS", "TARGETS",
-           "default_data_config", "load_split"]
+           "load_split"]

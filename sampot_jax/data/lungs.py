@@ -10,8 +10,10 @@ import numpy as np
 from scipy import ndimage
 from skimage import transform
 
+from sampot_jax import defaults
+
 TARGETS = ("left", "right", "both")
-ON_BAD_EXAMPLE = ("error", "skip")  # what a reader does with a bad example
+ON_BAD_EXAMPLE = defaults.ON_BAD_EXAMPLE
 
 
 class BadExampleError(ValueError):

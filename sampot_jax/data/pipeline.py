@@ -1,6 +1,5 @@
 """`load_split`: one split of any source, in memory, as a `LungSet`."""
 from absl import logging
-import ml_collections
 import numpy as np
 
 from sampot_jax.data import folder
@@ -9,25 +8,11 @@ from sampot_jax.data import sources
 from sampot_jax.data import splits as splits_lib
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-  """Data fields shared by every task's config."""
-  config = ml_collections.ConfigDict()
-  config.source = "montgomery_team"  # one of sources.SOURCES
-  config.dir = "../shared/data/montgomery"  # raw data (the TFDS manual dir)
-  # Where TFDS writes the prepared data; None means ~/tensorflow_datasets.
-  config.tfds_dir = ml_collections.config_dict.placeholder(str)
-  # Square side in pixels; images: antialiased bilinear, masks: area fraction > 1/2.
-  config.image_size = 256
-  config.target = "left"  # 'left' (the paper's task) | 'right' | 'both'
-  config.on_bad_example = "error"  # 'error' | 'skip' (logged, counted)
-  return config
-
-
 def load_split(data_config, split: str) -> lungs.LungSet:
   """Loads one split of `data_config.source` into memory.
 
   Args:
-    data_config: see `default_data_config`.
+    data_config: config.data, see sampot_jax.defaults.data.
     split: 'train' | 'val' | 'test'.
 
   Returns:

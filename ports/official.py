@@ -1,19 +1,26 @@
-"""The official PyTorch SAM (segment-anything==1.0) as the reference, built for any config.
+"""The official PyTorch SAM (segment-anything==1.0), built for any of our configs.
 
-Only tests import this: torch is in the test extra, never a run-time dependency.
+The reference of the parity tests and the benchmarks: the official model at seeded
+random init plus noise, saved as a real .pth and ported by `ports.sam`. Needs torch
+and segment-anything (the test extra); nothing at run time imports this module.
 """
 import functools
 
 import numpy as np
-import torch
-from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                       TwoWayTransformer)
+
+try:
+  import torch
+  from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
+                                         TwoWayTransformer)
+except ImportError as e:  # pragma: no cover - depends on the environment
+  raise ImportError("ports.official needs torch and segment-anything: "
+                    "pip install -e '.[test]'") from e
 
 from ports import sam as port_sam
 from ports import torch_pickle
 
 
-def official_sam(config, seed: int = 0, noise: float = 0.02) -> Sam:
+def official_sam(config, seed: int = 0, noise: float = 0.02, device: str = "cpu") -> Sam:
   """The official model with our config's sizes, every tensor perturbed by seeded noise.
 
   The official init leaves pos_embed, rel_pos, LayerNorm and biases at 0 or 1, where a wrong
@@ -21,7 +28,16 @@ def official_sam(config, seed: int = 0, noise: float = 0.02) -> Sam:
   """
   torch.manual_seed(seed)
   grid = config.img_size // config.patch_size
-  model = Sam(
+  with torch.device(device):  # "meta": shapes and names only, nothing allocated
+    model = _build(config, grid)
+  with torch.no_grad():
+    for tensor in model.state_dict().values():
+      tensor.add_(torch.randn_like(tensor) * noise)
+  return model
+
+
+def _build(config, grid) -> Sam:
+  return Sam(
       image_encoder=ImageEncoderViT(
           depth=config.depth, embed_dim=config.embed_dim, img_size=config.img_size,
           mlp_ratio=config.mlp_ratio, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
@@ -40,10 +56,6 @@ def official_sam(config, seed: int = 0, noise: float = 0.02) -> Sam:
           transformer_dim=config.prompt_embed_dim, iou_head_depth=config.iou_head_depth,
           iou_head_hidden_dim=config.iou_head_hidden_dim),
       pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
-  with torch.no_grad():
-    for tensor in model.state_dict().values():
-      tensor.add_(torch.randn_like(tensor) * noise)
-  return model
 
 
 def save_pth(model, path) -> None:
