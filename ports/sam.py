@@ -157,6 +157,12 @@ def port_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, varia
   from sampot_jax import checkpoints
 
   config = sam_model.sam_config(variant, **config_overrides)
+  # Before the (long) read: the output must not be the input, nor anything else worth keeping.
+  if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
+    raise PortError(f"--out {out} is the input checkpoint {checkpoint}; the port is a "
+                    "directory and never replaces its source. Choose e.g. "
+                    f"--out {Path(out).with_suffix('')}_port")
+  checkpoints.check_params_target(out, overwrite=overwrite)
   state_dict = torch_pickle.load_state_dict(checkpoint)
   params = port_state_dict(state_dict, config)
   manifest = {
@@ -212,11 +218,13 @@ def main(argv=None):
   parser.add_argument("--checkpoint", required=True, help="official .pth file")
   parser.add_argument("--out", required=True, help="output directory (Orbax + manifest.json)")
   parser.add_argument("--variant", default="vit_b", choices=sorted(sam_model.VARIANTS))
-  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a previous port at --out (never a file, nor a folder "
+                      "holding anything else)")
   args = parser.parse_args(argv)
   try:
     manifest = port_checkpoint(args.checkpoint, args.out, args.variant, args.overwrite)
-  except (PortError, ValueError, FileNotFoundError) as e:
+  except (PortError, ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(json.dumps({k: v for k, v in manifest.items() if k != "sam_config"}, indent=1))

@@ -14,6 +14,15 @@ so a crafted checkpoint cannot run code.
 
 bfloat16 and float8 tensors come back as the exact `ml_dtypes` types (shipped
 with jax), not widened to float32, so the bits are kept as stored.
+
+Memory is bounded by the file, not by what the pickle declares. Before anything
+is allocated, each tensor's size/stride/offset is checked against the bytes its
+storage really holds (no element outside it, no negative or absurd entries), and
+every allocation (storage records, tensor copies) is charged to a budget of
+4 x the file size + 64 MiB (`max_bytes`). A plain state_dict needs about 2 x
+(the storages, then the copies); views that repeat storage elements (expand()'s
+stride 0, as_strided overlaps) are the only way to need more, and a crafted file
+that declares a 16 GiB expansion of one element is refused, not allocated.
 """
 import collections
 import math
@@ -61,6 +70,19 @@ _V3_DTYPES = {
 }
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+# Default budget: every byte the reader allocates, per file (see the docstring).
+_BUDGET_FILE_FACTOR = 4
+_BUDGET_ALLOWANCE = 64 << 20
+_MAX_DIM = 1 << 40  # No real tensor dimension comes near; numpy fails beyond ~2**62.
+_MAX_NDIM = 32      # numpy's limit is 64.
+
+
+def _human(n):
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+    if n < 1024 or unit == "PiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
 
 
 class _StorageType:
@@ -163,9 +185,26 @@ def _as_int_tuple(value, what):
   return value
 
 
-def _strided_copy(flat, offset, size, stride):
+def _repeats(size, stride):
+  """How a view (Python ints, sizes > 1 only) revisits storage elements:
+  '' if never, else a phrase naming the stride-0 or overlapping dimensions."""
+  broadcast = [d for d, (n, s) in enumerate(zip(size, stride)) if n > 1 and s == 0]
+  if broadcast:
+    return f"stride 0 in dimension(s) {broadcast}, as expand() makes"
+  extent = 1  # Elements spanned by the dimensions of smaller strides.
+  for n, s in sorted(((n, s) for n, s in zip(size, stride) if n > 1), key=lambda d: d[1]):
+    if s < extent:
+      return "overlapping strides, as only as_strided() makes"
+    extent = s * (n - 1) + extent
+  return ""
+
+
+def _strided_copy(flat, offset, size, stride, charge=None):
   """Tensor of `size` read from 1-D `flat` at element `offset` with element
-  `stride`s, bounds-checked (a crafted file must not read outside `flat`)."""
+  `stride`s. Every number is checked against the elements `flat` really has
+  before `charge(nbytes, problem)` is asked for the copy's bytes and before
+  anything is allocated (a crafted file must not read outside `flat`, nor make
+  the reader allocate what its declared shape says)."""
   if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
     raise CheckpointError(f"tensor storage offset must be an int >= 0, got {offset!r}")
   size = _as_int_tuple(size, "size")
@@ -173,16 +212,31 @@ def _strided_copy(flat, offset, size, stride):
   if len(size) != len(stride) or any(s < 0 for s in size + stride):
     raise CheckpointError(
         f"tensor size {size} and stride {stride} must be non-negative and of equal length")
-  if math.prod(size) == 0:
-    return np.zeros(size, flat.dtype)
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if last >= flat.size:
+  if len(size) > _MAX_NDIM or any(n > _MAX_DIM for n in size):
     raise CheckpointError(
-        f"tensor (offset {offset}, size {size}, stride {stride}) reaches element "
-        f"{last} of a storage with {flat.size} elements")
-  base = flat[offset:]
+        f"tensor size {size[:_MAX_NDIM + 1]} is not a real tensor's (more than {_MAX_NDIM} "
+        f"dimensions, or one over 2**40); the file is damaged or crafted")
+  numel = math.prod(size)  # Python ints: no overflow.
+  nbytes = numel * flat.itemsize
+  problem = ""
+  if numel:
+    # A dimension of size 1 is never stepped along: its stride is moot (and may be huge).
+    stride = tuple(s if n > 1 else 0 for n, s in zip(size, stride))
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= flat.size:
+      raise CheckpointError(
+          f"tensor (offset {offset}, size {size}, stride {stride}) reaches element "
+          f"{last} of a storage with {flat.size} elements")
+    problem = _repeats(size, stride)
+    if problem:
+      problem = (f"a view (size {size}, stride {stride}) that repeats the elements of a "
+                 f"{_human(flat.nbytes)} storage ({problem}) into {_human(nbytes)}")
+  if charge is not None:
+    charge(nbytes, problem or f"a tensor of size {size} ({_human(nbytes)})")
+  if not numel:
+    return np.zeros(size, flat.dtype)
   view = np.lib.stride_tricks.as_strided(
-      base, shape=size, strides=tuple(s * flat.itemsize for s in stride),
+      flat[offset:], shape=size, strides=tuple(s * flat.itemsize for s in stride),
       writeable=False)
   return np.array(view, order="C", copy=True)
 
@@ -203,14 +257,30 @@ def _apply_metadata(array, metadata):
 class _Reader(pickle.Unpickler):
   """Unpickles data.pkl of one archive; tensors become numpy arrays."""
 
-  def __init__(self, file, archive, prefix, path):
+  def __init__(self, file, archive, prefix, path, max_bytes):
     super().__init__(file)
     self._archive = archive
     self._prefix = prefix
     self._path = path
     self._big_endian = self._read_byteorder()
     self._storages = {}  # key -> _Storage; tensors may share a storage.
+    self._decoded = {}  # (key, dtype) -> flat array, for UntypedStorages.
     self._admitted = _admitted_globals(self)
+    self._budget = max_bytes
+    self._spent = 0
+
+  def charge(self, nbytes, what):
+    """Books `nbytes` about to be allocated for `what`, or refuses the file."""
+    if self._spent + nbytes > self._budget:
+      raise CheckpointError(
+          f"{self._path}: reading it would allocate more than the {_human(self._budget)} "
+          f"allowed for a {_human(os.path.getsize(self._path))} file "
+          f"({_human(self._spent)} so far, then {what}); refused before allocating. "
+          "A state_dict saved from a model stays well inside it; the file is crafted, or holds "
+          "expanded/as_strided views or many views of one storage. If it is trusted, re-save "
+          "it with torch: torch.save({k: v.contiguous().clone() for k, v in sd.items()}, "
+          "'clean.pth'), or pass a larger max_bytes to load_state_dict.")
+    self._spent += nbytes
 
   def _read_byteorder(self):
     name = f"{self._prefix}/byteorder"
@@ -245,14 +315,23 @@ class _Reader(pickle.Unpickler):
       return stored
     record = f"{self._prefix}/data/{key}"
     try:
-      raw = self._archive.read(record)
+      info = self._archive.getinfo(record)
     except KeyError:
       raise CheckpointError(
           f"{self._path}: the record {record} is missing; the file is truncated "
           "or damaged. Download or save it again.") from None
     dtype = storage_type.dtype
+    if numel < 0:
+      raise CheckpointError(f"{self._path}: storage {key} has {numel} elements")
     # UntypedStorage's numel counts bytes; v3 types them later.
     expected = numel if dtype is None else numel * dtype.itemsize
+    if info.file_size != expected:
+      raise CheckpointError(
+          f"{self._path}: {record} holds {info.file_size} bytes, the pickle expects "
+          f"{expected}; the file is damaged. Download or save it again.")
+    # Counted before reading: a compressed record could inflate far beyond the file.
+    self.charge(expected, f"storage {record} ({_human(expected)})")
+    raw = self._archive.read(record)
     if len(raw) != expected:
       raise CheckpointError(
           f"{self._path}: {record} holds {len(raw)} bytes, the pickle expects "
@@ -267,7 +346,8 @@ class _Reader(pickle.Unpickler):
     del requires_grad, backward_hooks
     if not isinstance(storage, _Storage) or storage.dtype is None:
       raise CheckpointError(f"{self._path}: _rebuild_tensor_v2 needs a typed storage")
-    return _apply_metadata(_strided_copy(storage.raw, offset, size, stride), metadata)
+    return _apply_metadata(
+        _strided_copy(storage.raw, offset, size, stride, self.charge), metadata)
 
   def rebuild_tensor_v3(self, storage, offset, size, stride, requires_grad,
                         backward_hooks, dtype, metadata=None):
@@ -276,8 +356,13 @@ class _Reader(pickle.Unpickler):
       raise CheckpointError(f"{self._path}: _rebuild_tensor_v3 needs an UntypedStorage")
     if not isinstance(dtype, _Dtype):
       raise CheckpointError(f"{self._path}: _rebuild_tensor_v3 needs a dtype, got {dtype!r}")
-    flat = _decode(storage.raw, dtype.dtype, self._big_endian)
-    return _apply_metadata(_strided_copy(flat, offset, size, stride), metadata)
+    flat = self._decoded.get((storage.key, dtype.name))
+    if flat is None:
+      if self._big_endian and dtype.dtype.itemsize > 1:  # Swapping copies the storage.
+        self.charge(len(storage.raw), f"storage {storage.key} byte-swapped")
+      flat = self._decoded[(storage.key, dtype.name)] = _decode(
+          storage.raw, dtype.dtype, self._big_endian)
+    return _apply_metadata(_strided_copy(flat, offset, size, stride, self.charge), metadata)
 
 
 def _open_archive(path):
@@ -321,11 +406,14 @@ def _pickle_name(archive, path):
   return names[0]
 
 
-def load_state_dict(path):
+def load_state_dict(path, *, max_bytes=None):
   """Reads a `torch.save`d state_dict.
 
   Args:
     path: str or os.PathLike of a `.pth` zip archive.
+    max_bytes: most bytes the reader may allocate (storages and tensor copies
+      together); default 4 x the file's size + 64 MiB, which a state_dict saved
+      from a model stays well inside.
 
   Returns:
     dict: name -> np.ndarray (C-contiguous copies, dtypes as stored; bfloat16
@@ -334,14 +422,19 @@ def load_state_dict(path):
   Raises:
     CheckpointError: missing, non-zip, legacy, truncated or damaged file; a
       pickle that references anything besides tensor rebuilding; a file whose
-      top level is not a flat mapping of names to tensors.
+      top level is not a flat mapping of names to tensors; sizes or strides
+      that do not fit their storage; more than max_bytes to allocate.
   """
   path = os.fspath(path)
   with _open_archive(path) as archive:
     name = _pickle_name(archive, path)
+    if max_bytes is None:
+      max_bytes = _BUDGET_FILE_FACTOR * os.path.getsize(path) + _BUDGET_ALLOWANCE
     try:
       with archive.open(name) as f:
-        reader = _Reader(f, archive, name.rsplit("/", 1)[0], path)
+        reader = _Reader(f, archive, name.rsplit("/", 1)[0], path, max_bytes)
+        # The pickle's own objects are bounded by its (uncompressed) size.
+        reader.charge(archive.getinfo(name).file_size, f"{name} (unpickled)")
         obj = reader.load()
     except CheckpointError as e:
       if str(e).startswith(path):

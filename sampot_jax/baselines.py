@@ -13,6 +13,7 @@ click, the regressor's score of SAM's soft mask, SAM's IoU and the true Dice.
 """
 import csv
 import functools
+import io
 from pathlib import Path
 
 import jax
@@ -43,44 +44,76 @@ def centroid_clicks(targets: np.ndarray, ids=None) -> np.ndarray:
   return clicks
 
 
-def read_clicks(path, ids, image_shape: tuple[int, int]) -> np.ndarray:
+def _clicks_text(path: Path) -> str:
+  """The file decoded as UTF-8 (an Excel BOM dropped), or a ValueError saying where it is not."""
+  data = path.read_bytes()
+  if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    raise ValueError(f"{path} is UTF-16 (Excel's 'Unicode Text'); save it as UTF-8 "
+                     "(Excel: 'CSV UTF-8'), header id,x,y.")
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    raise ValueError(f"{path}, line {line}, byte {column} (byte {e.start} of the file): "
+                     f"{data[e.start:e.end]!r} is not UTF-8; save the file as UTF-8 "
+                     "(Excel: 'CSV UTF-8'), header id,x,y.") from None
+
+
+def read_clicks(path, ids, image_shape: tuple[int, int], split_ids=None) -> np.ndarray:
   """Clicks from a CSV file with header id,x,y -> (N, 2) float32 in the order of `ids`.
 
   x, y are pixels of the images as evaluated (config.data.image_size), x to the
   right, y down. Every id needs exactly one row; unknown ids, duplicates, missing
-  ids, non-numbers and clicks outside the image are errors that name the row.
+  ids, non-numbers and clicks outside the image are errors that name the row
+  (line numbers as in an editor). UTF-8, with or without a BOM.
+
+  Args:
+    ids: the images evaluated (with config.max_images, the first ones of the split).
+    split_ids: every id of the split, if known: rows for those not evaluated
+      (beyond max_images) are then skipped instead of refused.
   """
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"clicks file {path} does not exist; give a CSV with header "
                             "id,x,y (or leave config.clicks_file empty for GT centroids).")
+  ids = list(ids)
   wanted = {sid: i for i, sid in enumerate(ids)}
+  in_split = set(ids if split_ids is None else split_ids)
   clicks = np.full((len(ids), 2), np.nan, np.float32)
   seen = {}
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None or not {"id", "x", "y"} <= set(reader.fieldnames):
-      raise ValueError(f"{path}: the header is {reader.fieldnames}; expected columns id,x,y.")
-    for line, row in enumerate(reader, start=2):
-      sid = (row["id"] or "").strip()
-      if sid not in wanted:
-        raise ValueError(f"{path}, line {line}: image id {sid!r} is not in the evaluated split "
-                         f"({len(ids)} images, e.g. {list(ids)[:3]}); fix the id or the "
-                         "split (config.split).")
-      if sid in seen:
-        raise ValueError(f"{path}, line {line}: image id {sid!r} already has a click on line "
-                         f"{seen[sid]}; give one click per image.")
-      try:
-        xy = float(row["x"]), float(row["y"])
-      except (TypeError, ValueError):
-        raise ValueError(f"{path}, line {line}: x={row['x']!r}, y={row['y']!r} are not "
-                         "numbers.") from None
-      seen[sid] = line
-      clicks[wanted[sid]] = xy
+  reader = csv.DictReader(io.StringIO(_clicks_text(path), newline=""))
+  if reader.fieldnames is None or not {"id", "x", "y"} <= set(reader.fieldnames):
+    raise ValueError(f"{path}: the header is {reader.fieldnames}; expected columns id,x,y.")
+  for row in reader:
+    line = reader.line_num  # The row's last physical line: blank lines counted.
+    sid = (row["id"] or "").strip()
+    if sid not in wanted:
+      if sid in in_split:
+        continue  # In the split, not among the images evaluated.
+      if split_ids is None:
+        raise ValueError(
+            f"{path}, line {line}: image id {sid!r} is not in the evaluated set of "
+            f"{len(ids)} images (e.g. {ids[:3]}). If the run evaluates only the first "
+            "config.max_images images of the split, remove the other rows or set "
+            "config.max_images=0; otherwise fix the id or the split (config.split).")
+      raise ValueError(f"{path}, line {line}: image id {sid!r} is not in the split "
+                       f"({len(in_split)} images, e.g. {ids[:3]}); fix the id or the split "
+                       "(config.split).")
+    if sid in seen:
+      raise ValueError(f"{path}, line {line}: image id {sid!r} already has a click on line "
+                       f"{seen[sid]}; give one click per image.")
+    try:
+      xy = float(row["x"]), float(row["y"])
+    except (TypeError, ValueError):
+      raise ValueError(f"{path}, line {line}: x={row['x']!r}, y={row['y']!r} are not "
+                       "numbers.") from None
+    seen[sid] = line
+    clicks[wanted[sid]] = xy
   missing = [sid for sid in ids if sid not in seen]
   if missing:
     raise ValueError(f"{path} has no click for {len(missing)} image(s), e.g. {missing[:3]}; "
-                     "give one row per evaluated image.")
+                     f"give one row per evaluated image ({len(ids)} images).")
   try:
     return predictor.check_clicks(clicks, image_shape, ids=list(ids))
   except ValueError as e:

@@ -12,6 +12,12 @@ A params directory, as written by `save_params`:
 It is assembled in a temporary sibling and renamed into place, so DIR either
 holds all three or does not exist. The index lets `load_params` tell a complete
 restore from a damaged one (Orbax restores flipped bytes without complaint).
+
+`save_params` replaces only what it may lose: a missing or empty DIR, or (with
+overwrite) a previous params directory, i.e. one holding nothing but the three
+entries above, manifest.json or params_index.json among them. A plain file, a
+symbolic link or a folder with anything else in it is refused before any
+writing (`check_params_target`), so `--out .` or `--out X.pth` loses nothing.
 """
 import contextlib
 import hashlib
@@ -195,9 +201,14 @@ def _leaf_records(params):
   return jax.tree.map(np.asarray, host), index
 
 
+def array_crc32(array):
+  """crc32 of an array's bytes in C order (the checksum kept for every saved array)."""
+  return zlib.crc32(np.ascontiguousarray(array).tobytes())
+
+
 def _record(array):
   return {"shape": list(array.shape), "dtype": array.dtype.name,
-          "crc32": zlib.crc32(np.ascontiguousarray(array).tobytes())}
+          "crc32": array_crc32(array)}
 
 
 def _write_json(path, obj):
@@ -206,24 +217,86 @@ def _write_json(path, obj):
     f.write("\n")
 
 
+_PARAMS_ENTRIES = frozenset({MANIFEST_FILE, INDEX_FILE, PARAMS_SUBDIR})
+
+
+def is_params_dir(directory):
+  """Whether `directory` is one that `save_params` wrote (complete or damaged):
+  a real directory holding nothing but manifest.json, params_index.json and
+  params/, with at least one of the two JSON files."""
+  directory = Path(directory)
+  if directory.is_symlink() or not directory.is_dir():
+    return False
+  try:
+    names = set(os.listdir(directory))
+  except OSError:
+    return False
+  return names <= _PARAMS_ENTRIES and bool(names & {MANIFEST_FILE, INDEX_FILE})
+
+
+def check_params_target(directory, *, overwrite=False):
+  """Raises FileExistsError unless `save_params` may write `directory`.
+
+  Allowed: a path that does not exist, an empty directory, and (only with
+  overwrite) a previous params directory (`is_params_dir`). Refused, whatever
+  overwrite says: a file, a symbolic link, a directory holding anything else.
+  """
+  directory = Path(os.path.abspath(Path(directory).expanduser()))
+  if not (directory.exists() or directory.is_symlink()):
+    return
+  if directory.is_symlink():
+    raise FileExistsError(
+        f"{directory} is a symbolic link; it is not replaced. Give the path of "
+        "the directory itself, or choose a new output directory.")
+  if not directory.is_dir():
+    raise FileExistsError(
+        f"{directory} is a file, not a params directory; a file is never "
+        "replaced. Choose a new output directory, e.g. "
+        f"{directory.with_suffix('')}_port.")
+  fix = f"Choose a new (or empty) output directory, e.g. {directory / 'sam_port'}."
+  try:
+    names = sorted(os.listdir(directory))
+  except OSError as e:
+    raise FileExistsError(f"{directory} cannot be listed ({e}). {fix}") from None
+  if not names:
+    return  # An empty directory: nothing to lose.
+  if not is_params_dir(directory):
+    others = [n for n in names if n not in _PARAMS_ENTRIES]
+    what = (f"{len(others)} entr{'y' if len(others) == 1 else 'ies'} of its "
+            f"own, e.g. {others[:5]}" if others else
+            f"{names} without {MANIFEST_FILE} or {INDEX_FILE}")
+    raise FileExistsError(
+        f"{directory} is not a params directory (it holds {what}); "
+        "it is not replaced, not even with overwrite, which replaces only a "
+        f"previous port (a directory of {MANIFEST_FILE}, {INDEX_FILE} and "
+        f"{PARAMS_SUBDIR}/ alone). {fix}")
+  if not overwrite:
+    raise FileExistsError(
+        f"{directory} already exists (a previous port); pass overwrite=True "
+        "(python -m ports.sam ... --overwrite, or --config.overwrite=True) to "
+        "replace it, or choose another output directory.")
+
+
 def save_params(params, directory, manifest, *, overwrite=False):
   """Writes params (Orbax) and a manifest into `directory`, all or nothing.
 
   Args:
     params: pytree (nested dicts) of np/jax arrays, e.g. float32 flax params.
-    directory: the directory to create.
+    directory: the directory to create (or an empty one to fill).
     manifest: JSON-serialisable dict saved verbatim as manifest.json.
-    overwrite: replace an existing `directory` (only once the new one is
-      complete).
+    overwrite: replace a previous params directory at `directory` (only once
+      the new one is complete). Nothing else is ever replaced.
 
   Returns:
     Path of the directory.
+
+  Raises:
+    FileExistsError: `directory` is a file, a link, a folder with other files,
+      or a previous params directory without overwrite (`check_params_target`).
   """
-  directory = Path(directory).expanduser().absolute()  # Orbax wants absolute.
-  if (directory.exists() or directory.is_symlink()) and not overwrite:
-    raise FileExistsError(
-        f"{directory} already exists; pass overwrite=True or choose another "
-        "output directory.")
+  # Orbax wants absolute paths; abspath also resolves "." and "..".
+  directory = Path(os.path.abspath(Path(directory).expanduser()))
+  check_params_target(directory, overwrite=overwrite)
   if not isinstance(manifest, dict):
     raise TypeError(f"manifest must be a dict, got {type(manifest).__name__}")
   json.dumps(manifest)  # Fails now, before any writing, if not serialisable.
@@ -241,6 +314,7 @@ def save_params(params, directory, manifest, *, overwrite=False):
     _write_json(tmp / INDEX_FILE, {"format": 1, "arrays": index})
     _write_json(tmp / MANIFEST_FILE, manifest)
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700.
+    check_params_target(directory, overwrite=overwrite)  # Again: it may have changed.
     if directory.exists() or directory.is_symlink():
       old = Path(tempfile.mkdtemp(dir=directory.parent,
                                   prefix=f".{directory.name}.", suffix=".old"))

@@ -228,3 +228,59 @@ def test_damaged_directory_is_reported(tmp_path, damage):
 def test_missing_directory_is_reported(tmp_path):
   with pytest.raises(ParamsDirError, match="no such directory"):
     load_params(tmp_path / "never_written")
+
+
+# What save_params may replace: a previous port (with overwrite) or an empty
+# folder; never a file, a link or a folder holding anything else.
+
+
+def test_save_never_replaces_a_file(tmp_path):
+  source = tmp_path / "sam_vit_b_01ec64.pth"
+  source.write_bytes(b"the only copy of the weights")
+  for overwrite in (False, True):
+    with pytest.raises(FileExistsError, match="is a file") as e:
+      save_params(_params(), source, MANIFEST, overwrite=overwrite)
+    assert str(source) in str(e.value)
+  assert source.read_bytes() == b"the only copy of the weights"
+  assert sorted(os.listdir(tmp_path)) == [source.name]  # No temp siblings.
+
+
+def test_save_never_replaces_a_folder_of_other_files(tmp_path, monkeypatch):
+  work = tmp_path / "work"
+  (work / "notes").mkdir(parents=True)
+  (work / "notes" / "todo.txt").write_text("keep me")
+  (work / "manifest.json").write_text("{}")  # A port's name among others is no port.
+  monkeypatch.chdir(work)
+  for out in (".", work, work / "notes"):
+    with pytest.raises(FileExistsError, match="not a params directory") as e:
+      save_params(_params(), out, MANIFEST, overwrite=True)
+    assert "not even with overwrite" in str(e.value)
+  assert (work / "notes" / "todo.txt").read_text() == "keep me"
+  assert sorted(os.listdir(work)) == ["manifest.json", "notes"]
+  assert sorted(os.listdir(tmp_path)) == ["work"]
+
+
+def test_save_never_replaces_a_link(tmp_path):
+  port = save_params(_params(), tmp_path / "p", MANIFEST)
+  link = tmp_path / "link"
+  link.symlink_to(port)
+  with pytest.raises(FileExistsError, match="symbolic link"):
+    save_params(_params(), link, {"v": 2}, overwrite=True)
+  assert link.is_symlink() and load_params(port)[1] == MANIFEST
+
+
+def test_save_replaces_a_previous_port_even_a_damaged_one(tmp_path):
+  out = save_params(_params(), tmp_path / "p", MANIFEST)
+  (out / "params_index.json").unlink()  # Damaged, still recognisably a port.
+  assert checkpoints.is_params_dir(out)
+  save_params({"w": np.ones(2, np.float32)}, out, {"v": 2}, overwrite=True)
+  assert load_params(out)[1] == {"v": 2}
+  assert sorted(os.listdir(tmp_path)) == ["p"]
+
+
+def test_save_fills_an_empty_folder(tmp_path):
+  out = tmp_path / "empty"
+  out.mkdir()
+  save_params(_params(), out, MANIFEST)  # Nothing to lose: no overwrite needed.
+  assert load_params(out)[1] == MANIFEST
+  assert sorted(os.listdir(tmp_path)) == ["empty"]

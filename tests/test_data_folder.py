@@ -92,3 +92,43 @@ def test_single_masks_folder_holds_the_target_only(tmp_path, target):
   with pytest.raises(ValueError, match="single masks/ folder"):
     ls.target(other)
   assert ls.other_lung(target) is None
+
+
+def _second_file(path, suffix):
+  """Writes the image at `path` again beside it, as `suffix` (same stem)."""
+  twin = path.with_suffix(suffix)
+  Image.open(path).convert("L").save(twin)
+  return twin
+
+
+def test_two_image_files_of_one_id_are_an_error_naming_both(tmp_path):
+  ids = fake_data.write("montgomery_team", tmp_path, n=6)
+  sid = ids[0]  # a train subject
+  twin = _second_file(tmp_path / "images" / f"{sid}.png", ".jpg")
+  with pytest.raises(ValueError) as e:
+    data.load_split(_config(tmp_path), "train")
+  message = str(e.value)
+  assert f"{sid}.jpg and {sid}.png" in message and str(twin.parent) in message, message
+  assert "keep one" in message
+  assert data.load_split(_config(tmp_path), "val").ids == sorted(ids[1::3])  # Others unaffected.
+
+
+def test_two_image_files_of_one_id_are_a_logged_skip(tmp_path, caplog):
+  import logging
+  ids = fake_data.write("montgomery_team", tmp_path, n=6)
+  sid = ids[0]
+  _second_file(tmp_path / "images" / f"{sid}.png", ".jpg")
+  with caplog.at_level(logging.WARNING):
+    ls = data.load_split(_config(tmp_path, on_bad_example="skip"), "train")
+  assert ls.ids == sorted(set(ids[0::3]) - {sid})
+  warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+  assert f"{sid}.jpg and {sid}.png" in warnings and "1 bad example(s) skipped" in warnings
+
+
+def test_two_mask_files_of_one_id_are_an_error_naming_both(tmp_path):
+  ids = fake_data.write("montgomery_team", tmp_path, n=6)
+  sid = ids[0]
+  _second_file(tmp_path / "masks" / "left" / f"{sid}.png", ".gif")
+  with pytest.raises(ValueError, match=rf"{sid}.gif and {sid}.png in .*left could each be the "
+                                       rf"mask of image '{sid}'"):
+    data.load_split(_config(tmp_path), "train")

@@ -95,3 +95,58 @@ def test_cli_reports_a_clear_error_for_a_non_checkpoint(tmp_path, capsys):
   assert port_sam.main(["--checkpoint", str(bad), "--out", str(tmp_path / "out")]) == 1
   assert "sam_vit_b_01ec64.pth" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
+
+
+# The output never replaces the input or anything that is not a previous port.
+
+TINY = dict(img_size=32, embed_dim=16, depth=1, num_heads=2, global_attn_indexes=(0,),
+            window_size=2, prompt_embed_dim=16, mask_in_chans=4, transformer_mlp_dim=32,
+            iou_head_hidden_dim=16, transformer_heads=2)
+
+
+@pytest.fixture
+def tiny_pth(tmp_path):
+  """A real torch.save file of a tiny SAM (portable with **TINY)."""
+  torch = pytest.importorskip("torch")
+  state = {k: torch.from_numpy(np.full(v.shape, 0.5, np.float32))
+           for k, v in fake_state_dict(sam_model.sam_config("vit_b", **TINY)).items()}
+  path = tmp_path / "sam_tiny.pth"
+  torch.save(state, path)
+  return path
+
+
+def test_port_never_replaces_its_own_checkpoint(tiny_pth, capsys):
+  data = tiny_pth.read_bytes()
+  with pytest.raises(port_sam.PortError, match="is the input checkpoint"):
+    port_sam.port_checkpoint(tiny_pth, tiny_pth, overwrite=True, **TINY)
+  assert port_sam.main(["--checkpoint", str(tiny_pth), "--out", str(tiny_pth),
+                        "--overwrite"]) == 1
+  assert "is the input checkpoint" in capsys.readouterr().err
+  assert tiny_pth.read_bytes() == data
+  assert sorted(p.name for p in tiny_pth.parent.iterdir()) == [tiny_pth.name]
+
+
+def test_port_never_replaces_a_folder_of_other_files(tiny_pth, monkeypatch, capsys):
+  folder = tiny_pth.parent
+  (folder / "notes.txt").write_text("keep me")
+  monkeypatch.chdir(folder)
+  with pytest.raises(FileExistsError, match="not a params directory"):
+    port_sam.port_checkpoint(tiny_pth, ".", overwrite=True, **TINY)
+  assert port_sam.main(["--checkpoint", tiny_pth.name, "--out", ".", "--overwrite"]) == 1
+  err = capsys.readouterr().err
+  assert str(folder) in err and "not even with overwrite" in err
+  assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", tiny_pth.name]
+
+
+def test_port_replaces_a_previous_port_and_fills_an_empty_folder(tiny_pth):
+  from sampot_jax import checkpoints
+  empty = tiny_pth.parent / "empty"
+  empty.mkdir()
+  port_sam.port_checkpoint(tiny_pth, empty, **TINY)
+  params, manifest = checkpoints.load_params(empty)
+  assert manifest["source_file"] == tiny_pth.name
+  with pytest.raises(FileExistsError, match="overwrite=True"):
+    port_sam.port_checkpoint(tiny_pth, empty, **TINY)
+  port_sam.port_checkpoint(tiny_pth, empty, overwrite=True, **TINY)
+  assert checkpoints.load_params(empty)[1] == manifest
+  assert sorted(p.name for p in tiny_pth.parent.iterdir()) == ["empty", tiny_pth.name]

@@ -1,6 +1,7 @@
 """ports.torch_pickle against files written by the real torch.save."""
 import builtins
 import collections
+import io
 import os
 import pickle
 import subprocess
@@ -286,3 +287,164 @@ def test_reader_does_not_import_torch(saved):
   out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO,
                        check=True, capture_output=True, text=True)
   assert out.stdout.strip() == str(len(sd))
+
+
+# ---------------------------------------------------------------------------
+# Declared sizes and strides are bounded by the storage's real bytes, and what
+# the reader allocates by the file's size, before anything is allocated.
+
+
+class _Storage:
+  def __init__(self, key, numel):
+    self.key, self.numel = key, numel
+
+
+class _Tensor:
+  def __init__(self, storage, offset, size, stride):
+    self.args = (storage, offset, size, stride)
+
+
+class _CraftingPickler(pickle.Pickler):
+  """Pickles _Tensor as torch.save does (_rebuild_tensor_v2 over a FloatStorage
+  persistent id), with whatever offset, size and stride the test declares."""
+
+  def persistent_id(self, obj):
+    if isinstance(obj, _Storage):
+      return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+    return None
+
+  def reducer_override(self, obj):
+    if isinstance(obj, _Tensor):
+      return (torch._utils._rebuild_tensor_v2,
+              obj.args + (False, collections.OrderedDict()))
+    return NotImplemented
+
+
+def _crafted_pth(path, tensors, storages, numels=None):
+  """tensors: {name: (storage key, offset, size, stride)}; storages: {key: float32
+  values, or an int n: n zeros, deflated}; numels: {key: numel the pickle declares}."""
+  numels = numels or {}
+  handles = {key: _Storage(key, numels.get(key, values if isinstance(values, int)
+                                           else len(values)))
+             for key, values in storages.items()}
+  buffer = io.BytesIO()
+  _CraftingPickler(buffer, protocol=2).dump(collections.OrderedDict(
+      (name, _Tensor(handles[key], offset, size, stride))
+      for name, (key, offset, size, stride) in tensors.items()))
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", buffer.getvalue())
+    z.writestr("archive/byteorder", "little")
+    for key, values in storages.items():
+      if not isinstance(values, int):
+        z.writestr(f"archive/data/{key}", np.asarray(values, np.float32).tobytes())
+        continue
+      info = zipfile.ZipInfo(f"archive/data/{key}")
+      info.compress_type = zipfile.ZIP_DEFLATED
+      with z.open(info, "w") as f:
+        chunk = bytes(1 << 20)
+        for start in range(0, values * 4, len(chunk)):
+          f.write(chunk[:min(len(chunk), values * 4 - start)])
+    z.writestr("archive/version", "3\n")
+  return path
+
+
+def _load_in_small_memory(path, headroom=1 << 30):
+  """Loads `path` in a child whose address space may grow by `headroom` only;
+  returns its stdout: 'OK <names>' or the CheckpointError's message."""
+  code = (
+      "import resource, sys\n"
+      "from ports.torch_pickle import CheckpointError, load_state_dict\n"
+      "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+      f"resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))\n"
+      "try:\n"
+      "  print('OK', sorted(load_state_dict(sys.argv[1])))\n"
+      "except CheckpointError as e:\n"
+      "  print(e)\n")
+  env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+  out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout
+
+
+def test_stride_0_expansion_of_one_element_is_refused_before_allocating(tmp_path):
+  """1.6 KB that declares a (65536, 65536) float32 tensor (16 GiB) over one element."""
+  path = _crafted_pth(tmp_path / "bomb.pth", {"w": ("0", 0, (65536, 65536), (0, 0))},
+                      {"0": [1.0]})
+  assert path.stat().st_size < 2000
+  message = _load_in_small_memory(path)
+  assert message.startswith(str(path)), message
+  assert "refused before allocating" in message and "16.0 GiB" in message, message
+  assert "stride 0" in message and "contiguous()" in message, message
+  # The same from torch itself: expand() of one element, saved as a view.
+  saved = tmp_path / "expanded.pth"
+  torch.save({"w": torch.ones(1).expand(65536, 65536)}, saved)
+  assert "refused before allocating" in _load_in_small_memory(saved)
+
+
+def test_overlapping_as_strided_view_is_refused(tmp_path):
+  path = tmp_path / "overlap.pth"
+  torch.save({"w": torch.zeros(131071).as_strided((65536, 65536), (1, 1))}, path)
+  message = _load_in_small_memory(path)
+  assert "refused before allocating" in message and "as_strided" in message, message
+
+
+def test_many_views_of_one_storage_are_bounded_by_the_file(tmp_path):
+  base = torch.arange(1 << 18, dtype=torch.float32)  # 1 MiB
+  path = tmp_path / "views.pth"
+  torch.save({f"v{i}": base[i:] for i in range(300)}, path)  # 300 MiB of copies
+  message = _load_in_small_memory(path)
+  assert "refused before allocating" in message and "max_bytes" in message, message
+  # A caller who trusts the file can raise the bound.
+  loaded = load_state_dict(path, max_bytes=400 << 20)
+  assert len(loaded) == 300 and loaded["v299"][0] == 299
+
+
+def test_legitimate_repeating_views_still_load(tmp_path):
+  sd = {"unfolded": torch.arange(10.0).unfold(0, 3, 1),    # overlapping strides (1, 1)
+        "expanded": torch.tensor([[1.0], [2.0]]).expand(2, 1000),
+        "size_one_huge_stride": torch.zeros(4).as_strided((1, 4), (1 << 40, 1))}
+  path = tmp_path / "views.pth"
+  torch.save(sd, path)
+  _assert_same(load_state_dict(path), sd)
+
+
+@pytest.mark.parametrize("offset, size, stride, match", [
+    (0, (4, 4), (-1, 1), "non-negative"),
+    (0, (0, 1 << 50), (1, 1), "not a real tensor"),
+    (0, (2,) * 40, (0,) * 40, "not a real tensor"),
+    (3, (2,), (1,), "reaches element 4 of a storage with 4 elements"),
+    (0, (2, 3), (3, 1), "reaches element 5 of a storage with 4 elements"),
+    (0, (1 << 31, 2), (1, 1 << 62), "reaches element"),
+])
+def test_sizes_and_strides_that_do_not_fit_the_storage(tmp_path, offset, size, stride, match):
+  path = _crafted_pth(tmp_path / "bad.pth", {"w": ("0", offset, size, stride)},
+                      {"0": [1.0, 2.0, 3.0, 4.0]})
+  with pytest.raises(CheckpointError, match=match):
+    load_state_dict(path)
+
+
+def test_record_size_is_checked_before_reading(tmp_path):
+  """A record whose zip entry is not the size the pickle declares is not read."""
+  path = _crafted_pth(tmp_path / "short.pth", {"w": ("0", 0, (3,), (1,))}, {"0": [1.0] * 3},
+                      numels={"0": 4})
+  with pytest.raises(CheckpointError, match="holds 12 bytes, the pickle expects 16"):
+    load_state_dict(path)
+
+
+def test_deflated_record_cannot_inflate_past_the_bound(tmp_path):
+  """256 MiB of zeros deflate to 256 KB: counted at their declared size, not read."""
+  path = _crafted_pth(tmp_path / "inflate.pth", {"w": ("0", 0, (1,), (1,))},
+                      {"0": 64 << 20})
+  assert path.stat().st_size < 1 << 20
+  message = _load_in_small_memory(path, headroom=128 << 20)
+  assert "refused before allocating" in message and "storage archive/data/0" in message, message
+
+
+def test_crafting_helper_writes_what_the_reader_accepts(tmp_path):
+  path = _crafted_pth(tmp_path / "ok.pth",
+                      {"w": ("0", 1, (2, 2), (1, 2)), "v": ("0", 0, (3,), (0,))},
+                      {"0": [1.0, 2.0, 3.0, 4.0, 5.0]})
+  got = load_state_dict(path)
+  np.testing.assert_array_equal(got["w"], [[2.0, 4.0], [3.0, 5.0]])
+  np.testing.assert_array_equal(got["v"], [1.0, 1.0, 1.0])

@@ -4,11 +4,54 @@ Layout: `images/` (PNG/JPEG/TIFF, 8- or 16-bit; 16-bit scaled by each image's ow
 min/max) with masks of the same file name in `masks/left/` + `masks/right/`, or in
 one `masks/` folder holding the target structure only; an optional `splits.csv`
 (id,split[,finding]), else the deterministic split of splits.py.
+
+A subject has one image and one mask per folder: two files that could both be
+it (`X.png` beside `X.jpg` in images/, or `X.png` beside `X.gif` or `X_mask.png`
+in a mask folder) are an error naming both, or a logged skip of that subject
+with on_bad_example='skip', never a silent pick of one.
 """
+from pathlib import Path
+
 from absl import logging
 
 from sampot_jax.data import lungs
+from sampot_jax.data import raw
 from sampot_jax.data import sources
+
+
+def _files_by_stem(folder: Path, suffixes) -> dict:
+  """{stem: [files]} of the files directly in `folder` with one of `suffixes` (any case)."""
+  out = {}
+  if folder.is_dir():
+    for path in raw.list_images(folder, suffixes):
+      out.setdefault(path.stem, []).append(path)
+  return out
+
+
+def _ambiguous(scan: sources.Scan, root: Path) -> dict:
+  """{id: BadExampleError} for subjects with two files that could be their image or a mask."""
+  images = _files_by_stem(root / "images", raw.IMAGE_SUFFIXES)
+  masks = {}  # mask folder -> {stem: [files]}
+  found = {}
+  for sid, subject in scan.subjects.items():
+    if len(images.get(sid, [])) > 1:
+      files = images[sid]
+      found[sid] = lungs.BadExampleError(files[0], (
+          f"{' and '.join(p.name for p in files)} in {files[0].parent} could each be image "
+          f"{sid!r}; keep one of them (remove or rename the other)."))
+      continue
+    for mask in (subject.left, subject.right, subject.single):
+      if mask is None:
+        continue
+      if mask.parent not in masks:
+        masks[mask.parent] = _files_by_stem(mask.parent, raw.MASK_SUFFIXES)
+      files = masks[mask.parent].get(sid, []) + masks[mask.parent].get(sid + "_mask", [])
+      if len(files) > 1:
+        found[sid] = lungs.BadExampleError(files[0], (
+            f"{' and '.join(p.name for p in files)} in {files[0].parent} could each be the "
+            f"mask of image {sid!r}; keep one of them (remove or rename the other)."))
+        break
+  return found
 
 
 def read_split(root, split: str, size: int, on_bad_example: str = "error") -> tuple[list, list]:
@@ -32,8 +75,12 @@ def read_split(root, split: str, size: int, on_bad_example: str = "error") -> tu
 
   for error in scan.absent.get(split, []):
     bad(error)
+  ambiguous = _ambiguous(scan, Path(root).expanduser())
   examples = []
   for sid in scan.ids(split):
+    if sid in ambiguous:
+      bad(ambiguous[sid])
+      continue
     try:
       examples.append(sources.resize_example(sources.read_subject(scan.subjects[sid]), size))
     except lungs.BadExampleError as error:
