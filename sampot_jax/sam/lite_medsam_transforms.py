@@ -18,8 +18,7 @@ This lives beside transforms.py rather than in it: that module reproduces SamPre
 mean/std); this one reproduces a different script (OpenCV, min-max) and shares its helpers.
 `processing_for(config)` picks one of the two per model variant.
 """
-import dataclasses
-from typing import Callable
+import functools
 
 import numpy as np
 
@@ -138,7 +137,8 @@ def resize_area(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
 
   Shrinking by integer factors takes OpenCV's block-mean path, by other factors its
   fractional-area path (float32 sums in OpenCV's order); enlarging (either axis) takes the
-  fixed-point bilinear path INTER_AREA falls back to. Same size: a copy.
+  fixed-point bilinear path INTER_AREA falls back to. Same size: a copy. An (H, W, 1) image
+  keeps its channel axis (cv2 drops it; the values are the same).
   """
   image = np.asarray(image)
   if image.dtype != np.uint8:
@@ -168,3 +168,81 @@ def resize_area(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
     else:
       out = _area_enlarge(img, new_h, new_w, scale_x, scale_y, inv_x, inv_y)
   return out[..., 0] if squeeze else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Images, prompts and masks in LiteMedSAM's frame.
+# ---------------------------------------------------------------------------------------------
+
+def preprocess_shape(h: int, w: int, long_side: int = IMG_SIZE) -> tuple[int, int]:
+  """Size after resizing the longest side to `long_side`: int(h * s + 0.5), as the official
+  `resize_longest_side` (the same rounding as SAM's)."""
+  new_h, new_w = transforms.preprocess_shape(h, w, long_side)
+  if new_h < 1 or new_w < 1:
+    raise ValueError(f"an image of {h}x{w} (H x W) resizes to {new_h}x{new_w} at longest side "
+                     f"{long_side}: a side would vanish. Pad the thin side first.")
+  return new_h, new_w
+
+
+def normalise_min_max(image: np.ndarray) -> np.ndarray:
+  """(h, w, 3) uint8 -> float32 in [0, 1]: (x - min) / max(max - min, 1e-8) over the whole
+  image, in float64 as the official numpy code, then float32 (a constant image gives 0)."""
+  lo, hi = image.min(), image.max()
+  spread = max(float(hi) - float(lo), 1e-8)
+  return ((image.astype(np.float64) - float(lo)) / spread).astype(np.float32)
+
+
+def prepare_image(image, img_size: int = IMG_SIZE, name: str = "image"):
+  """One image -> (pixels (img_size, img_size, 3) float32 in [0, 1], zero padded at the
+  bottom/right; input_size (h, w) after resizing; original_size (H, W))."""
+  rgb = transforms.to_rgb_uint8(image, name)
+  original_size = rgb.shape[:2]
+  input_size = preprocess_shape(*original_size, img_size)
+  resized = resize_area(rgb, *input_size)
+  pixels = np.zeros((img_size, img_size, 3), np.float32)
+  pixels[:input_size[0], :input_size[1]] = normalise_min_max(resized)
+  return pixels, input_size, original_size
+
+
+def prepare_images(images, img_size: int = IMG_SIZE):
+  """A batch (B, H, W[, 3]) or a list of same-size images -> ((B, img, img, 3) float32,
+  input_size, original_size); each image is normalised by its own min and max."""
+  return transforms.prepare_batch(images, functools.partial(prepare_image, img_size=img_size))
+
+
+def box_scale(original_size: tuple[int, int], img_size: int = IMG_SIZE) -> float:
+  """The one factor (float64) from original pixels to the model frame: img_size / max(H, W)."""
+  return img_size / max(original_size)
+
+
+def apply_coords(coords, original_size, img_size: int = IMG_SIZE):
+  """(..., 2) (x, y) in original pixels -> model frame; differentiable (jnp) or exact (np:
+  float64 product, then float32, as the official numpy -> torch.float path)."""
+  scale = box_scale(original_size, img_size)
+  if isinstance(coords, np.ndarray):
+    return (coords.astype(np.float64) * scale).astype(np.float32)
+  return coords * np.float32(scale)
+
+
+def apply_boxes(boxes, original_size, img_size: int = IMG_SIZE, truncate: bool = False):
+  """(..., 4) (x0, y0, x1, y1) in original pixels -> model frame.
+
+  `truncate=True` (numpy only) also drops the fraction, as the official `resize_box_to_256`
+  (`int(box[i] * ratio)`) does; the default keeps it, so the jnp path stays differentiable with
+  respect to the corners and both paths agree.
+  """
+  if truncate:
+    if not isinstance(boxes, np.ndarray):
+      raise ValueError("apply_boxes(truncate=True) takes numpy boxes: truncation has no gradient.")
+    return np.trunc(boxes.astype(np.float64) * box_scale(original_size, img_size)).astype(np.float32)
+  return apply_coords(boxes, original_size, img_size)
+
+
+def postprocess_masks(low_res, input_size, original_size, img_size: int = IMG_SIZE):
+  """(..., img_size, img_size) low-res logits -> (..., H, W) logits at the original size: crop
+  to the resized region, then bilinear (torch, align_corners=False). jit-able, differentiable."""
+  if tuple(low_res.shape[-2:]) != (img_size, img_size):
+    raise ValueError(f"LiteMedSAM's low-res logits are {img_size}x{img_size} (the input frame); "
+                     f"got {tuple(low_res.shape[-2:])}.")
+  masks = low_res[..., :input_size[0], :input_size[1]]
+  return transforms.resize_bilinear(masks, tuple(original_size))
