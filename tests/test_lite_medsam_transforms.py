@@ -44,8 +44,8 @@ CASES = [
     ((333, 517, 3), (165, 256)),
     ((1000, 700, 3), (256, 179)),
     ((257, 1003), (66, 256)),
-    ((255, 300, 3), (218, 256)),  # enlarging: the fixed-point bilinear fallback
-    ((100, 37), (256, 95)),
+    ((255, 300, 3), (218, 256)),  # longest side 300: still shrinking, fractional
+    ((100, 37), (256, 95)),  # enlarging: the fixed-point bilinear fallback
     ((7, 5, 3), (256, 183)),
     ((300, 300, 2), (256, 256)),
     ((37, 41, 4), (256, 233)),
