@@ -1,8 +1,9 @@
 """LiteMedSAM's pre- and post-processing (the official CVPR24_LiteMedSAM_infer.py), exactly.
 
 - Images: grayscale replicated to 3 channels, longest side resized to 256 with OpenCV's INTER_AREA
-  on the uint8 image (reproduced bit for bit by `resize_area`), min-max normalised to [0, 1] over
-  the resized image, zero padded at the bottom/right to 256x256. No mean/std: that is SAM's.
+  on the uint8 image (`resize_area`: bit for bit, measured against opencv-python-headless 5.0),
+  min-max normalised to [0, 1] over the resized image, zero padded at the bottom/right to
+  256x256. No mean/std: that is SAM's.
 - Boxes (x0, y0, x1, y1) in original pixels are scaled by 256 / max(H, W), one factor for both
   axes (SAM scales each axis by new/old). The official script also truncates the scaled box to
   integers (`int(box[i] * ratio)`); that is `apply_boxes(..., truncate=True)`, numpy only.
@@ -16,7 +17,7 @@ scaled from the image's own [min, max] to [0, 255] before resizing (the official
 
 This lives beside transforms.py rather than in it: that module reproduces SamPredictor (Pillow,
 mean/std); this one reproduces a different script (OpenCV, min-max) and shares its helpers.
-`processing_for(config)` picks one of the two per model variant.
+`processing.processing_for(config)` picks one of the two per model variant.
 """
 import functools
 
