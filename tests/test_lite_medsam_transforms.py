@@ -187,7 +187,8 @@ def test_postprocess_is_differentiable_and_checks_the_logit_size():
 
 def test_processing_is_picked_per_variant():
   assert processing.processing_for(sam_model.sam_config("vit_b")).name == "sam"
-  assert processing.processing_for(ml_collections.ConfigDict({"variant": "mobile_sam"})).name == "sam"
+  mobile = ml_collections.ConfigDict({"variant": "mobile_sam"})
+  assert processing.processing_for(mobile).name == "sam"
   lite_config = ml_collections.ConfigDict({"variant": "lite_medsam", "img_size": 256})
   assert processing.processing_for(lite_config).prepare_images is lite.prepare_images
   assert processing.processing_for(

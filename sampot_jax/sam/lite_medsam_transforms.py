@@ -235,7 +235,8 @@ def apply_boxes(boxes, original_size, img_size: int = IMG_SIZE, truncate: bool =
   if truncate:
     if not isinstance(boxes, np.ndarray):
       raise ValueError("apply_boxes(truncate=True) takes numpy boxes: truncation has no gradient.")
-    return np.trunc(boxes.astype(np.float64) * box_scale(original_size, img_size)).astype(np.float32)
+    scaled = boxes.astype(np.float64) * box_scale(original_size, img_size)
+    return np.trunc(scaled).astype(np.float32)
   return apply_coords(boxes, original_size, img_size)
 
 
