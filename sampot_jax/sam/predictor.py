@@ -4,8 +4,9 @@
     masks, iou, low_res = predict(params, emb, frame, config, points=xy, labels=lab)
 
 Clicks and boxes are in original-image pixels, (x, y); `frame` remembers the sizes needed to map
-them into the model's 1024 frame and masks back. `decode_clicks` is the pure, jit/vmap/grad-able
-core that SAMPOT differentiates with respect to the click coordinates.
+them into the model's frame (1024 for SAM, 256 for LiteMedSAM) and masks back; the pre- and
+post-processing are the variant's own (`processing.processing_for(config)`). `decode_clicks` is
+the pure, jit/vmap/grad-able core that SAMPOT differentiates with respect to the click coordinates.
 """
 import dataclasses
 import functools
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from sampot_jax.sam import model as sam_model
-from sampot_jax.sam import transforms
+from sampot_jax.sam import processing
 
 MASK_THRESHOLD = 0.0
 
@@ -92,7 +93,8 @@ def encode_images(params, images, config, batch_size: int | None = None):
 
   `batch_size` splits the encoder calls (memory); the result is the same.
   """
-  pixels, input_size, original_size = transforms.prepare_images(images, config.img_size)
+  proc = processing.processing_for(config)
+  pixels, input_size, original_size = proc.prepare_images(images, config.img_size)
   step = batch_size or len(pixels)
   chunks = [sam_model.encode_jit(params, jnp.asarray(pixels[i:i + step]), config)
             for i in range(0, len(pixels), step)]
@@ -105,7 +107,8 @@ def decode_clicks(params, embeddings, points, labels, frame: ImageFrame, config,
   IoU predictions (B, M). Pure and differentiable with respect to `points`."""
   points = jnp.asarray(points)
   points = points.astype(jnp.promote_types(points.dtype, jnp.float32))
-  points = transforms.apply_coords(points, frame.original_size, config.img_size)
+  points = processing.processing_for(config).apply_coords(points, frame.original_size,
+                                                          config.img_size)
   return sam_model.decode(params, embeddings, config, points=points, labels=jnp.asarray(labels),
                           multimask_output=multimask_output)
 
@@ -149,17 +152,17 @@ def predict(params, embeddings, frame: ImageFrame, config, points=None, labels=N
   if points is None and boxes is None and mask_input is None:
     raise ValueError("predict needs at least one prompt: points, boxes or mask_input.")
   _check_prompts(points, labels, boxes, frame)
-  model_points = None if points is None else transforms.apply_coords(
+  proc = processing.processing_for(config)
+  model_points = None if points is None else proc.apply_coords(
       np.asarray(points), frame.original_size, config.img_size)
-  model_boxes = None if boxes is None else transforms.apply_boxes(
+  model_boxes = None if boxes is None else proc.apply_boxes(
       np.asarray(boxes), frame.original_size, config.img_size)
   low_res, iou = sam_model.decode(
       params, embeddings, config, points=model_points,
       labels=None if labels is None else jnp.asarray(labels, jnp.int32), boxes=model_boxes,
       mask_input=None if mask_input is None else jnp.asarray(mask_input, jnp.float32),
       multimask_output=multimask_output)
-  masks = transforms.postprocess_masks(low_res, frame.input_size, frame.original_size,
-                                       config.img_size)
+  masks = proc.postprocess_masks(low_res, frame.input_size, frame.original_size, config.img_size)
   if not return_logits:
     masks = masks > MASK_THRESHOLD
   return masks, iou, low_res

@@ -113,13 +113,19 @@ def prepare_image(image, img_size: int = 1024, name: str = "image"):
 def prepare_images(images, img_size: int = 1024):
   """A batch (B, H, W[, 3]) or a list of same-size images -> ((B, img, img, 3) float32, input_size,
   original_size). Mixed sizes are refused: one compiled call serves one image size."""
+  return prepare_batch(images, functools.partial(prepare_image, img_size=img_size))
+
+
+def prepare_batch(images, prepare_one):
+  """Runs `prepare_one(image, name=...) -> (pixels, input_size, original_size)` over a batch
+  and stacks the pixels; the batch checks shared by every model variant's preprocessing."""
   if isinstance(images, np.ndarray) and images.ndim in (2, 3) and not (
       images.ndim == 3 and images.shape[-1] not in (1, 3)):
     raise ValueError(f"images has shape {images.shape}: that is one image; pass a batch "
                      "(B, H, W[, 3]) or a list (e.g. images[None]).")
   if len(images) == 0:
     raise ValueError("images is an empty batch; pass at least one image.")
-  prepared = [prepare_image(im, img_size, name=f"images[{i}]") for i, im in enumerate(images)]
+  prepared = [prepare_one(im, name=f"images[{i}]") for i, im in enumerate(images)]
   sizes = sorted({p[2] for p in prepared})
   if len(sizes) > 1:
     raise ValueError(f"images mixes sizes {sizes}; a batch must share one (H, W). Group the images "
