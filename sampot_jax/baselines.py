@@ -25,7 +25,7 @@ from sampot_jax import evolve
 from sampot_jax import metrics
 from sampot_jax import sharding
 from sampot_jax.sam import predictor
-from sampot_jax.sam import transforms
+from sampot_jax.sam import processing
 
 
 def centroid_clicks(targets: np.ndarray, ids=None) -> np.ndarray:
@@ -141,8 +141,9 @@ def _grid_maps(sam_params, score_variables, embeddings, images_small, targets, c
       soft = evolve.soft_mask(low_res[0, 0], frame, sam_config.img_size, image_small.shape,
                               slope)
       score = score_fn(score_variables, image_small[None], soft[None])[0]
-      mask = transforms.postprocess_masks(low_res[0, 0], frame.input_size, frame.original_size,
-                                          sam_config.img_size) > predictor.MASK_THRESHOLD
+      mask = processing.processing_for(sam_config).postprocess_masks(
+          low_res[0, 0], frame.input_size, frame.original_size,
+          sam_config.img_size) > predictor.MASK_THRESHOLD
       return score, iou[0, 0], metrics.mask_dice(mask, target)
     # Chunks of clicks at a time bound the memory of the full-size masks.
     return jax.lax.map(one_click, clicks, batch_size=chunk)

@@ -176,8 +176,8 @@ def click_masks_jit(sam_params, embeddings, clicks, *, sam_config, frame, multim
   low_res, iou = decode_fn(
       sam_params, jnp.repeat(embeddings, k, axis=0), clicks.reshape(b * k, 1, 2),
       jnp.ones((b * k, 1), jnp.int32), frame, sam_config, multimask_output=multimask_output)
-  logits = transforms.postprocess_masks(low_res, frame.input_size, frame.original_size,
-                                        sam_config.img_size)
+  logits = processing.processing_for(sam_config).postprocess_masks(
+      low_res, frame.input_size, frame.original_size, sam_config.img_size)
   masks = (logits > MASK_THRESHOLD).reshape((b, k) + logits.shape[1:])
   iou = iou.reshape((b, k) + iou.shape[1:])
   return (masks, iou) if multimask_output else (masks[:, :, 0], iou[:, :, 0])
