@@ -27,8 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   # The paper gives no widths, kernels or strides. A 4x4 stride-4 first
-  # convolution keeps 256x256 input affordable on a CPU (6x faster per step
-  # than 3x3 stride 2 at equal widths); the last map is 8x8x64.
+  # convolution keeps 256x256 input affordable on a CPU (docs/regressor.md);
+  # the last map is 8x8x64.
   config.model.features = (16, 32, 64, 64, 64)
   config.model.strides = (4, 2, 2, 2, 1)
   config.model.kernel_size = (4, 3, 3, 3, 3)
@@ -49,8 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.num_epochs = 200
   # Stop after this many epochs without a new best validation loss; 0 = never.
-  # The paper stops at the minimal validation loss; with 2208 training
-  # candidates (69 steps an epoch, 2.4x the paper's) it comes by epoch ~35.
+  # The paper stops at the minimal validation loss (when it comes: docs/regressor.md).
   config.patience = 25
   config.checkpoint_every = 5
   config.max_checkpoints = 2

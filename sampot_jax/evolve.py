@@ -33,7 +33,6 @@ import optax
 
 from sampot_jax import settings as settings_lib
 from sampot_jax.sam import predictor
-from sampot_jax.sam import transforms
 
 # Bumped each time the batched evolution is traced (= compiled): tests check
 # that batches of one shape compile once.

@@ -11,11 +11,10 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 def keep_freed_memory() -> bool:
   """Makes glibc malloc keep freed memory for reuse instead of handing it back to the kernel.
 
-  XLA:CPU mallocs the scratch buffer of every execution (about 130 MB for one SAMPOT step of
-  vit_b) from one of its worker threads. glibc serves blocks that large with a fresh mmap and
-  unmaps them on free, so every call faults its scratch memory in again: 30,000 page faults and
-  about a third of the CPU time of a step (docs/benchmarks.md). With a
-  single arena, no mmap and no trimming, the second call reuses the first call's pages.
+  XLA:CPU mallocs the scratch buffer of every execution from one of its worker threads. glibc
+  serves blocks that large with a fresh mmap and unmaps them on free, so every call faults its
+  scratch memory in again (the measured cost is in docs/benchmarks.md). With a single arena, no
+  mmap and no trimming, the second call reuses the first call's pages.
 
   The cost: memory freed by the process is kept by it (its footprint stays at its peak), and all
   threads share one malloc arena. Effective only for threads that have not allocated yet, so

@@ -1,4 +1,14 @@
-"""Shared fixtures; parity figures measured by tests are printed at the end of the run."""
+"""Shared fixtures and the rules every test module follows.
+
+- Real data: tests that read ../shared/data/montgomery carry `@pytest.mark.needs_data` (or a
+  module-level `pytestmark`); they are skipped, with the path in the reason, where it is absent.
+- Torch and the other reference packages of the test extra: a module that needs them calls
+  `pytest.importorskip(...)` before importing them (skipped, with the reason, where the extra
+  is not installed; CI installs it, so there they always run).
+- `slow` marks full-size models and whole training runs: `pytest -m "not slow"` is the fast lane.
+
+Parity figures measured by tests are printed at the end of the run.
+"""
 import json
 from pathlib import Path
 
@@ -7,6 +17,12 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MONTGOMERY = SHARED / "data" / "montgomery"
 _FIGURES: dict = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  if item.get_closest_marker("needs_data") and not (MONTGOMERY / "splits.csv").exists():
+    pytest.skip(f"real data not found at {MONTGOMERY}")
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """Candidate masks with known Dice."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from sampot_jax import defaults
 from sampot_jax import candidates as cands
 from sampot_jax import metrics
 
-MONTGOMERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "montgomery"
+from tests.conftest import MONTGOMERY
 S = 128
 
 
@@ -186,7 +185,7 @@ def test_bad_arguments(lungs):
     cands.failure_mode_candidates(None, left, right[:64], 1, rng)
 
 
-@pytest.mark.skipif(not MONTGOMERY.is_dir(), reason=f"team data not found at {MONTGOMERY}")
+@pytest.mark.needs_data
 def test_real_lung_spreads():
   from PIL import Image  # pylint: disable=g-import-not-at-top
   sid = "MCUCXR_0001_0"

@@ -1,6 +1,5 @@
 """load_split on the real team copy of Montgomery (../shared/data/montgomery)."""
 import csv
-from pathlib import Path
 import sys
 
 import numpy as np
@@ -9,10 +8,9 @@ import pytest
 from sampot_jax import defaults
 from sampot_jax import data
 
-MONTGOMERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "montgomery"
+from tests.conftest import MONTGOMERY
 
-pytestmark = pytest.mark.skipif(not MONTGOMERY.is_dir(),
-                                reason=f"team data not found at {MONTGOMERY}")
+pytestmark = pytest.mark.needs_data
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from sampot_jax.sam import lite_medsam_transforms as lite
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor, processing, transforms
-from tests import sam_reference
+from ports import official as sam_official
 from tests.conftest import MONTGOMERY
 
 cv2 = pytest.importorskip("cv2")
@@ -168,7 +168,7 @@ def test_postprocess_matches_torch_interpolate(input_size, original, record_figu
   ours = np.asarray(post(jnp.asarray(low_res.numpy())))
   assert ours.shape == expected.shape
   # Same weights summed in another order: float32 rounding only.
-  err = sam_reference.errors(expected, ours)
+  err = sam_official.errors(expected, ours)
   err["mask_flips"] = int(((ours > 0) != (expected > 0)).sum())
   record_figure(f"lite postprocess_masks{input_size}->{original}", err)
   # Measured: max_rel below 1.7e-7 (2e-6 absolute on logits up to 17), 0 mask flips.
@@ -227,7 +227,7 @@ def test_predictor_uses_the_lite_processing(monkeypatch):
   np.testing.assert_array_equal(masks, lite.postprocess_masks(low_res, (165, 256), (333, 517)) > 0)
 
 
-@pytest.mark.skipif(not MONTGOMERY.is_dir(), reason=f"team data not found at {MONTGOMERY}")
+@pytest.mark.needs_data
 def test_resize_area_on_montgomery(record_figure):
   from PIL import Image
   paths = sorted((MONTGOMERY / "images").glob("*.png"))

@@ -1,7 +1,6 @@
 """Tests of train_regressor: resumption, outputs of a run, oracle evaluation."""
 import json
 import math
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,9 +13,9 @@ from sampot_jax import oracle_eval
 from sampot_jax import regressor
 from sampot_jax import train_regressor as tr
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "montgomery"
-needs_data = pytest.mark.skipif(not (DATA / "splits.csv").exists(),
-                                reason=f"real data not found at {DATA}")
+from tests.conftest import MONTGOMERY as DATA
+
+needs_data = pytest.mark.needs_data
 SIZE = 32
 
 

@@ -8,7 +8,9 @@ transpose, missing bias or dropped term gives errors of order 1).
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("segment_anything")
 
 from sampot_jax.sam import model as sam_model
 from ports import official as sam_official

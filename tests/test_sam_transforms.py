@@ -2,7 +2,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("segment_anything")
 from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F

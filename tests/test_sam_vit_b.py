@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 from skimage import io
 
+pytest.importorskip("torch")
+pytest.importorskip("segment_anything")
+
 from ports import sam as port_sam
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
@@ -62,6 +65,7 @@ def xray():
   return image, _left_lung_click(left)
 
 
+@pytest.mark.needs_data
 def test_vit_b_end_to_end_matches_official_predictor(vit_b, xray, record_figure):
   from segment_anything import SamPredictor
 

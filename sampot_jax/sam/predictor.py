@@ -18,6 +18,7 @@ import numpy as np
 
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import processing
+from sampot_jax.sam import transforms
 
 MASK_THRESHOLD = 0.0
 
