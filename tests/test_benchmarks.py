@@ -6,8 +6,12 @@ would change malloc for every test after this one).
 """
 import json
 
+import pytest
+
 from benchmarks import bench_sam
 from benchmarks import bench_sampot
+
+pytestmark = pytest.mark.slow  # each runs a benchmark script end to end
 
 
 def test_bench_sam_tiny_writes_json(tmp_path):

@@ -31,6 +31,7 @@ def faults_per_call(mode: str) -> float:
   return float(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_keep_freed_memory_stops_page_faults_per_call():
   default, kept = faults_per_call("default"), faults_per_call("keep")

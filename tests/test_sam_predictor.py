@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sampot_jax import models
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 
@@ -14,12 +15,11 @@ TINY = dict(img_size=128, embed_dim=32, depth=2, num_heads=2, global_attn_indexe
 @pytest.fixture(scope="module")
 def tiny():
   config = sam_model.sam_config("vit_b", **TINY)
-  params = sam_model.init_params(config, jax.random.key(0))
-  # Random init leaves some tensors constant; perturb so every term shapes the output.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  # Drawn in numpy (flax's init would compile every op first); random init leaves some tensors
+  # constant, so perturb them all: every term shapes the output.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda x: jnp.asarray(x + 0.05 * rng.standard_normal(x.shape), jnp.float32),
+                        models.random_sam_params(config, seed=0))
   images = np.random.default_rng(0).integers(0, 256, (3, 90, 120), dtype=np.uint8)
   embeddings, frame = predictor.encode_images(params, images, config)
   return config, params, images, embeddings, frame

@@ -21,6 +21,8 @@ from skimage import io
 pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
+pytestmark = pytest.mark.slow  # the full-size vit_b, built, ported and run twice
+
 from ports import sam as port_sam
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor

@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole pipeline through main.py
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("fig1_dice_heatmap.png", "fig4_score_vs_dice.png", "fig5_trajectory.png",
            "fig6_initial_vs_evolved.png")
