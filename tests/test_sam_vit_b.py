@@ -24,6 +24,7 @@ pytest.importorskip("segment_anything")
 pytestmark = pytest.mark.slow  # the full-size vit_b, built, ported and run twice
 
 from ports import sam as port_sam
+from sampot_jax import checkpoints
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from ports import official as sam_official
@@ -111,17 +112,24 @@ def test_vit_b_end_to_end_matches_official_predictor(vit_b, xray, record_figure)
 
 
 def test_fetch_and_port_ports_a_cached_official_checkpoint_once(vit_b, tmp_path, monkeypatch):
-  """The main job's path: the official file in the cache -> ported once -> loaded."""
+  """The main job's path: the official file in the cache -> ported once -> loaded.
+
+  fetch_checkpoint checks a cached file's sha256 against the prefix in its name, so the random
+  file goes in under a name carrying its own prefix, made the official vit_b name for this test.
+  """
   config, _, params, pth = vit_b
   cache = tmp_path / "cache"
   cache.mkdir()
-  shutil.copyfile(pth, cache / "sam_vit_b_01ec64.pth")  # as fetch_checkpoint leaves it
+  name = f"sam_vit_b_{checkpoints.sha256_file(pth)[:6]}.pth"
+  monkeypatch.setitem(checkpoints.SAM_CHECKPOINTS, "vit_b",
+                      (name, checkpoints.SAM_URL_BASE + name))
+  shutil.copyfile(pth, cache / name)  # as fetch_checkpoint leaves it
   monkeypatch.setenv("SAMPOT_CACHE", str(cache))
   loaded, loaded_config = port_sam.fetch_and_port(variant="vit_b")
   assert (cache / "sam_vit_b_flax" / "manifest.json").exists()
   assert loaded_config.to_dict() == config.to_dict()
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
-  (cache / "sam_vit_b_01ec64.pth").unlink()  # a second call must not need the .pth again
+  (cache / name).unlink()  # a second call must not need the .pth again
   again, _ = port_sam.fetch_and_port(variant="vit_b")
   assert jax.tree.structure(again) == jax.tree.structure(params)
