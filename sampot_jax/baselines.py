@@ -131,13 +131,12 @@ def grid_clicks(original_size: tuple[int, int], n: int) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "score_fn", "slope",
                                              "chunk"))
-def _grid_maps(sam_params, score_variables, embeddings, images_small, targets, clicks, *,
+def _grid_maps(sam_params, score_variables, embeddings, images_small, targets, prompts, *,
                sam_config, frame, score_fn, slope, chunk):
-  def one_image(embedding, image_small, target):
-    def one_click(click):
-      low_res, iou = predictor.decode_clicks(
-          sam_params, embedding[None], click[None, None], jnp.ones((1, 1), jnp.int32), frame,
-          sam_config)
+  def one_image(embedding, image_small, target, image_prompts):
+    def one_prompt(prompt):
+      low_res, iou = predictor.decode_prompts(sam_params, embedding[None], prompt[None], frame,
+                                              sam_config)
       soft = evolve.soft_mask(low_res[0, 0], frame, sam_config.img_size, image_small.shape,
                               slope)
       score = score_fn(score_variables, image_small[None], soft[None])[0]
@@ -145,30 +144,35 @@ def _grid_maps(sam_params, score_variables, embeddings, images_small, targets, c
           low_res[0, 0], frame.input_size, frame.original_size,
           sam_config.img_size) > predictor.MASK_THRESHOLD
       return score, iou[0, 0], metrics.mask_dice(mask, target)
-    # Chunks of clicks at a time bound the memory of the full-size masks.
-    return jax.lax.map(one_click, clicks, batch_size=chunk)
-  return jax.vmap(one_image)(embeddings, images_small, targets)
+    # Chunks of prompts at a time bound the memory of the full-size masks.
+    return jax.lax.map(one_prompt, image_prompts, batch_size=chunk)
+  return jax.vmap(one_image)(embeddings, images_small, targets, prompts)
 
 
 def grid_maps(sam_params, sam_config, score_fn, score_variables, embeddings, frame,
-              images_small, targets, clicks, slope: float, chunk: int = 16):
-  """Score, SAM IoU and true Dice of every grid click on every image, one compiled call.
+              images_small, targets, prompts, slope: float, chunk: int = 16):
+  """Score, SAM IoU and true Dice of K prompts on every image, one compiled call.
 
   Args:
     embeddings: (B, g, g, C); images_small: (B, S, S) float in [0, 1]; targets:
-      (B, H, W) bool ground truth at the original size; clicks: (K, 2) (x, y),
-      the same for every image (grid_clicks).
+      (B, H, W) bool ground truth at the original size; prompts: (K, D), the same
+      for every image (e.g. grid_clicks), or (B, K, D), each image's own (e.g.
+      random_boxes).
     slope: the soft mask's sigmoid slope (as in evolve).
-    chunk: clicks decoded together per image.
+    chunk: prompts decoded together per image.
 
   Returns:
     scores, ious, dice: (B, K) float32 each.
   """
-  clicks = np.asarray(clicks, np.float32)
-  k = len(clicks)
+  prompts = np.asarray(prompts, np.float32)
+  b = np.shape(embeddings)[0]
+  if prompts.ndim == 2:
+    prompts = np.broadcast_to(prompts, (b,) + prompts.shape)
+  k = prompts.shape[1]
   chunk = max(1, min(int(chunk), k))
   # Whole chunks only: a remainder would be a second copy of SAM in the program.
-  padded, _ = sharding.pad_batch(clicks, chunk)
+  padded, _ = sharding.pad_batch(np.swapaxes(prompts, 0, 1), chunk)
+  padded = np.swapaxes(padded, 0, 1)
   maps = _grid_maps(sam_params, score_variables, embeddings, jnp.asarray(images_small),
                     jnp.asarray(targets, bool), jnp.asarray(padded),
                     sam_config=ml_collections.FrozenConfigDict(sam_config), frame=frame,
@@ -196,14 +200,15 @@ def grid_search(scores: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np
   return np.where(found, ranked.argmax(axis=1), -1), found
 
 
-def multimask_choice(sam_params, sam_config, embeddings, frame, clicks, decode_fn=None):
-  """SAM's 3 masks at each click, the one SAM rates highest.
+def multimask_choice(sam_params, sam_config, embeddings, frame, prompts, decode_fn=None):
+  """SAM's 3 masks for each prompt, the one SAM rates highest.
 
-  clicks (B, 2) -> (mask (B, H, W) bool, iou (B,), which (B,) int) as jax arrays.
+  prompts (B, D) -> (mask (B, H, W) bool, iou (B,), which (B,) int) as jax arrays.
   """
   kwargs = {} if decode_fn is None else {"decode_fn": decode_fn}
-  masks, ious = predictor.click_masks(sam_params, sam_config, embeddings, frame,
-                                   jnp.asarray(clicks)[:, None], multimask_output=True, **kwargs)
+  masks, ious = predictor.prompt_masks(sam_params, sam_config, embeddings, frame,
+                                       jnp.asarray(prompts)[:, None], multimask_output=True,
+                                       **kwargs)
   return _pick(masks[:, 0], ious[:, 0])
 
 

@@ -38,6 +38,7 @@ from sampot_jax import metrics
 from sampot_jax import models
 from sampot_jax import safeguards
 from sampot_jax import sharding
+from sampot_jax.sam import predictor
 
 SIGNIFICANT = 0.05  # Dice gain the paper calls significant
 METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "oracle")
@@ -73,14 +74,14 @@ def cache_dir(config, workdir: Path) -> Path:
 # The compiled work, batch by batch.
 
 
-def run_batches(sam, scorer, embeddings, frame, images_small, targets, clicks, config,
+def run_batches(sam, scorer, embeddings, frame, images_small, targets, prompts, config,
                 mesh=None) -> dict:
   """Evolution, multimask and grid maps for every image, sharded over `mesh`.
 
   Args:
     sam: (params, sam_config); scorer: (score_fn, variables).
     embeddings: (N, g, g, C); images_small: (N, S, S) float32; targets:
-      (N, H, W) bool; clicks: (N, 2) float32, all host arrays.
+      (N, H, W) bool; prompts: (N, D) float32 (clicks or boxes), all host arrays.
     config: the run's config (evolve, baselines, batch_size, seed).
     mesh: a sharding.batch_mesh(); default all devices.
 
@@ -93,21 +94,21 @@ def run_batches(sam, scorer, embeddings, frame, images_small, targets, clicks, c
   settings = evolve.settings_from_config(config.evolve)
   grid = (baselines.grid_clicks(frame.original_size, config.baselines.grid_size)
           if config.baselines.grid_size > 0 else None)
-  batch = sharding.padded_size(min(config.batch_size, len(clicks)), mesh.size)
+  batch = sharding.padded_size(min(config.batch_size, len(prompts)), mesh.size)
   key = jax.random.key(config.seed)
   outputs = []
-  for start in tqdm(range(0, len(clicks), batch), desc="SAMPOT batches", unit="batch"):
+  for start in tqdm(range(0, len(prompts), batch), desc="SAMPOT batches", unit="batch"):
     rows = slice(start, start + batch)
     host, n = sharding.pad_batch(dict(emb=embeddings[rows], small=images_small[rows],
-                                      targets=targets[rows], clicks=clicks[rows]), batch)
+                                      targets=targets[rows], prompts=prompts[rows]), batch)
     dev = sharding.shard_batch(host, mesh)
     res = evolve.evolve_prompts(params, sam[1], scorer[0], variables, dev["emb"], frame,
-                                dev["small"], dev["clicks"], settings,
+                                dev["small"], dev["prompts"], settings,
                                 rng=jax.random.fold_in(key, start))
     mm_mask, mm_iou, _ = baselines.multimask_choice(params, sam[1], dev["emb"], frame,
-                                                    dev["clicks"])
-    out = dict(clicks=res.clicks, scores=res.scores, ious=res.ious, nan_step=res.nan_step,
-               initial_click=res.initial_click, best_click=res.best_click,
+                                                    dev["prompts"])
+    out = dict(prompts=res.prompts, scores=res.scores, ious=res.ious, nan_step=res.nan_step,
+               initial_prompt=res.initial_prompt, best_prompt=res.best_prompt,
                initial_score=res.initial_score, best_score=res.best_score,
                initial_iou=res.initial_iou, best_iou=res.best_iou,
                initial_mask=res.initial_mask, best_mask=res.best_mask,
@@ -136,12 +137,12 @@ def judge(out: dict, targets: np.ndarray, config) -> dict:
           "evolved": metrics.dice_rows(out["best_mask"], targets),
           "multimask": metrics.dice_rows(out["multimask_mask"], targets)}
   passed = safeguards.check(config.safeguards, out["initial_score"], out["best_score"],
-                            out["initial_mask"], out["best_mask"], out["best_click"])
+                            out["initial_mask"], out["best_mask"], out["best_prompt"])
   accepted = safeguards.accept(passed, n)
   dice["safeguarded"] = np.where(accepted, dice["evolved"], dice["initial"])
   verdict = dict(dice=dice, passed=passed, accepted=accepted,
-                 safeguarded_click=np.where(accepted[:, None], out["best_click"],
-                                            out["initial_click"]),
+                 safeguarded_prompt=np.where(accepted[:, None], out["best_prompt"],
+                                             out["initial_prompt"]),
                  safeguard_report=safeguards.report(passed, dice["initial"], dice["evolved"]))
   if "grid_dice" in out:
     grid = out["grid_clicks"]
@@ -150,12 +151,12 @@ def judge(out: dict, targets: np.ndarray, config) -> dict:
     rows = np.arange(n)
     dice["grid_search"] = np.where(found, out["grid_dice"][rows, np.maximum(index, 0)],
                                    dice["initial"])
-    verdict["grid_click"] = np.where(found[:, None], grid[np.maximum(index, 0)],
-                                     out["initial_click"])
+    verdict["grid_prompt"] = np.where(found[:, None], grid[np.maximum(index, 0)],
+                                      out["initial_prompt"])
     verdict["grid_found"] = found
     oracle = np.nanargmax(np.where(np.isfinite(out["grid_dice"]), out["grid_dice"], -1), 1)
     dice["oracle"] = out["grid_dice"][rows, oracle]
-    verdict["oracle_click"] = grid[oracle]
+    verdict["oracle_prompt"] = grid[oracle]
   return verdict
 
 
@@ -179,12 +180,13 @@ def results_rows(ids, out, verdict) -> list[dict]:
   rows = []
   for i, sid in enumerate(ids):
     row = {"id": sid}
-    for name, click in (("initial", out["initial_click"]), ("evolved", out["best_click"]),
-                        ("safeguarded", verdict["safeguarded_click"]),
-                        ("grid_search", verdict.get("grid_click")),
-                        ("oracle", verdict.get("oracle_click"))):
-      if click is not None:
-        row[f"{name}_x"], row[f"{name}_y"] = float(click[i, 0]), float(click[i, 1])
+    for name, prompt in (("initial", out["initial_prompt"]), ("evolved", out["best_prompt"]),
+                         ("safeguarded", verdict["safeguarded_prompt"]),
+                         ("grid_search", verdict.get("grid_prompt")),
+                         ("oracle", verdict.get("oracle_prompt"))):
+      if prompt is not None:
+        for field, value in zip(predictor.PROMPT_FIELDS[prompt.shape[1]], prompt[i]):
+          row[f"{name}_{field}"] = float(value)
     for method in METHODS:
       if method in dice:
         row[f"dice_{method}"] = float(dice[method][i])
@@ -247,7 +249,7 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
     n = config.baselines.grid_size
     figures.dice_heatmap(workdir / "fig1_dice_heatmap.png", images[i], targets[i],
                          out["grid_dice"][i].reshape(n, n), out["grid_clicks"],
-                         out["initial_click"][i], title=f"{ids[i]}: Dice over click positions")
+                         out["initial_prompt"][i], title=f"{ids[i]}: Dice over click positions")
     written.append("fig1_dice_heatmap.png")
   r = {"score": metrics.pearson(out["initial_score"], dice["initial"]),
        "iou": metrics.pearson(out["initial_iou"], dice["initial"])}
@@ -259,7 +261,8 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
   start = int(out["best_start"][i])
   masks = out["snapshot_masks"][i]
   figures.trajectory(workdir / "fig5_trajectory.png", images[i], targets[i],
-                     out["clicks"][i, start], out["scores"][i, start], out["snapshot_steps"][i],
+                     predictor.prompt_anchor(out["prompts"][i, start]), out["scores"][i, start],
+                     out["snapshot_steps"][i],
                      masks, [metrics.dice(m, targets[i]) for m in masks],
                      title=f"{ids[i]}: Dice {dice['initial'][i]:.3f} -> {dice['evolved'][i]:.3f}")
   written.append("fig5_trajectory.png")
@@ -325,7 +328,7 @@ def run(config, workdir) -> dict:
   written = draw_figures(workdir, ids, images, targets, out, verdict, config)
   seconds["figures"] = time.time() - t0
   write_csv(workdir / "results.csv", results_rows(ids, out, verdict))
-  arrays = {k: out[k] for k in ("clicks", "scores", "ious", "nan_step", "best_start",
+  arrays = {k: out[k] for k in ("prompts", "scores", "ious", "nan_step", "best_start",
                                 "best_step", "grid_clicks", "grid_score", "grid_iou",
                                 "grid_dice") if k in out}
   files.write_npz(workdir / "trajectories.npz", dict(ids=np.asarray(ids), **arrays))

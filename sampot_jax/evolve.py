@@ -1,24 +1,29 @@
-"""SAMPOT: move a click by gradient ascent on the regressor's score of SAM's mask.
+"""SAMPOT: move a prompt by gradient ascent on the regressor's score of SAM's mask.
 
-The click (x, y) in original-image pixels is the only variable; SAM and the
-regressor are frozen (paper, sections 2.1 and 3.3). One step:
+The prompt is the only variable; SAM and the regressor are frozen (paper,
+sections 2.1 and 3.3). A prompt is one vector of original-image pixels
+(predictor.PROMPT_KINDS): a click (x, y) as in the paper, a box (x0, y0, x1, y1)
+as LiteMedSAM takes, or both (six values). One step:
 
-    low_res, iou = SAM decoder(embedding, click)          # embedding computed once
+    low_res, iou = SAM decoder(embedding, prompt)         # embedding computed once
     soft = sigmoid(slope * crop_valid(low_res))           # near-binary, differentiable
     score = regressor(image_small, soft)                  # predicted Dice
-    click <- clip(click + Adam(grad score))               # step size 10 px, no decay
+    prompt <- constrain(prompt + Adam(grad score))        # step size in pixels, no decay
 
-`evolve_prompts` runs `num_steps` steps with `lax.scan` inside one `jax.jit`,
-`vmap`ped over images and over starting points per image (the user's click and
-`num_starts - 1` jittered restarts). The best prompt is the highest-scoring click
-anywhere on any trajectory, not the last one. A step whose score or gradient is
-not finite stops that start (the click stays where it was; later scores are
-recorded as NaN) and is reported in `nan_step`; NaN never reaches the best prompt.
+`constrain` keeps every point inside the image and boxes ordered (x0 < x1,
+y0 < y1). `evolve_prompts` runs `num_steps` steps with `lax.scan` inside one
+`jax.jit`, `vmap`ped over images and over starting points per image (the user's
+prompt and `num_starts - 1` jittered restarts). The best prompt is the
+highest-scoring one anywhere on any trajectory, not the last one. A step whose
+score or gradient is not finite stops that start (the prompt stays where it was;
+later scores are recorded as NaN) and is reported in `nan_step`; NaN never
+reaches the best prompt. `Settings.objective = "iou"` ascends SAM's own IoU
+prediction instead of the regressor (a baseline).
 
 The soft mask is SAM's low-res logits cropped to the valid (unpadded) region,
 resized bilinearly to `image_small`'s size when they differ, then passed through
 the steep sigmoid: cheaper than SAM's full post-processing to 1024 and back, and
-differentiable all the way to the click.
+differentiable all the way to the prompt.
 """
 import dataclasses
 import functools
@@ -41,16 +46,19 @@ class Settings:
   """SAMPOT hyper-parameters (hashable: a static argument of the jitted core).
 
   Attributes:
-    num_steps: Adam updates; trajectories hold num_steps + 1 clicks.
+    num_steps: Adam updates; trajectories hold num_steps + 1 prompts.
     learning_rate: Adam step size in original-image pixels (paper: 10).
     weight_decay: AdamW decay (paper: 0, i.e. plain Adam).
     slope: steepness of sigmoid(slope * logits) that makes the mask near-binary.
-    num_starts: starting points per image: the given click + num_starts - 1
+    num_starts: starting points per image: the given prompt + num_starts - 1
       restarts jittered around it.
     restart_jitter: std of the restarts' offsets, pixels.
     seed: PRNG seed of the restarts.
     num_snapshots: masks kept along the best start's trajectory (Fig. 5): evenly
       spaced steps, the best step among them.
+    objective: "score" (the regressor's, SAMPOT) or "iou" (SAM's own IoU
+      prediction, a baseline without a regressor).
+    min_box_size: smallest box side, pixels, a step may leave.
   """
   num_steps: int = 40
   learning_rate: float = 10.0
@@ -60,8 +68,12 @@ class Settings:
   restart_jitter: float = 10.0
   seed: int = 0
   num_snapshots: int = 4
+  objective: str = "score"
+  min_box_size: float = 2.0
 
   def __post_init__(self):
+    if self.objective not in ("score", "iou"):
+      raise ValueError(f"evolve setting objective={self.objective!r} must be 'score' or 'iou'.")
     for name, ok, need in (
         ("num_steps", self.num_steps >= 0, ">= 0"),
         ("learning_rate", self.learning_rate > 0, "> 0"),
@@ -69,7 +81,8 @@ class Settings:
         ("slope", self.slope > 0, "> 0"),
         ("num_starts", self.num_starts >= 1, ">= 1"),
         ("restart_jitter", self.restart_jitter >= 0, ">= 0"),
-        ("num_snapshots", self.num_snapshots >= 1, ">= 1")):
+        ("num_snapshots", self.num_snapshots >= 1, ">= 1"),
+        ("min_box_size", self.min_box_size > 0, "> 0")):
       if not ok:
         raise ValueError(f"evolve setting {name}={getattr(self, name)!r} must be {need}.")
 
@@ -84,26 +97,27 @@ class EvolveResult:
   """Per image (B images, R starts, T = num_steps + 1 trajectory points).
 
   Attributes:
-    clicks: (B, R, T, 2) float32, (x, y) visited by each start.
-    scores: (B, R, T) float32 regressor score at each click (NaN once stopped).
-    ious: (B, R, T) float32 SAM's predicted IoU at each click.
+    prompts: (B, R, T, D) float32, the prompts visited by each start (D: 2 for a
+      click, 4 for a box, 6 for both; predictor.PROMPT_KINDS).
+    scores: (B, R, T) float32 regressor score at each prompt (NaN once stopped).
+    ious: (B, R, T) float32 SAM's predicted IoU at each prompt.
     nan_step: (B, R) int32, the step whose score or gradient was not finite
       (the start stopped there), -1 when none.
-    initial_click, best_click: (B, 2) float32.
+    initial_prompt, best_prompt: (B, D) float32.
     initial_score, best_score: (B,) float32.
     initial_iou, best_iou: (B,) float32.
     initial_mask, best_mask: (B, H, W) bool at the original size.
-    best_start, best_step: (B,) int32, where the best click lies.
+    best_start, best_step: (B,) int32, where the best prompt lies.
     snapshot_steps: (B, K) int32, increasing steps of the best start's trajectory,
       best_step among them (K = num_snapshots).
     snapshot_masks: (B, K, H, W) bool, the masks there.
   """
-  clicks: jax.Array
+  prompts: jax.Array
   scores: jax.Array
   ious: jax.Array
   nan_step: jax.Array
-  initial_click: jax.Array
-  best_click: jax.Array
+  initial_prompt: jax.Array
+  best_prompt: jax.Array
   initial_score: jax.Array
   best_score: jax.Array
   initial_iou: jax.Array
@@ -132,66 +146,75 @@ def soft_mask(low_res: jax.Array, frame: predictor.ImageFrame, img_size: int,
   return jax.nn.sigmoid(slope * logits)
 
 
-def click_score(click, embedding, image_small, sam_params, score_variables, *, sam_config,
-                frame, score_fn, slope, decode_fn=predictor.decode_clicks):
-  """One click on one image -> (score, SAM IoU), scalars; differentiable in `click`.
+def prompt_score(prompt, embedding, image_small, sam_params, score_variables, *, sam_config,
+                 frame, score_fn, slope, decode_fn=predictor.decode_prompts):
+  """One prompt on one image -> (score, SAM IoU), scalars; differentiable in `prompt`.
 
-  click (2,) (x, y) original pixels; embedding (g, g, C); image_small (S, S) in [0, 1].
+  prompt (D,) original pixels; embedding (g, g, C); image_small (S, S) in [0, 1].
   """
-  low_res, iou = decode_fn(
-      sam_params, embedding[None], click[None, None], jnp.ones((1, 1), jnp.int32), frame,
-      sam_config)
+  low_res, iou = decode_fn(sam_params, embedding[None], prompt[None], frame, sam_config)
   mask = soft_mask(low_res[0, 0], frame, sam_config.img_size, image_small.shape, slope)
   return score_fn(score_variables, image_small[None], mask[None])[0], iou[0, 0]
 
 
 def _evolve_start(start, embedding, image_small, sam_params, score_variables, *, sam_config,
                   frame, score_fn, settings, decode_fn):
-  """One start of one image -> (clicks (T, 2), scores (T,), ious (T,), nan_step ())."""
+  """One start of one image -> (prompts (T, D), scores (T,), ious (T,), nan_step ())."""
   score_iou = functools.partial(
-      click_score, embedding=embedding, image_small=image_small, sam_params=sam_params,
+      prompt_score, embedding=embedding, image_small=image_small, sam_params=sam_params,
       score_variables=score_variables, sam_config=sam_config, frame=frame, score_fn=score_fn,
       slope=settings.slope, decode_fn=decode_fn)
-  value_and_grad = jax.value_and_grad(score_iou, has_aux=True)
+  if settings.objective == "iou":  # SAM's own IoU head as the objective; the score is recorded
+    def objective(prompt):
+      score, iou = score_iou(prompt)
+      return iou, score
+  else:
+    objective = score_iou
+  value_and_grad = jax.value_and_grad(objective, has_aux=True)
   tx = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay)
-  upper = jnp.array(predictor.click_upper(frame.original_size), jnp.float32)
 
   def step(carry, _):
-    click, opt_state, alive = carry
-    (score, iou), grad = value_and_grad(click)
-    ok = jnp.isfinite(score) & jnp.all(jnp.isfinite(grad))
-    updates, new_state = tx.update(-grad, opt_state, click)  # ascent
+    prompt, opt_state, alive = carry
+    (value, aux), grad = value_and_grad(prompt)
+    score, iou = (aux, value) if settings.objective == "iou" else (value, aux)
+    ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+    updates, new_state = tx.update(-grad, opt_state, prompt)  # ascent
     moving = alive & ok
-    new_click = jnp.where(moving, jnp.clip(click + updates, 0.0, upper), click)
+    moved = predictor.constrain_prompts(prompt + updates, frame.original_size,
+                                        settings.min_box_size)
+    new_prompt = jnp.where(moving, moved, prompt)
     new_state = jax.tree.map(lambda n, o: jnp.where(moving, n, o), new_state, opt_state)
-    recorded = jnp.where(alive & jnp.isfinite(score), score, jnp.nan)
-    return (new_click, new_state, moving), (click, recorded, iou, alive & ~ok)
+    recorded = jnp.where(alive & jnp.isfinite(value), value, jnp.nan)
+    return (new_prompt, new_state, moving), (prompt, recorded, score, iou, alive & ~ok)
 
   start = start.astype(jnp.float32)
   carry = (start, tx.init(start), jnp.array(True))
   # num_steps + 1 evaluations: the update after the last one is computed and
   # dropped, which keeps a single copy of the decoder in the compiled program.
-  _, (clicks, scores, ious, failed) = jax.lax.scan(
+  _, (prompts, objective_values, scores, ious, failed) = jax.lax.scan(
       step, carry, None, length=settings.num_steps + 1)
   nan_step = jnp.where(failed.any(), jnp.argmax(failed), -1).astype(jnp.int32)
-  return clicks, scores, ious, nan_step
+  return prompts, objective_values, scores, ious, nan_step
 
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "score_fn", "settings",
                                              "decode_fn"))
-def _evolve_batch(sam_params, score_variables, embeddings, images_small, clicks, rng, *,
+def _evolve_batch(sam_params, score_variables, embeddings, images_small, prompts, rng, *,
                   sam_config, frame, score_fn, settings, decode_fn):
   """Everything but the masks, in one program (eager ops would each compile)."""
-  starts = starting_points(clicks, settings, frame.original_size, rng)
+  starts = starting_points(prompts, settings, frame.original_size, rng)
   one = functools.partial(_evolve_start, sam_config=sam_config, frame=frame,
                           score_fn=score_fn, settings=settings, decode_fn=decode_fn)
   per_image = jax.vmap(one, in_axes=(0, None, None, None, None))   # over starts
   batched = jax.vmap(per_image, in_axes=(0, 0, 0, None, None))     # over images
-  clicks, scores, ious, nan_step = batched(starts, embeddings, images_small, sam_params,
-                                           score_variables)
+  prompts, values, scores, ious, nan_step = batched(starts, embeddings, images_small,
+                                                   sam_params, score_variables)
+  # The best prompt by the objective (the score, or SAM's IoU for that baseline); stopped
+  # steps are NaN and never chosen.
+  scores = jnp.where(jnp.isnan(values), jnp.nan, scores)
   b, r, t = scores.shape
-  ranked = jnp.where(jnp.isfinite(scores), scores, -jnp.inf).reshape(b, r * t)
-  flat = jnp.argmax(ranked, axis=1)  # all -inf (no finite score) -> 0, the given click
+  ranked = jnp.where(jnp.isfinite(values), values, -jnp.inf).reshape(b, r * t)
+  flat = jnp.argmax(ranked, axis=1)  # all -inf (no finite value) -> 0, the given prompt
   best_start, best_step = flat // t, flat % t
   rows = jnp.arange(b)
   # Snapshots: evenly spaced steps, the nearest one moved onto the best step.
@@ -199,45 +222,46 @@ def _evolve_batch(sam_params, score_variables, embeddings, images_small, clicks,
   nearest = jnp.argmin(jnp.abs(even[None] - best_step[:, None]), axis=1)
   steps = jnp.sort(jnp.where(jnp.arange(settings.num_snapshots)[None] == nearest[:, None],
                              best_step[:, None], even[None]), axis=1).astype(jnp.int32)
-  return dict(clicks=clicks, scores=scores, ious=ious, nan_step=nan_step,
-              initial_click=clicks[:, 0, 0], best_click=clicks[rows, best_start, best_step],
+  return dict(prompts=prompts, scores=scores, ious=ious, nan_step=nan_step,
+              initial_prompt=prompts[:, 0, 0], best_prompt=prompts[rows, best_start, best_step],
               initial_score=scores[:, 0, 0], best_score=scores[rows, best_start, best_step],
               best_start=best_start.astype(jnp.int32), best_step=best_step.astype(jnp.int32),
-              snapshot_steps=steps, snapshot_clicks=clicks[rows[:, None], best_start[:, None],
-                                                           steps])
+              snapshot_steps=steps, snapshot_prompts=prompts[rows[:, None], best_start[:, None],
+                                                             steps])
 
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "decode_fn"))
-def _prompt_masks(sam_params, embeddings, initial_click, best_click, snapshot_clicks, *,
+def _prompt_masks(sam_params, embeddings, initial_prompt, best_prompt, snapshot_prompts, *,
                   sam_config, frame, decode_fn):
-  clicks = jnp.concatenate([initial_click[:, None], best_click[:, None], snapshot_clicks], 1)
-  masks, ious = predictor.click_masks_jit(sam_params, embeddings, clicks, sam_config=sam_config,
-                                           frame=frame, multimask_output=False,
-                                           decode_fn=decode_fn)
+  prompts = jnp.concatenate([initial_prompt[:, None], best_prompt[:, None], snapshot_prompts], 1)
+  masks, ious = predictor.prompt_masks_jit(sam_params, embeddings, prompts,
+                                           sam_config=sam_config, frame=frame,
+                                           multimask_output=False, decode_fn=decode_fn)
   return dict(initial_mask=masks[:, 0], best_mask=masks[:, 1], initial_iou=ious[:, 0],
               best_iou=ious[:, 1], snapshot_masks=masks[:, 2:])
 
 
-def starting_points(clicks, settings: Settings, original_size: tuple[int, int],
+def starting_points(prompts, settings: Settings, original_size: tuple[int, int],
                     rng: jax.Array | None = None) -> jax.Array:
-  """(B, 2) clicks -> (B, R, 2): each click, then R - 1 Gaussian-jittered restarts (clipped)."""
-  clicks = jnp.asarray(clicks, jnp.float32)
+  """(B, D) prompts -> (B, R, D): each prompt, then R - 1 restarts with every coordinate
+  jittered by N(0, restart_jitter) pixels (then constrained, see predictor.constrain_prompts)."""
+  prompts = jnp.asarray(prompts, jnp.float32)
   if settings.num_starts == 1:
-    return clicks[:, None]
+    return prompts[:, None]
   rng = jax.random.key(settings.seed) if rng is None else rng
   noise = settings.restart_jitter * jax.random.normal(
-      rng, (clicks.shape[0], settings.num_starts - 1, 2))
-  h, w = original_size
-  restarts = jnp.clip(clicks[:, None] + noise, 0.0, jnp.array([w - 1, h - 1], jnp.float32))
-  return jnp.concatenate([clicks[:, None], restarts], axis=1)
+      rng, (prompts.shape[0], settings.num_starts - 1, prompts.shape[1]))
+  restarts = predictor.constrain_prompts(prompts[:, None] + noise, original_size,
+                                         settings.min_box_size)
+  return jnp.concatenate([prompts[:, None], restarts], axis=1)
 
 
 def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: Callable,
                    score_variables, embeddings: jax.Array, frame: predictor.ImageFrame,
-                   images_small: jax.Array, clicks, settings: Settings = Settings(),
+                   images_small: jax.Array, prompts, settings: Settings = Settings(),
                    rng: jax.Array | None = None,
-                   decode_fn: Callable = predictor.decode_clicks) -> EvolveResult:
-  """Evolves one click per image; one compiled call for the whole batch.
+                   decode_fn: Callable = predictor.decode_prompts) -> EvolveResult:
+  """Evolves one prompt per image; one compiled call for the whole batch.
 
   Args:
     sam_params, sam_config: a SAM (sam.model); the config must match the params.
@@ -248,10 +272,11 @@ def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: 
     embeddings: (B, g, g, C) float32 from predictor.encode_images (or the cache).
     frame: the ImageFrame of the batch (predictor.encode_images, or predictor.frame_for).
     images_small: (B, S, S) float32 in [0, 1], the images as the scorer sees them.
-    clicks: (B, 2) (x, y) in original pixels, inside the image.
+    prompts: (B, D) in original pixels, inside the image: (x, y) clicks, (x0, y0, x1, y1)
+      boxes, or both (predictor.PROMPT_KINDS).
     settings: see Settings.
     rng: key for the restarts; default jax.random.key(settings.seed).
-    decode_fn: the promptable segmenter, with predictor.decode_clicks' signature
+    decode_fn: the promptable segmenter, with predictor.decode_prompts' signature
       and outputs (low-res logits of the padded frame, IoU); SAM by default.
       Another model plugs in here (the paper's plug-and-play claim; tests use an
       analytic one).
@@ -269,18 +294,20 @@ def evolve_prompts(sam_params, sam_config: ml_collections.ConfigDict, score_fn: 
   if not jnp.issubdtype(images_small.dtype, jnp.floating):
     raise ValueError(f"images_small has dtype {images_small.dtype}; pass float images in "
                      "[0, 1] (e.g. uint8 / 255).")
-  if np.shape(clicks) != (b, 2):
-    raise ValueError(f"clicks has shape {np.shape(clicks)}; expected ({b}, 2) (x, y), one "
-                     "per image.")
-  if getattr(clicks, "is_fully_addressable", True):
-    predictor.check_clicks(clicks, frame.original_size)
+  if np.ndim(prompts) != 2 or np.shape(prompts)[0] != b:
+    raise ValueError(f"prompts have shape {np.shape(prompts)}; expected ({b}, D): one (x, y) "
+                     "click, (x0, y0, x1, y1) box or both per image.")
+  kind = predictor.prompt_kind(np.shape(prompts)[1])
+  if getattr(prompts, "is_fully_addressable", True):
+    predictor.check_prompts(prompts, frame.original_size)
+  predictor.warn_if_untrained(sam_config, kind)
   frozen = ml_collections.FrozenConfigDict(sam_config)
   out = _evolve_batch(
       sam_params, score_variables, embeddings, jnp.asarray(images_small, jnp.float32),
-      jnp.asarray(clicks, jnp.float32), jax.random.key(settings.seed) if rng is None else rng,
+      jnp.asarray(prompts, jnp.float32), jax.random.key(settings.seed) if rng is None else rng,
       sam_config=frozen, frame=frame, score_fn=score_fn, settings=settings, decode_fn=decode_fn)
-  masks = _prompt_masks(sam_params, embeddings, out["initial_click"], out["best_click"],
-                        out.pop("snapshot_clicks"), sam_config=frozen, frame=frame,
+  masks = _prompt_masks(sam_params, embeddings, out["initial_prompt"], out["best_prompt"],
+                        out.pop("snapshot_prompts"), sam_config=frozen, frame=frame,
                         decode_fn=decode_fn)
   return EvolveResult(**masks, **out)
 

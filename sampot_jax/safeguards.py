@@ -5,8 +5,8 @@ initial one was right (Fig. 6). Three rules; `config.rules` names those in force
 
   score_gain    best_score - initial_score > min_score_gain (a NaN score fails)
   mask_overlap  Dice(evolved mask, initial mask) >= min_mask_dice
-  click_inside  the evolved click falls on a pixel of the initial mask
-                (nearest pixel centre: round(x), round(y), halves to even)
+  click_inside  the evolved click (a box: its centre) falls on a pixel of the initial
+                mask (nearest pixel centre: round(x), round(y), halves to even)
 
 The evolved prompt is accepted when every enabled rule passes; otherwise the
 initial prompt is kept. `report` says, per rule, how many degradations it
@@ -45,14 +45,14 @@ def enabled_rules(config) -> tuple[str, ...]:
 
 
 def check(config, initial_score, best_score, initial_masks, best_masks,
-          best_clicks) -> dict[str, np.ndarray]:
+          best_prompts) -> dict[str, np.ndarray]:
   """Each enabled rule's verdict per image.
 
   Args:
     config: config.safeguards, see sampot_jax.defaults.safeguards.
     initial_score, best_score: (N,) float regressor scores.
     initial_masks, best_masks: (N, H, W) bool at the original size.
-    best_clicks: (N, 2) (x, y) original pixels.
+    best_prompts: (N, D) original pixels (predictor.PROMPT_KINDS).
 
   Returns:
     {rule: (N,) bool, True = passes}, enabled rules only.
@@ -60,9 +60,9 @@ def check(config, initial_score, best_score, initial_masks, best_masks,
   initial_masks = np.asarray(initial_masks, bool)
   best_masks = np.asarray(best_masks, bool)
   n = initial_masks.shape[0]
-  if best_masks.shape != initial_masks.shape or np.shape(best_clicks) != (n, 2):
+  if best_masks.shape != initial_masks.shape or np.shape(best_prompts)[0] != n:
     raise ValueError(f"safeguards.check: masks {initial_masks.shape} / {best_masks.shape} and "
-                     f"clicks {np.shape(best_clicks)} must describe the same {n} images.")
+                     f"prompts {np.shape(best_prompts)} must describe the same {n} images.")
   passed = {}
   rules = enabled_rules(config)
   config = settings.typed(Safeguards, config, "config.safeguards")
@@ -74,7 +74,8 @@ def check(config, initial_score, best_score, initial_masks, best_masks,
       overlap = metrics.dice_rows(initial_masks, best_masks)
       passed[rule] = overlap >= config.min_mask_dice
     else:
-      x, y = predictor.click_pixels(best_clicks, initial_masks.shape[1:])
+      x, y = predictor.click_pixels(predictor.prompt_anchor(best_prompts),
+                                    initial_masks.shape[1:])
       passed[rule] = initial_masks[np.arange(n), y, x]
   return passed
 

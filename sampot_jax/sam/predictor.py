@@ -10,6 +10,7 @@ the pure, jit/vmap/grad-able core that SAMPOT differentiates with respect to the
 """
 import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -64,29 +65,10 @@ def click_pixels(clicks, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
 
 
 def check_clicks(clicks, original_size: tuple[int, int], ids=None) -> np.ndarray:
-  """Validates (B, 2) (x, y) clicks against an (H, W) image; returns them as float32.
-
-  Inside means 0 <= x <= W - 1 and 0 <= y <= H - 1 (pixel indices). `ids` name
-  the images in errors.
-  """
-  clicks = np.asarray(clicks, np.float64)
-  if clicks.ndim != 2 or clicks.shape[1] != 2:
-    raise ValueError(f"clicks has shape {clicks.shape}; expected (B, 2) as (x, y) pixels.")
-  name = lambda i: repr(ids[i]) if ids is not None else f"#{i}"
-  bad = ~np.isfinite(clicks).all(axis=1)
-  if bad.any():
-    i = int(np.argmax(bad))
-    raise ValueError(f"the click of image {name(i)} is {clicks[i].tolist()}; clicks must be "
-                     "finite (x, y) pixel coordinates.")
-  h, w = original_size
-  outside = outside_image(clicks, original_size)
-  if outside.any():
-    i = int(np.argmax(outside))
-    raise ValueError(
-        f"{int(outside.sum())} click(s) lie outside the {w}x{h} (W x H) image, e.g. image "
-        f"{name(i)} at (x, y) = {clicks[i].tolist()}; clicks are (x, y) with 0 <= x <= {w - 1}, "
-        f"0 <= y <= {h - 1}.")
-  return clicks.astype(np.float32)
+  """Validates (B, 2) (x, y) clicks (see check_prompts); returns them as float32."""
+  if np.ndim(clicks) != 2 or np.shape(clicks)[1] != 2:
+    raise ValueError(f"clicks has shape {np.shape(clicks)}; expected (B, 2) as (x, y) pixels.")
+  return check_prompts(clicks, original_size, ids)
 
 
 def encode_images(params, images, config, batch_size: int | None = None):
@@ -114,6 +96,112 @@ def decode_clicks(params, embeddings, points, labels, frame: ImageFrame, config,
                           multimask_output=multimask_output)
 
 
+# A prompt as one vector of original-image pixels, the variable SAMPOT moves: its length says
+# what it is. A box and a click together are the box's corners then the click.
+PROMPT_KINDS = {2: "click", 4: "box", 6: "box+click"}
+PROMPT_FIELDS = {2: ("x", "y"), 4: ("x0", "y0", "x1", "y1"), 6: ("x0", "y0", "x1", "y1", "x", "y")}
+
+
+def prompt_anchor(prompts):
+  """(..., D) prompts -> (..., 2): the click where there is one, else the box's centre."""
+  prompts = np.asarray(prompts)
+  if prompts.shape[-1] == 4:
+    return 0.5 * (prompts[..., 0:2] + prompts[..., 2:4])
+  return prompts[..., -2:]
+
+
+# Variants trained on one kind of prompt only: other prompts work but give poor masks.
+TRAINED_PROMPTS = {"lite_medsam": "box"}
+
+
+def warn_if_untrained(config, kind: str) -> None:
+  """A logged warning when `kind` prompts go to a variant trained without them."""
+  trained = TRAINED_PROMPTS.get(config.get("variant"))
+  if trained and trained not in kind:
+    logging.warning("%s was trained on %s prompts only; %s prompts give it poor masks (LiteMedSAM: "
+                    "Dice about 0.01 from a lung click). Prompt it with boxes.",
+                    config.variant, trained, kind)
+
+
+def prompt_kind(dim: int) -> str:
+  if dim not in PROMPT_KINDS:
+    raise ValueError(f"a prompt vector has {dim} values; expected 2 (x, y), 4 (x0, y0, x1, y1) "
+                     "or 6 (a box then a click).")
+  return PROMPT_KINDS[dim]
+
+
+def decode_prompts(params, embeddings, prompts, frame: ImageFrame, config,
+                   multimask_output: bool = False):
+  """Prompt vectors (B, D) in original pixels (see PROMPT_KINDS) -> low-res logits (B, M, L, L),
+  IoU predictions (B, M). Pure and differentiable with respect to `prompts` (click and box
+  corners alike): SAMPOT's decoder."""
+  prompts = jnp.asarray(prompts)
+  prompts = prompts.astype(jnp.promote_types(prompts.dtype, jnp.float32))
+  kind = prompt_kind(prompts.shape[-1])
+  proc = processing.processing_for(config)
+  points = labels = boxes = None
+  if kind in ("box", "box+click"):
+    boxes = proc.apply_boxes(prompts[:, :4], frame.original_size, config.img_size)
+  if kind in ("click", "box+click"):
+    points = proc.apply_coords(prompts[:, None, -2:], frame.original_size, config.img_size)
+    labels = jnp.ones(points.shape[:2], jnp.int32)
+  return sam_model.decode(params, embeddings, config, points=points, labels=labels, boxes=boxes,
+                          multimask_output=multimask_output)
+
+
+def check_prompts(prompts, original_size: tuple[int, int], ids=None) -> np.ndarray:
+  """Validates (B, D) prompt vectors against an (H, W) image; returns them as float32.
+
+  Clicks and box corners must be finite and inside the image (`click_upper`); boxes must have
+  x0 < x1 and y0 < y1. `ids` name the images in errors (else the row number).
+  """
+  prompts = np.asarray(prompts, np.float64)
+  if prompts.ndim != 2:
+    raise ValueError(f"prompts have shape {prompts.shape}; expected (B, D), one row per image.")
+  kind = prompt_kind(prompts.shape[1])
+  name = lambda i: repr(ids[i]) if ids is not None else f"#{i}"
+  what = {"click": "click (x, y)", "box": "box (x0, y0, x1, y1)",
+          "box+click": "prompt (x0, y0, x1, y1, x, y)"}[kind]
+  bad = ~np.isfinite(prompts).all(axis=1)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f"the {what} of image {name(i)} is {prompts[i].tolist()}; prompts must be "
+                     "finite pixel coordinates.")
+  h, w = original_size
+  x_max, y_max = click_upper(original_size)
+  outside = outside_image(prompts.reshape(len(prompts), -1, 2), original_size).any(axis=1)
+  if outside.any():
+    i = int(np.argmax(outside))
+    raise ValueError(
+        f"{int(outside.sum())} {what}(s) lie outside the {w}x{h} (W x H) image, e.g. image "
+        f"{name(i)}: {prompts[i].tolist()}; coordinates are pixels with 0 <= x <= {x_max:g}, "
+        f"0 <= y <= {y_max:g}.")
+  if kind != "click":
+    unordered = (prompts[:, 2] <= prompts[:, 0]) | (prompts[:, 3] <= prompts[:, 1])
+    if unordered.any():
+      i = int(np.argmax(unordered))
+      raise ValueError(f"the box of image {name(i)} is {prompts[i, :4].tolist()}: it needs "
+                       "x0 < x1 and y0 < y1 (top-left corner first).")
+  return prompts.astype(np.float32)
+
+
+def constrain_prompts(prompts: jax.Array, original_size: tuple[int, int],
+                      min_box_size: float = 1.0) -> jax.Array:
+  """(..., D) prompts moved to the nearest valid ones: inside the image, boxes ordered with
+  sides >= min_box_size (a side that shrank below it is re-centred at that size). jit-able."""
+  kind = prompt_kind(prompts.shape[-1])
+  upper = jnp.array(click_upper(original_size), prompts.dtype)
+  out = jnp.clip(prompts, 0.0, jnp.tile(upper, prompts.shape[-1] // 2))
+  if kind == "click":
+    return out
+  lo, hi = out[..., 0:2], out[..., 2:4]
+  mid = 0.5 * (lo + hi)
+  half = 0.5 * jnp.maximum(hi - lo, min_box_size)
+  mid = jnp.clip(mid, half, upper - half)  # a minimal box near an edge stays inside
+  box = jnp.concatenate([mid - half, mid + half], axis=-1)
+  return jnp.concatenate([box, out[..., 4:]], axis=-1)
+
+
 def _check_prompts(points, labels, boxes, frame: ImageFrame):
   h, w = frame.original_size
   if points is not None:
@@ -136,10 +224,15 @@ def _check_prompts(points, labels, boxes, frame: ImageFrame):
     boxes = np.asarray(boxes, np.float64)
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
       raise ValueError(f"boxes has shape {boxes.shape}; expected (B, 4) as (x0, y0, x1, y1).")
-    bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-    if bad.any():
-      raise ValueError(f"box {boxes[np.argmax(bad)].tolist()} has x1 < x0 or y1 < y0; boxes are "
-                       "(x0, y0, x1, y1) with the top-left corner first.")
+    for row, box in enumerate(boxes):
+      if not np.isfinite(box).all():
+        raise ValueError(f"box of row {row} is {box.tolist()}; corners must be finite pixels.")
+      if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"box of row {row} is {box.tolist()}: it has x1 < x0 or y1 < y0; boxes "
+                         "are (x0, y0, x1, y1) with the top-left corner first.")
+      if outside_image(box.reshape(2, 2), frame.original_size).any():
+        raise ValueError(f"box of row {row} is {box.tolist()}: it reaches outside the {w}x{h} "
+                         "(W x H) image; corners are pixels inside it.")
 
 
 def predict(params, embeddings, frame: ImageFrame, config, points=None, labels=None, boxes=None,
@@ -153,6 +246,8 @@ def predict(params, embeddings, frame: ImageFrame, config, points=None, labels=N
   if points is None and boxes is None and mask_input is None:
     raise ValueError("predict needs at least one prompt: points, boxes or mask_input.")
   _check_prompts(points, labels, boxes, frame)
+  if boxes is None and points is not None:
+    warn_if_untrained(config, "click")
   proc = processing.processing_for(config)
   model_points = None if points is None else proc.apply_coords(
       np.asarray(points), frame.original_size, config.img_size)
@@ -171,12 +266,13 @@ def predict(params, embeddings, frame: ImageFrame, config, points=None, labels=N
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "multimask_output",
                                              "decode_fn"))
-def click_masks_jit(sam_params, embeddings, clicks, *, sam_config, frame, multimask_output,
-                 decode_fn=decode_clicks):
-  b, k = clicks.shape[:2]
-  low_res, iou = decode_fn(
-      sam_params, jnp.repeat(embeddings, k, axis=0), clicks.reshape(b * k, 1, 2),
-      jnp.ones((b * k, 1), jnp.int32), frame, sam_config, multimask_output=multimask_output)
+def prompt_masks_jit(sam_params, embeddings, prompts, *, sam_config, frame, multimask_output,
+                     decode_fn=decode_prompts):
+  """`prompt_masks`' compiled core (sam_config frozen)."""
+  b, k, d = prompts.shape
+  low_res, iou = decode_fn(sam_params, jnp.repeat(embeddings, k, axis=0),
+                           prompts.reshape(b * k, d), frame, sam_config,
+                           multimask_output=multimask_output)
   logits = processing.processing_for(sam_config).postprocess_masks(
       low_res, frame.input_size, frame.original_size, sam_config.img_size)
   masks = (logits > MASK_THRESHOLD).reshape((b, k) + logits.shape[1:])
@@ -184,18 +280,19 @@ def click_masks_jit(sam_params, embeddings, clicks, *, sam_config, frame, multim
   return (masks, iou) if multimask_output else (masks[:, :, 0], iou[:, :, 0])
 
 
-def click_masks(sam_params, sam_config, embeddings: jax.Array, frame: ImageFrame,
-                clicks: jax.Array, multimask_output: bool = False,
-                decode_fn=decode_clicks):
-  """SAM's hard masks at the original size for K single clicks per image (jitted).
+def prompt_masks(sam_params, sam_config, embeddings: jax.Array, frame: ImageFrame,
+                 prompts: jax.Array, multimask_output: bool = False,
+                 decode_fn=decode_prompts):
+  """Hard masks at the original size for K prompt vectors per image (jitted): several clicks,
+  or several boxes, per image.
 
   Args:
-    embeddings: (B, g, g, C); clicks: (B, K, 2) (x, y) original pixels.
+    embeddings: (B, g, g, C); prompts: (B, K, D) original pixels (see PROMPT_KINDS).
 
   Returns:
     masks (B, K, H, W) bool and IoU predictions (B, K); with multimask_output
     (B, K, M, H, W) and (B, K, M).
   """
-  return click_masks_jit(sam_params, embeddings, jnp.asarray(clicks, jnp.float32),
-                      sam_config=ml_collections.FrozenConfigDict(sam_config), frame=frame,
-                      multimask_output=multimask_output, decode_fn=decode_fn)
+  return prompt_masks_jit(sam_params, embeddings, jnp.asarray(prompts, jnp.float32),
+                          sam_config=ml_collections.FrozenConfigDict(sam_config), frame=frame,
+                          multimask_output=multimask_output, decode_fn=decode_fn)
