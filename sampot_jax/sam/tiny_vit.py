@@ -5,7 +5,8 @@ Module and parameter names mirror the PyTorch state_dict of `tiny_vit_sam.py`
 `image_encoder/layers_1/blocks_0/attn/qkv/kernel`), so the port in `ports/sam.py` stays a table.
 
 The model is frozen, so BatchNorm is inference-only: its running statistics are ordinary
-parameters next to its weight and bias (one `params` tree, no `batch_stats` collection).
+parameters next to its weight and bias (one `params` tree, no `batch_stats` collection), and
+it is folded into the conv before it.
 
 Layout of the encoder (NHWC throughout):
 
@@ -40,27 +41,40 @@ LN_EPSILON = 1e-5  # torch.nn.LayerNorm default, as the TinyViT attention and ML
 
 
 class BatchNorm(nn.Module):
-  """Inference BatchNorm2d over the channels of an NHWC map: (x - mean) / sqrt(var + eps) * w + b.
+  """Inference BatchNorm2d's parameters, as the per-channel affine map it is when frozen.
 
-  Computed in float32 (it is elementwise and cheap), returned in `dtype`.
+  (x - mean) / sqrt(var + eps) * weight + bias = x * scale + shift; float32.
   """
-  dtype: Dtype = jnp.float32
   epsilon: float = BN_EPSILON
 
   @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    weight = self.param("weight", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    mean = self.param("running_mean", nn.initializers.zeros, (c,))
-    var = self.param("running_var", nn.initializers.ones, (c,))
+  def __call__(self, channels: int):
+    weight = self.param("weight", nn.initializers.ones, (channels,))
+    bias = self.param("bias", nn.initializers.zeros, (channels,))
+    mean = self.param("running_mean", nn.initializers.zeros, (channels,))
+    var = self.param("running_var", nn.initializers.ones, (channels,))
     scale = weight * jax.lax.rsqrt(var + self.epsilon)
-    y = (x.astype(jnp.float32) - mean) * scale + bias
-    return y.astype(self.dtype)
+    return scale, bias - mean * scale
+
+
+class ConvKernel(nn.Module):
+  """A bias-free conv's weight only (torch `c.weight`, HWIO here); Conv2dBN applies it."""
+  shape: tuple[int, int, int, int]
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", nn.initializers.lecun_normal(), self.shape)
 
 
 class Conv2dBN(nn.Module):
-  """torch's Conv2d_BN: a bias-free conv `c` (optionally depthwise) and a BatchNorm `bn`."""
+  """torch's Conv2d_BN: a bias-free conv `c` (optionally depthwise), then a BatchNorm `bn`.
+
+  The BatchNorm is folded into the conv, as torch's Conv2d_BN.fuse does for inference: the
+  kernel is scaled per output channel in float32 and the shift added to the float32 result,
+  rounded to `dtype` once. LiteMedSAM's running means lie up to 21 running standard deviations
+  from 0, so a BatchNorm applied to bfloat16-rounded conv outputs cancels their leading digits;
+  folded, the bfloat16 embedding's max error fell from 13.6% to 10.5% of its largest value.
+  """
   features: int
   kernel: int = 1
   stride: int = 1
@@ -69,16 +83,24 @@ class Conv2dBN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    pad = self.kernel // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                padding=((pad, pad), (pad, pad)), use_bias=False,
-                feature_group_count=x.shape[-1] if self.depthwise else 1,
-                dtype=self.dtype, name="c")(x)
-    return BatchNorm(self.dtype, name="bn")(x)
+    k, pad = self.kernel, self.kernel // 2
+    groups = x.shape[-1] if self.depthwise else 1
+    weight = ConvKernel((k, k, x.shape[-1] // groups, self.features), name="c")()
+    scale, shift = BatchNorm(name="bn")(self.features)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), (weight * scale).astype(self.dtype), (self.stride, self.stride),
+        ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups, preferred_element_type=jnp.float32)
+    return (y + shift).astype(self.dtype)
 
 
 class PatchEmbed(nn.Module):
-  """Two Conv2d_BN with a GELU between them: (B, H, W, 3) -> (B, H/s^2, W/s^2, embed_dim)."""
+  """Two Conv2d_BN with a GELU between them: (B, H, W, 3) -> (B, H/s^2, W/s^2, embed_dim).
+
+  The first conv reads the pixels and runs in float32 whatever `dtype` is: it has 3 input
+  channels, so it costs little, and rounding the pixels and its output to bfloat16 made a
+  quarter of the bfloat16 encoder's error on LiteMedSAM (embedding rms 6.3% -> 4.8% of float32).
+  """
   embed_dim: int
   kernel: int = 1
   stride: int = 1
@@ -86,8 +108,8 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = Conv2dBN(self.embed_dim // 2, self.kernel, self.stride, dtype=self.dtype, name="seq_0")(x)
-    x = gelu(x)  # seq.1
+    x = Conv2dBN(self.embed_dim // 2, self.kernel, self.stride, dtype=jnp.float32, name="seq_0")(x)
+    x = gelu(x.astype(self.dtype))  # seq.1, from here on in `dtype`
     return Conv2dBN(self.embed_dim, self.kernel, self.stride, dtype=self.dtype, name="seq_2")(x)
 
 
@@ -280,7 +302,7 @@ class TinyViT(nn.Module):
           f"one merge stride between stages; got embed_dims={self.embed_dims}, num_heads="
           f"{self.num_heads}, window_sizes={self.window_sizes}, merge_strides={self.merge_strides}")
     x = PatchEmbed(self.embed_dims[0], self.stem_kernel, self.stem_stride, dtype=self.dtype,
-                   name="patch_embed")(pixels.astype(self.dtype))
+                   name="patch_embed")(pixels.astype(jnp.float32))
     for i in range(stages):
       out_dim = self.embed_dims[i + 1] if i < stages - 1 else None
       stride = self.merge_strides[i] if i < stages - 1 else 1
