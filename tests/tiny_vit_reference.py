@@ -51,8 +51,10 @@ def official_tiny_vit_sam(config, seed: int = 0, noise: float = 0.02,
 
   Seeded noise on every floating tensor; BatchNorm weight 1 + N(0, 0.2^2) (the MBConv's conv3
   starts at 0), bias and running_mean N(0, 0.1^2), running_var U(0.5, 2); attention bias tables
-  N(0, 0.5^2), of the size a trained table has, so that dropping them shows. The model is put in
-  eval mode after the noise: the wheel's Attention caches its bias table (`ab`) in eval().
+  N(0, 0.5^2), of the size a trained table has; the encoder's Linear weights N(0, 1/fan_in)
+  rather than TinyViT's init (std 0.02), under which attention logits are all near 0 and the
+  attention branch is too faint for a missing bias table to show. The model is put in eval
+  mode after the noise: the wheel's Attention caches its bias table (`ab`) in eval().
   """
   assert config.encoder == "tiny_vit" and config.prompt_embed_dim == 256, (
       "the wheel's TinyViT neck is 256 wide")
@@ -107,6 +109,8 @@ def official_tiny_vit_sam(config, seed: int = 0, noise: float = 0.02,
           tensor.normal_(0.0, 0.1)
         elif key.endswith(".attention_biases"):
           tensor.normal_(0.0, 0.5)
+        elif key.startswith("image_encoder.") and tensor.ndim == 2:  # attention and MLP Linears
+          tensor.normal_(0.0, tensor.shape[1] ** -0.5)
         else:
           tensor.add_(torch.randn_like(tensor) * noise)
   return Reference(model.eval(), res[-1], tuple(adjusted))
