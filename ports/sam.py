@@ -1,6 +1,9 @@
 """Port an official SAM checkpoint (`sam_vit_b_01ec64.pth`, ...) to a Flax/Orbax checkpoint.
 
     python -m ports.sam --checkpoint sam_vit_b_01ec64.pth --out DIR [--variant vit_b]
+    python -m ports.sam --checkpoint lite_medsam.pth --out DIR --variant lite_medsam
+
+TinyViT checkpoints (LiteMedSAM, MobileSAM) share the prompt encoder and mask decoder rows.
 
 The Flax modules carry the PyTorch names, so the port is one table: each torch module path, its
 kind, and from the kind the parameter renames and transposes. Torch is never imported.
@@ -56,7 +59,10 @@ def _neck_table(ie: str) -> list[tuple[str, str]]:
 
 
 def tiny_vit_encoder_table(config, ie: str = "image_encoder") -> list[tuple[str, str]]:
-  """The TinyViT image encoder's rows (tiny_vit.py); Conv2d_BN is a conv `c` and a BatchNorm `bn`."""
+  """The TinyViT image encoder's rows (tiny_vit.py); a Conv2d_BN is a conv `c` and a BatchNorm `bn`.
+
+  num_batches_tracked keys are in `ignored_keys`.
+  """
   conv_bn = lambda p: [(f"{p}.c", "conv_nobias"), (f"{p}.bn", "batch_norm")]
   rows = conv_bn(f"{ie}.patch_embed.seq.0") + conv_bn(f"{ie}.patch_embed.seq.2")
   stages = len(config.depths)

@@ -103,11 +103,13 @@ def test_cli_reports_a_clear_error_for_a_non_checkpoint(tmp_path, capsys):
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("given, fits", [("lite_medsam", "vit_b"), ("vit_b", "lite_medsam"),
-                                         ("lite_medsam", "mobile_sam"), ("mobile_sam", "lite_medsam")])
+@pytest.mark.parametrize("given, fits", [
+    ("lite_medsam", "vit_b"), ("vit_b", "lite_medsam"),
+    ("lite_medsam", "mobile_sam"), ("mobile_sam", "lite_medsam")])
 def test_vit_and_tiny_vit_checkpoints_name_the_variant_that_fits(given, fits):
   with pytest.raises(port_sam.PortError) as e:
-    port_sam.port_state_dict(fake_state_dict(sam_model.sam_config(fits)), sam_model.sam_config(given))
+    port_sam.port_state_dict(fake_state_dict(sam_model.sam_config(fits)),
+                             sam_model.sam_config(given))
   assert f"a {fits} checkpoint: select variant '{fits}'" in str(e.value), str(e.value)
 
 

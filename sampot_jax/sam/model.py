@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sampot_jax.sam import tiny_vit
 from sampot_jax.sam.image_encoder import ImageEncoderViT
 from sampot_jax.sam.mask_decoder import MaskDecoder
 from sampot_jax.sam.prompt_encoder import PromptEncoder
-from sampot_jax.sam import tiny_vit
 
 # Encoder sizes of the three official checkpoints (build_sam.py).
 VARIANTS = {
@@ -55,10 +55,11 @@ def sam_config(variant: str = "vit_b", **overrides) -> ml_collections.ConfigDict
   if config.encoder == "tiny_vit":
     stride = tiny_vit.total_stride(config.stem_stride, config.merge_strides)
     if overrides.get("patch_size", stride) != stride:
-      raise ValueError(f"A TinyViT's patch_size is stem_stride**2 * prod(merge_strides) = {stride}, "
-                       f"not {overrides['patch_size']}.")
+      raise ValueError(f"A TinyViT's patch_size is stem_stride**2 * prod(merge_strides) = "
+                       f"{stride}, not {overrides['patch_size']}.")
     if config.img_size % stride:
-      raise ValueError(f"TinyViT img_size {config.img_size} is not a multiple of its stride {stride}.")
+      raise ValueError(
+          f"TinyViT img_size {config.img_size} is not a multiple of its stride {stride}.")
     config.patch_size = stride
   return config
 
