@@ -1,6 +1,9 @@
 """Port an official SAM checkpoint (`sam_vit_b_01ec64.pth`, ...) to a Flax/Orbax checkpoint.
 
     python -m ports.sam --checkpoint sam_vit_b_01ec64.pth --out DIR [--variant vit_b]
+    python -m ports.sam --checkpoint lite_medsam.pth --out DIR --variant lite_medsam
+
+TinyViT checkpoints (LiteMedSAM, MobileSAM) share the prompt encoder and mask decoder rows.
 
 The Flax modules carry the PyTorch names, so the port is one table: each torch module path, its
 kind, and from the kind the parameter renames and transposes. Torch is never imported.
@@ -28,14 +31,18 @@ KINDS = {
     "layer_norm": {"weight": ("scale", None), "bias": ("bias", None)},
     "layer_norm_2d": {"weight": ("weight", None), "bias": ("bias", None)},
     "embedding": {"weight": ("embedding", None)},
+    # Inference BatchNorm: running statistics are parameters (tiny_vit.BatchNorm). A None leaf is
+    # a key consumed and ignored on purpose (torch's training counter), required or not.
+    "batch_norm": {"weight": ("weight", None), "bias": ("bias", None),
+                   "running_mean": ("running_mean", None), "running_var": ("running_var", None),
+                   "num_batches_tracked": (None, None)},
     # A bare parameter or buffer: the torch key is the full name.
     "tensor": {"": ("", None)},
 }
 
 
-def module_table(config) -> list[tuple[str, str]]:
-  """(torch module path, kind) for every module with parameters, in state_dict order."""
-  ie, pe, md = "image_encoder", "prompt_encoder", "mask_decoder"
+def vit_encoder_table(config, ie: str = "image_encoder") -> list[tuple[str, str]]:
+  """The ViT image encoder's rows (image_encoder.py)."""
   rows = [(f"{ie}.pos_embed", "tensor"), (f"{ie}.patch_embed.proj", "conv")]
   for i in range(config.depth):
     b = f"{ie}.blocks.{i}"
@@ -43,8 +50,53 @@ def module_table(config) -> list[tuple[str, str]]:
              (f"{b}.attn.rel_pos_w", "tensor"), (f"{b}.attn.qkv", "linear"),
              (f"{b}.attn.proj", "linear"), (f"{b}.norm2", "layer_norm"),
              (f"{b}.mlp.lin1", "linear"), (f"{b}.mlp.lin2", "linear")]
-  rows += [(f"{ie}.neck.0", "conv_nobias"), (f"{ie}.neck.1", "layer_norm_2d"),
-           (f"{ie}.neck.2", "conv_nobias"), (f"{ie}.neck.3", "layer_norm_2d")]
+  return rows + _neck_table(ie)
+
+
+def _neck_table(ie: str) -> list[tuple[str, str]]:
+  return [(f"{ie}.neck.0", "conv_nobias"), (f"{ie}.neck.1", "layer_norm_2d"),
+          (f"{ie}.neck.2", "conv_nobias"), (f"{ie}.neck.3", "layer_norm_2d")]
+
+
+def tiny_vit_encoder_table(config, ie: str = "image_encoder") -> list[tuple[str, str]]:
+  """The TinyViT image encoder's rows (tiny_vit.py); a Conv2d_BN is a conv `c` and a BatchNorm `bn`.
+
+  num_batches_tracked keys are in `ignored_keys`.
+  """
+  conv_bn = lambda p: [(f"{p}.c", "conv_nobias"), (f"{p}.bn", "batch_norm")]
+  rows = conv_bn(f"{ie}.patch_embed.seq.0") + conv_bn(f"{ie}.patch_embed.seq.2")
+  stages = len(config.depths)
+  for i in range(stages):
+    layer = f"{ie}.layers.{i}"
+    for j in range(config.depths[i]):
+      b = f"{layer}.blocks.{j}"
+      if i == 0:
+        rows += conv_bn(f"{b}.conv1") + conv_bn(f"{b}.conv2") + conv_bn(f"{b}.conv3")
+      else:
+        rows += [(f"{b}.attn.attention_biases", "tensor"), (f"{b}.attn.norm", "layer_norm"),
+                 (f"{b}.attn.qkv", "linear"), (f"{b}.attn.proj", "linear"),
+                 (f"{b}.mlp.norm", "layer_norm"), (f"{b}.mlp.fc1", "linear"),
+                 (f"{b}.mlp.fc2", "linear")] + conv_bn(f"{b}.local_conv")
+    if i < stages - 1:
+      d = f"{layer}.downsample"
+      rows += conv_bn(f"{d}.conv1") + conv_bn(f"{d}.conv2") + conv_bn(f"{d}.conv3")
+  return rows + _neck_table(ie)
+
+
+# Keys that some checkpoints of an encoder family carry for modules SAM never runs; consumed and
+# ignored when present. MobileSAM's TinyViT keeps its ImageNet classifier (norm_head, head).
+OPTIONAL_IGNORED = {
+    "vit": (),
+    "tiny_vit": ("image_encoder.norm_head.weight", "image_encoder.norm_head.bias",
+                 "image_encoder.head.weight", "image_encoder.head.bias"),
+}
+
+
+def module_table(config) -> list[tuple[str, str]]:
+  """(torch module path, kind) for every module with parameters, in state_dict order."""
+  pe, md = "prompt_encoder", "mask_decoder"
+  encoder = {"vit": vit_encoder_table, "tiny_vit": tiny_vit_encoder_table}[config.encoder]
+  rows = encoder(config)
 
   rows += [(f"{pe}.pe_layer.positional_encoding_gaussian_matrix", "tensor")]
   rows += [(f"{pe}.point_embeddings.{i}", "embedding") for i in range(4)]
@@ -89,22 +141,61 @@ def key_table(config) -> list[tuple[str, tuple[str, ...], tuple[int, ...] | None
   table = []
   for module, kind in module_table(config):
     for torch_leaf, (flax_leaf, perm) in KINDS[kind].items():
+      if flax_leaf is None:
+        continue  # ignored_keys
       key = f"{module}.{torch_leaf}" if torch_leaf else module
       path = flax_path(module) + ((flax_leaf,) if flax_leaf else ())
       table.append((key, path, perm))
   return table
 
 
+def ignored_keys(config) -> list[str]:
+  """torch keys consumed and ignored on purpose (BatchNorm's num_batches_tracked, ...)."""
+  keys = [f"{module}.{torch_leaf}" for module, kind in module_table(config)
+          for torch_leaf, (flax_leaf, _) in KINDS[kind].items() if flax_leaf is None]
+  return keys + list(OPTIONAL_IGNORED[config.encoder])
+
+
+def _stage_count(state_dict, prefix: str) -> int:
+  """How many distinct indices follow `prefix` ('image_encoder.blocks.' -> the ViT depth)."""
+  return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
 def guess_variant(state_dict) -> str | None:
-  """The official variant whose encoder width and depth this state_dict has, if any."""
+  """The official variant whose encoder sizes this state_dict has, if any.
+
+  ViT: width and depth. TinyViT: stem kernel, stage widths and depths.
+  """
   proj = state_dict.get("image_encoder.patch_embed.proj.weight")
-  if proj is None:
+  stem = state_dict.get("image_encoder.patch_embed.seq.0.c.weight")
+  if proj is not None:
+    sizes = {"encoder": "vit", "embed_dim": proj.shape[0],
+             "depth": _stage_count(state_dict, "image_encoder.blocks.")}
+  elif stem is not None:
+    stages = _stage_count(state_dict, "image_encoder.layers.")
+    depths = tuple(_stage_count(state_dict, f"image_encoder.layers.{i}.blocks.")
+                   for i in range(stages))
+    widths = [state_dict.get(f"image_encoder.layers.{i}.downsample.conv1.c.weight")
+              for i in range(stages - 1)]
+    if any(w is None for w in widths) or not widths:
+      return None
+    sizes = {"encoder": "tiny_vit", "stem_kernel": stem.shape[-1], "depths": depths,
+             "embed_dims": tuple([widths[0].shape[1]] + [w.shape[0] for w in widths])}
+  else:
     return None
-  depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
-  for name, sizes in sam_model.VARIANTS.items():
-    if sizes["embed_dim"] == proj.shape[0] and sizes["depth"] == depth:
+  for name, variant in sam_model.VARIANTS.items():
+    variant = {"encoder": "vit", **variant}
+    if all(v == variant.get(k) for k, v in sizes.items()):
       return name
   return None
+
+
+def describe(config) -> str:
+  """The encoder sizes that tell the variants apart, for error messages."""
+  if config.encoder == "tiny_vit":
+    return (f"TinyViT embed_dims={tuple(config.embed_dims)}, depths={tuple(config.depths)}, "
+            f"stem_kernel={config.stem_kernel}")
+  return f"embed_dim={config.embed_dim}, depth={config.depth}"
 
 
 class PortError(ValueError):
@@ -132,10 +223,9 @@ def port_state_dict(state_dict: dict, config) -> dict:
                        f"model expects {tuple(expected[path].shape)} after transpose {perm}")
       continue
     flat[path] = value.astype(np.float32)
-  unknown = sorted(set(state_dict) - {key for key, _, _ in table})
+  unknown = sorted(set(state_dict) - {key for key, _, _ in table} - set(ignored_keys(config)))
   if missing or misshaped or unknown:
-    lines = [f"The checkpoint does not fit SAM variant {config.variant!r} "
-             f"(embed_dim={config.embed_dim}, depth={config.depth}):"]
+    lines = [f"The checkpoint does not fit SAM variant {config.variant!r} ({describe(config)}):"]
     for title, items in (("missing", missing), ("mis-shaped", misshaped), ("unknown", unknown)):
       if items:
         lines.append(f"  {len(items)} {title} key(s): " + "; ".join(items[:20])
@@ -145,7 +235,8 @@ def port_state_dict(state_dict: dict, config) -> dict:
       lines.append(f"  This checkpoint is a {guess} checkpoint: select variant {guess!r} "
                    f"(--variant {guess} or --config.sam.variant={guess}).")
     elif not guess:
-      lines.append("  It matches no official variant (vit_b, vit_l, vit_h); is it a SAM checkpoint?")
+      lines.append(f"  It matches no official variant ({', '.join(sam_model.VARIANTS)}); "
+                   "is it a SAM checkpoint?")
     raise PortError("\n".join(lines))
   return traverse_util.unflatten_dict(flat)
 

