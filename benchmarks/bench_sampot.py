@@ -91,7 +91,7 @@ class Setup:
   def jax_step_fn(self):
     """A jitted single step for image 0: (click (2,), opt_state) -> (click, opt_state, score)."""
     score_iou = functools.partial(
-        evolve.click_score, embedding=self.emb_j[0], image_small=self.images_j[0],
+        evolve.prompt_score, embedding=self.emb_j[0], image_small=self.images_j[0],
         sam_params=self.params, score_variables=self.variables, sam_config=self.config,
         frame=self.frame, score_fn=self.score_fn, slope=SLOPE)
     tx = optax.adam(LEARNING_RATE)

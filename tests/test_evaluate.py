@@ -114,7 +114,7 @@ def test_judge_picks_methods_from_the_maps():
   grid = baselines.grid_clicks((8, 8), 2)  # (1.5, 1.5), (5.5, 1.5), (1.5, 5.5), (5.5, 5.5)
   out = dict(initial_mask=initial, best_mask=best, multimask_mask=~target,
              initial_score=np.array([0.4]), best_score=np.array([0.5]),
-             initial_click=np.array([[3.0, 3.0]]), best_click=np.array([[3.0, 4.0]]),
+             initial_prompt=np.array([[3.0, 3.0]]), best_prompt=np.array([[3.0, 4.0]]),
              grid_clicks=grid, grid_score=np.array([[0.3, 0.1, 0.9, 0.8]]),
              grid_dice=np.array([[0.2, 0.7, 0.6, 0.5]]))
   verdict = evaluate.judge(out, target, evolve_config.get_config())
@@ -125,9 +125,9 @@ def test_judge_picks_methods_from_the_maps():
   # Only grid click 0 falls on the initial mask (pixel (2, 2)); the others round to
   # column or row 6. So the search keeps it although click 2 scores higher.
   assert dice["grid_search"][0] == 0.2
-  np.testing.assert_array_equal(verdict["grid_click"][0], grid[0])
+  np.testing.assert_array_equal(verdict["grid_prompt"][0], grid[0])
   assert dice["oracle"][0] == 0.7
-  np.testing.assert_array_equal(verdict["oracle_click"][0], grid[1])
+  np.testing.assert_array_equal(verdict["oracle_prompt"][0], grid[1])
 
 
 # ---------------------------------------------------------------------------

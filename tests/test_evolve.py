@@ -16,7 +16,7 @@ from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
 from tests.helpers import (DISK_CONFIG, DISK_FRAME, RADIUS, TARGET, dice_with_image,
-                           disk_decoder, disk_mask, soft_dice)
+                           box_decoder, disk_decoder, disk_mask, soft_dice)
 
 def evolve_disk(start, score_fn=soft_dice, target=TARGET, **settings):
   settings = evolve.Settings(**{"num_steps": 30, "learning_rate": 1.0, **settings})
@@ -36,7 +36,7 @@ def test_score_increases_on_a_controlled_case():
   assert np.mean(scores[-10:]) > scores[0] + 0.5
   # The first steps climb steadily before Adam's momentum overshoots.
   assert (np.diff(scores[:8]) > 0).all()
-  np.testing.assert_allclose(np.asarray(res.best_click[0]), TARGET, atol=1.5)
+  np.testing.assert_allclose(np.asarray(res.best_prompt[0]), TARGET, atol=1.5)
   assert int(res.nan_step[0, 0]) == -1
 
 
@@ -46,19 +46,19 @@ def test_best_is_the_argmax_of_the_trajectory_not_the_last():
   r, t = np.unravel_index(np.argmax(scores), scores.shape)
   assert (int(res.best_start[0]), int(res.best_step[0])) == (r, t)
   assert float(res.best_score[0]) == scores.max()
-  np.testing.assert_array_equal(np.asarray(res.best_click[0]), np.asarray(res.clicks[0, r, t]))
+  np.testing.assert_array_equal(np.asarray(res.best_prompt[0]), np.asarray(res.prompts[0, r, t]))
   # Adam oscillates around the target here, so the last click is not the best.
   assert scores[r, -1] < scores.max()
   # The given click is start 0, step 0; restarts differ from it.
-  np.testing.assert_array_equal(np.asarray(res.initial_click[0]), [20.0, 28.0])
-  np.testing.assert_array_equal(np.asarray(res.clicks[0, 0, 0]), [20.0, 28.0])
-  assert not np.allclose(np.asarray(res.clicks[0, 1, 0]), [20.0, 28.0])
+  np.testing.assert_array_equal(np.asarray(res.initial_prompt[0]), [20.0, 28.0])
+  np.testing.assert_array_equal(np.asarray(res.prompts[0, 0, 0]), [20.0, 28.0])
+  assert not np.allclose(np.asarray(res.prompts[0, 1, 0]), [20.0, 28.0])
   assert float(res.initial_score[0]) == scores[0, 0]
 
 
 def test_masks_at_original_size_match_the_clicks():
   res = evolve_disk((20.0, 28.0))
-  for name, click in (("initial", res.initial_click[0]), ("best", res.best_click[0])):
+  for name, click in (("initial", res.initial_prompt[0]), ("best", res.best_prompt[0])):
     mask = np.asarray(getattr(res, f"{name}_mask")[0])
     assert mask.shape == (48, 48) and mask.dtype == bool
     # A disk of radius 12 model px = 9 original px around the click.
@@ -70,7 +70,7 @@ def test_masks_at_original_size_match_the_clicks():
 def test_clicks_stay_inside_the_image():
   # The target disk sits in the corner; a big step drives the click into the border.
   res = evolve_disk((10.0, 10.0), target=(0.0, 0.0), learning_rate=8.0)
-  clicks = np.asarray(res.clicks)
+  clicks = np.asarray(res.prompts)
   assert clicks.min() >= 0.0 and clicks.max() <= 47.0
   assert clicks.min() == 0.0
 
@@ -89,19 +89,19 @@ def test_nan_score_stops_that_image_and_is_reported():
   assert 0 < stop < len(scores)
   assert np.isfinite(scores[:stop]).all() and np.isnan(scores[stop:]).all()
   # The click froze where the NaN appeared; the best is the best finite one.
-  clicks = np.asarray(res.clicks[0, 0])
+  clicks = np.asarray(res.prompts[0, 0])
   np.testing.assert_array_equal(clicks[stop:], np.broadcast_to(clicks[stop], clicks[stop:].shape))
   assert np.isfinite(float(res.best_score[0]))
   assert float(res.best_score[0]) == np.nanmax(scores)
   assert int(res.best_step[0]) < stop
-  assert np.isfinite(np.asarray(res.best_click)).all()
+  assert np.isfinite(np.asarray(res.best_prompt)).all()
 
 
 def test_nan_at_the_first_click_keeps_the_given_click():
   res = evolve_disk((40.0, 28.0), score_fn=nan_beyond_x)
   assert int(res.nan_step[0, 0]) == 0
   assert np.isnan(np.asarray(res.scores)).all()
-  np.testing.assert_array_equal(np.asarray(res.best_click[0]), [40.0, 28.0])
+  np.testing.assert_array_equal(np.asarray(res.best_prompt[0]), [40.0, 28.0])
   assert np.isnan(float(res.best_score[0]))
 
 
@@ -145,27 +145,27 @@ def test_vmapped_batch_equals_per_image_runs():
   batch = run(np.arange(3))
   for i in range(3):
     alone = run(np.array([i]))
-    for name in ("clicks", "scores", "best_click", "best_score", "best_mask", "initial_mask",
+    for name in ("prompts", "scores", "best_prompt", "best_score", "best_mask", "initial_mask",
                  "snapshot_steps", "snapshot_masks", "nan_step"):
       np.testing.assert_allclose(np.asarray(getattr(alone, name)[0]),
                                  np.asarray(getattr(batch, name)[i]), rtol=1e-5, atol=1e-5,
                                  err_msg=f"{name} of image {i}")
   # Different targets, different paths.
-  assert not np.allclose(np.asarray(batch.best_click[0]), np.asarray(batch.best_click[1]))
+  assert not np.allclose(np.asarray(batch.best_prompt[0]), np.asarray(batch.best_prompt[1]))
 
 
 def test_each_row_of_a_batch_depends_only_on_its_image(tiny):
   """The tiny SAM path: image i in a batch of three copies of itself == row i of the mix."""
   key = jax.random.key(3)
   mixed = tiny["run"](tiny["emb"], tiny["small"], tiny["clicks"], key)
-  assert mixed.clicks.shape == (3, 2, 5, 2)
+  assert mixed.prompts.shape == (3, 2, 5, 2)
   assert mixed.best_mask.shape == (3, 24, 24) and mixed.best_mask.dtype == jnp.bool_
   for i in range(3):
     rows = np.full(3, i)
     same = tiny["run"](tiny["emb"][rows], tiny["small"][rows], tiny["clicks"][rows], key)
     one = jax.tree.map(lambda x: np.asarray(x[i]), mixed)
     alone = jax.tree.map(lambda x: np.asarray(x[i]), same)
-    np.testing.assert_allclose(alone.clicks, one.clicks, atol=1e-4)
+    np.testing.assert_allclose(alone.prompts, one.prompts, atol=1e-4)
     np.testing.assert_allclose(alone.scores, one.scores, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(alone.best_iou, one.best_iou, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(alone.best_mask, one.best_mask)
@@ -202,7 +202,7 @@ def test_bad_input_is_refused(tiny):
     tiny["run"](emb, small, clicks + np.array([[0.0, 0.0], [0.0, 0.0], [4.0, 0.0]]))
   with pytest.raises(ValueError, match="finite"):
     tiny["run"](emb, small, np.where(np.arange(6).reshape(3, 2) == 3, np.nan, clicks))
-  with pytest.raises(ValueError, match=r"expected \(3, 2\)"):
+  with pytest.raises(ValueError, match=r"expected \(3, D\)"):
     tiny["run"](emb, small, clicks[:2])
   with pytest.raises(ValueError, match="images_small"):
     tiny["run"](emb, small[:2], clicks)
@@ -218,3 +218,40 @@ def test_mixed_image_sizes_are_refused(tiny):
   images = [np.zeros((24, 24), np.uint8), np.zeros((20, 24), np.uint8)]
   with pytest.raises(ValueError, match="mixes sizes"):
     predictor.encode_images(tiny["params"], images, tiny["config"])
+
+
+def test_a_box_moves_to_the_box_that_scores_best():
+  """Box prompts: the segmenter returns the box itself, the score is soft Dice with a target
+  box, so the best box is the target; corners stay ordered and inside the image."""
+  target_box = np.array([[12.0, 16.0, 36.0, 30.0]], np.float32)
+  low, _ = box_decoder(None, None, jnp.asarray(target_box), DISK_FRAME, DISK_CONFIG)
+  target = evolve.soft_mask(low[:, 0], DISK_FRAME, 64, (48, 48), 5.0)
+  start = np.array([[6.0, 10.0, 30.0, 38.0]], np.float32)
+  settings = evolve.Settings(num_steps=40, learning_rate=1.0, num_starts=3, restart_jitter=2.0)
+  res = evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, target, jnp.zeros((1, 1, 1, 1)),
+                              DISK_FRAME, jnp.zeros((1, 48, 48)), start, settings,
+                              decode_fn=box_decoder)
+  assert res.prompts.shape == (1, 3, 41, 4)
+  np.testing.assert_array_equal(np.asarray(res.initial_prompt), start)
+  assert float(res.best_score[0]) > float(res.initial_score[0]) + 0.1
+  np.testing.assert_allclose(np.asarray(res.best_prompt[0]), target_box[0], atol=1.5)
+  boxes = np.asarray(res.prompts).reshape(-1, 4)
+  assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+  assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= 47 and boxes[:, [1, 3]].max() <= 47
+
+
+def test_iou_objective_ranks_by_sam_iou():
+  """objective='iou' ascends the decoder's IoU output: the best prompt is the best IoU's."""
+  def iou_decoder(params, embeddings, prompts, frame, config, multimask_output=False):
+    logits, _ = disk_decoder(params, embeddings, prompts, frame, config, multimask_output)
+    iou = -jnp.sum((prompts - jnp.array([10.0, 40.0])) ** 2, axis=-1, keepdims=True) / 100.0
+    return logits, jnp.repeat(iou, logits.shape[1], 1)
+
+  settings = evolve.Settings(num_steps=30, learning_rate=1.0, objective="iou")
+  res = evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, disk_mask(TARGET),
+                              jnp.zeros((1, 1, 1, 1)), DISK_FRAME, jnp.zeros((1, 48, 48)),
+                              np.array([[20.0, 28.0]], np.float32), settings,
+                              decode_fn=iou_decoder)
+  # The IoU peak (10, 40), not the score's (the target disk at TARGET).
+  np.testing.assert_allclose(np.asarray(res.best_prompt[0]), [10.0, 40.0], atol=1.5)
+  assert np.isfinite(np.asarray(res.best_score)).all()  # the regressor's score is still reported

@@ -100,10 +100,83 @@ def test_predict_returns_masks_at_original_size(tiny):
     (dict(points=np.array([[[10.0, 40.0]]]), labels=np.ones((1, 2))), "labels must have shape"),
     (dict(points=np.array([[10.0, 40.0]]), labels=np.ones((1,))), "expected \\(B, N, 2\\)"),
     (dict(points=np.array([[[10.0, 40.0]]]), labels=np.full((1, 1), 3)), "labels must be 1"),
-    (dict(boxes=np.array([[50.0, 10.0, 20.0, 60.0]])), "x1 < x0"),
+    (dict(boxes=np.array([[50.0, 10.0, 20.0, 60.0]])), "box of row 0 .* x1 < x0"),
+    (dict(boxes=np.array([[5.0, 10.0, 20.0, 60.0], [5.0, 10.0, 20.0, 95.0]])), "row 1 .* outside"),
+    (dict(boxes=np.array([[5.0, np.nan, 20.0, 60.0]])), "row 0 .* finite"),
     (dict(), "at least one prompt"),
 ])
 def test_bad_prompts_get_clear_errors(tiny, kwargs, message):
   config, params, _, embeddings, frame = tiny
   with pytest.raises(ValueError, match=message):
     predictor.predict(params, embeddings[:1], frame, config, **kwargs)
+
+
+def test_box_prompt_vectors_decode_as_predict_boxes(tiny):
+  config, params, _, embeddings, frame = tiny
+  boxes = np.array([[10.0, 12.0, 70.0, 60.0], [30.0, 5.0, 110.0, 80.0], [0.0, 0.0, 119.0, 89.0]])
+  low_res, iou = predictor.decode_prompts(params, embeddings, boxes, frame, config)
+  _, want_iou, want_low_res = predictor.predict(params, embeddings, frame, config, boxes=boxes,
+                                                multimask_output=False)
+  np.testing.assert_allclose(low_res, want_low_res, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(iou, want_iou, rtol=1e-5, atol=1e-6)
+  # A box and a click together: six values, the click last.
+  both = np.concatenate([boxes, [[40.0, 30.0], [70.0, 40.0], [60.0, 45.0]]], axis=1)
+  low_both, _ = predictor.decode_prompts(params, embeddings, both, frame, config)
+  _, _, want_both = predictor.predict(params, embeddings, frame, config, boxes=boxes,
+                                      points=both[:, None, 4:], labels=np.ones((3, 1)),
+                                      multimask_output=False)
+  np.testing.assert_allclose(low_both, want_both, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_wrt_box_corners_matches_finite_differences(tiny):
+  config, params, _, embeddings, frame = tiny
+  with jax.enable_x64(True):
+    params64, emb64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (params, embeddings[:1]))
+
+    def soft_area(box):
+      low_res, _ = predictor.decode_prompts(params64, emb64, box[None], frame, config)
+      return jax.nn.sigmoid(4.0 * low_res).mean()
+
+    box = jnp.array([20.0, 15.5, 80.3, 66.0], jnp.float64)
+    grad = np.asarray(jax.grad(soft_area)(box))
+    h = 1e-4
+    fd = np.array([(soft_area(box + h * e) - soft_area(box - h * e)) / (2 * h) for e in np.eye(4)])
+    assert np.all(np.abs(grad) > 1e-7)  # every corner moves the mask
+    np.testing.assert_allclose(grad, fd, rtol=1e-5)
+
+
+def test_several_boxes_per_image(tiny):
+  config, params, _, embeddings, frame = tiny
+  boxes = np.array([[[10.0, 12.0, 70.0, 60.0], [30.0, 5.0, 110.0, 80.0]]] * 3)  # (3, 2, 4)
+  masks, ious = predictor.prompt_masks(params, config, embeddings, frame, boxes)
+  assert masks.shape == (3, 2, 90, 120) and ious.shape == (3, 2)
+  for k in range(2):
+    want, want_iou, _ = predictor.predict(params, embeddings, frame, config, boxes=boxes[:, k],
+                                          multimask_output=False)
+    np.testing.assert_array_equal(masks[:, k], want[:, 0])
+
+
+def test_prompt_vectors_are_checked_and_constrained():
+  with pytest.raises(ValueError, match="image 'b' .* x0 < x1"):
+    predictor.check_prompts([[1.0, 1.0, 5.0, 5.0], [6.0, 1.0, 5.0, 5.0]], (10, 10), ids=["a", "b"])
+  with pytest.raises(ValueError, match=r"outside the 10x8 .* \(x0, y0, x1, y1\)"):
+    predictor.check_prompts([[1.0, 1.0, 10.0, 5.0]], (8, 10))
+  with pytest.raises(ValueError, match="3 values"):
+    predictor.check_prompts([[1.0, 1.0, 5.0]], (8, 10))
+  moved = np.asarray(predictor.constrain_prompts(
+      jnp.array([[-3.0, 2.0, 12.0, 2.5], [4.0, 4.0, 3.0, 3.0]]), (8, 10), min_box_size=2.0))
+  np.testing.assert_allclose(moved[0], [0.0, 1.25, 9.0, 3.25])  # clipped; too flat: re-centred
+  np.testing.assert_allclose(moved[1], [2.5, 2.5, 4.5, 4.5])  # crossed corners: a 2 px box
+  assert np.all(moved[:, 2] > moved[:, 0]) and np.all(moved[:, 3] > moved[:, 1])
+
+
+def test_click_prompts_on_a_box_model_warn(tiny, caplog):
+  config, params, _, embeddings, frame = tiny
+  lite = config.copy_and_resolve_references()
+  lite.variant = "lite_medsam"
+  lite.preprocess = "sam"  # this tiny model's processing; only the variant name matters here
+  with caplog.at_level("WARNING"):
+    predictor.predict(params, embeddings[:1], frame, lite, points=np.array([[[30.0, 40.0]]]),
+                      labels=np.ones((1, 1)))
+  assert "trained on box prompts only" in caplog.text
+

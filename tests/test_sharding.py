@@ -53,8 +53,8 @@ SCRIPT = textwrap.dedent("""
     assert len(sharded["clicks"].sharding.device_set) == 4
     res, mm = run(sharded)
     # The work really is split: every output's batch axis lies on 4 devices.
-    assert len(res.clicks.sharding.device_set) == 4, res.clicks.sharding
-    assert res.clicks.addressable_shards[0].data.shape[0] == 2
+    assert len(res.prompts.sharding.device_set) == 4, res.prompts.sharding
+    assert res.prompts.addressable_shards[0].data.shape[0] == 2
     got = sharding.unpad(sharding.gather((res, mm)), n)
 
     one = sharding.batch_mesh(jax.devices()[:1])

@@ -94,7 +94,7 @@ def test_figures_are_non_empty_pngs(smoke_run):
 
 def test_trajectories_are_saved(smoke_run):
   with np.load(smoke_run / "trajectories.npz") as z:
-    assert z["clicks"].shape == (6, 2, 9, 2)  # images, starts, steps + 1, (x, y)
+    assert z["prompts"].shape == (6, 2, 9, 2)  # images, starts, steps + 1, (x, y)
     assert z["scores"].shape == (6, 2, 9)
     assert z["grid_dice"].shape == (6, 36)
     assert np.isfinite(z["scores"]).all()

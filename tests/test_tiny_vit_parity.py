@@ -96,8 +96,6 @@ def test_official_sizes_match_wheel(variant, adjusted, tmp_path, record_figure):
 
 # --- The real LiteMedSAM ---------------------------------------------------------------------
 
-needs_data = pytest.mark.skipif(not MONTGOMERY.is_dir(),
-                                reason=f"team data not found at {MONTGOMERY}")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +122,6 @@ def lite_medsam_case():
   return config, params, x, box, official_lite.nhwc(embedding), low_res.numpy()
 
 
-@needs_data
 @pytest.mark.needs_data
 def test_real_lite_medsam_matches_wheel_on_an_xray(lite_medsam_case, record_figure):
   config, params, x, box, embedding, low_res = lite_medsam_case
@@ -150,7 +147,6 @@ BF16_LOGITS_TOL = 0.04
 BF16_FLIP_FRACTION = 5e-4
 
 
-@needs_data
 @pytest.mark.needs_data
 def test_bfloat16_encoder_stays_close_to_float32(lite_medsam_case, record_figure):
   config, params, x, box, _, _ = lite_medsam_case

@@ -160,13 +160,13 @@ def check_prompts(prompts, original_size: tuple[int, int], ids=None) -> np.ndarr
     raise ValueError(f"prompts have shape {prompts.shape}; expected (B, D), one row per image.")
   kind = prompt_kind(prompts.shape[1])
   name = lambda i: repr(ids[i]) if ids is not None else f"#{i}"
-  what = {"click": "click (x, y)", "box": "box (x0, y0, x1, y1)",
-          "box+click": "prompt (x0, y0, x1, y1, x, y)"}[kind]
+  what = {"click": "click", "box": "box", "box+click": "prompt"}[kind]
+  fields = "(" + ", ".join(PROMPT_FIELDS[prompts.shape[1]]) + ")"
   bad = ~np.isfinite(prompts).all(axis=1)
   if bad.any():
     i = int(np.argmax(bad))
-    raise ValueError(f"the {what} of image {name(i)} is {prompts[i].tolist()}; prompts must be "
-                     "finite pixel coordinates.")
+    raise ValueError(f"the {what} {fields} of image {name(i)} is {prompts[i].tolist()}; it must "
+                     "be finite pixel coordinates.")
   h, w = original_size
   x_max, y_max = click_upper(original_size)
   outside = outside_image(prompts.reshape(len(prompts), -1, 2), original_size).any(axis=1)
@@ -174,8 +174,8 @@ def check_prompts(prompts, original_size: tuple[int, int], ids=None) -> np.ndarr
     i = int(np.argmax(outside))
     raise ValueError(
         f"{int(outside.sum())} {what}(s) lie outside the {w}x{h} (W x H) image, e.g. image "
-        f"{name(i)}: {prompts[i].tolist()}; coordinates are pixels with 0 <= x <= {x_max:g}, "
-        f"0 <= y <= {y_max:g}.")
+        f"{name(i)} at {fields} = {prompts[i].tolist()}; coordinates are pixels with "
+        f"0 <= x <= {x_max:g}, 0 <= y <= {y_max:g}.")
   if kind != "click":
     unordered = (prompts[:, 2] <= prompts[:, 0]) | (prompts[:, 3] <= prompts[:, 1])
     if unordered.any():
