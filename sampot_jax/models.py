@@ -57,7 +57,7 @@ def random_like(shapes, seed: int = 0):
       return rng.normal(0.0, 1.0, shape).astype(np.float32)
     if name == "pos_embed":
       return rng.normal(0.0, 0.02, shape).astype(np.float32)
-    if name in ("scale", "weight", "var"):
+    if name in ("scale", "weight", "var", "running_var"):
       return np.ones(shape, np.float32)
     return np.zeros(shape, np.float32)
 

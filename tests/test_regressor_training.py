@@ -45,7 +45,8 @@ def synthetic_set(n_images: int, seed: int) -> candidate_sets.CandidateSet:
       ids=np.array([f"s{i}" for i in range(n_images)]),
       images=np.stack(images), targets=np.stack(targets),
       others=np.zeros_like(np.stack(targets)), masks=np.stack(masks), image_index=np.array(index, np.int32),
-      dice=np.array(dice, np.float32), kinds=np.array(kinds))
+      dice=np.array(dice, np.float32), kinds=np.array(kinds),
+      model_iou=np.full(len(dice), np.nan, np.float32))
 
 
 def synthetic_config(num_epochs=5, checkpoint_every=2):
