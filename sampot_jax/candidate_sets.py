@@ -20,7 +20,7 @@ from sampot_jax import candidates
 from sampot_jax import data
 from sampot_jax import files
 
-CANDIDATE_CACHE_VERSION = 2
+CANDIDATE_CACHE_VERSION = 3  # 3: the split's skipped bad examples are kept too.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,8 @@ class CandidateSet:
     image_index: (M,) int32, row of `images` each candidate belongs to.
     dice: (M,) float32, Dice of each candidate against its target.
     kinds: (M,) str, candidate kind (e.g. 'level_set', 'shift', ...).
+    skipped: (K, 2) str, the split's bad examples left out when it was read
+      (on_bad_example='skip'): file, problem.
   """
   ids: np.ndarray
   images: np.ndarray
@@ -45,6 +47,7 @@ class CandidateSet:
   image_index: np.ndarray
   dice: np.ndarray
   kinds: np.ndarray
+  skipped: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), str))
 
   def __len__(self) -> int:
     return int(self.dice.shape[0])
@@ -104,7 +107,8 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict,
               else np.asarray(other[:len(ids)], bool)),
       masks=np.stack(masks),
       image_index=np.asarray(index, np.int32),
-      dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str))
+      dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str),
+      skipped=np.asarray(getattr(lungs, "skipped", ()), dtype=str).reshape(-1, 2))
 
 
 def cache_key(config: ml_collections.ConfigDict, split: str) -> str:
