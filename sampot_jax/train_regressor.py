@@ -169,11 +169,11 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
     raise ValueError(f"{len(train_set)} training candidates < batch_size "
                      f"{config.batch_size}; lower config.batch_size or use "
                      "more images.")
+  directory = Path(workdir).resolve() / "checkpoints"
+  resume.check_settings(directory, config)
   model = regressor.from_config(config.model)
   tx = optax.adam(config.learning_rate)
   state = _initial_state(config, model, tx)
-  directory = Path(workdir).resolve() / "checkpoints"
-  resume.check_settings(directory, config)
   restored, latest = resume.restore_newest(directory, state)
   if restored is not None:
     state = restored
