@@ -116,6 +116,7 @@ def sam_from_config(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, 
   instead of stopping with the commands that do it).
   The key identifies the weights (the official file's sha256 for ported
   checkpoints, a hash of the params for random ones); the embedding cache uses it.
+  A port of another variant than `variant` is a ModelMismatchError naming both.
   """
   c = sam_config_block
   if c.random_init:

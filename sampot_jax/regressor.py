@@ -12,7 +12,8 @@ Input convention (the same for `DiceRegressor.__call__` and `score`):
           ground truth.
 
 A trained regressor (the SAMPOT oracle) lives in a train_regressor workdir:
-`save_oracle` / `load_oracle`.
+`save_oracle` / `load_oracle` (workdir/oracle, checked against the crc32 index
+workdir/oracle_index.json; workdir/oracle_config.json says which model and target).
 """
 import functools
 import json

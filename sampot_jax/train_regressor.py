@@ -7,9 +7,11 @@
      lowest validation loss; an Orbax checkpoint every `checkpoint_every`
      epochs in `workdir/checkpoints` (a killed run resumes there and ends
      exactly where an uninterrupted run ends: the data order depends only on
-     (seed, epoch));
+     (seed, epoch)). `resume` keeps the settings beside the checkpoints and
+     refuses a resume under other ones (a larger num_epochs is allowed), a
+     crc32 index per step, and falls back to the newest readable step;
   3. the best variables in `workdir/oracle` (`regressor.load_oracle`), the
-     run's `metrics.json`, and the oracle evaluation (`oracle_eval`) of the
+     run's `metrics.json` (with the bad examples skipped per split), and the oracle evaluation (`oracle_eval`) of the
      test split: `oracle_eval.json`, `.md` and `oracle_scatter.png`.
 
 The last partial training batch of an epoch is dropped (the shuffle changes
@@ -163,6 +165,11 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
     train_set, val_set: candidate sets.
     halt_after_epoch: stop as if killed once this many epochs are done,
       before any checkpoint of that epoch; for tests of resumption.
+
+  Raises:
+    ValueError: a setting a run cannot use (`check_config`), too few candidates.
+    resume.ResumeError: workdir/checkpoints holds a run with other settings, or
+      no step of it can be restored.
   """
   check_config(config)
   if len(train_set) < config.batch_size:
