@@ -21,7 +21,7 @@ from sampot_jax import candidates
 from sampot_jax import data
 from sampot_jax import files
 
-CANDIDATE_CACHE_VERSION = 3
+CANDIDATE_CACHE_VERSION = 4  # 3: the split's skipped bad examples; 4: model-made masks + IoU.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,8 @@ class CandidateSet:
     kinds: (M,) str, candidate kind (e.g. 'level_set', 'shift', 'model_box', ...).
     model_iou: (M,) float32, the model's own IoU prediction for model-made
       candidates ('model_box'), NaN for the others.
+    skipped: (K, 2) str, the split's bad examples left out when it was read
+      (on_bad_example='skip'): file, problem.
   """
   ids: np.ndarray
   images: np.ndarray
@@ -49,6 +51,7 @@ class CandidateSet:
   dice: np.ndarray
   kinds: np.ndarray
   model_iou: np.ndarray
+  skipped: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), str))
 
   def __len__(self) -> int:
     return int(self.dice.shape[0])
@@ -112,7 +115,8 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict,
       masks=np.stack(masks),
       image_index=np.asarray(index, np.int32),
       dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str),
-      model_iou=np.asarray(ious, np.float32))
+      model_iou=np.asarray(ious, np.float32),
+      skipped=np.asarray(getattr(lungs, "skipped", ()), dtype=str).reshape(-1, 2))
 
 
 def _box_segmenter(config):

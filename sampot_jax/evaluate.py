@@ -316,7 +316,7 @@ def load_models(config):
   or regressor stops the task with the commands that make it."""
   try:
     sam_params, sam_config, sam_key = models.sam_from_config(config.sam)
-    scorer = models.scorer_from_config(config.regressor)
+    scorer = models.scorer_from_config(config.regressor, expected_target=config.data.target)
   except (models.MissingCheckpointError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   return (sam_params, sam_config, sam_key), scorer
