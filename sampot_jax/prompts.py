@@ -38,9 +38,13 @@ def rough_boxes(boxes: np.ndarray, jitter, rng: np.random.Generator,
   jitter = np.broadcast_to(np.asarray(jitter, np.float64), (len(boxes),))
   size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
   moved = boxes + rng.uniform(-1.0, 1.0, boxes.shape) * jitter[:, None] * size
+  upper = None
   if image_size is not None:
     h, w = image_size
-    moved = np.clip(moved, 0.0, np.array([w - 1, h - 1, w - 1, h - 1], np.float64))
+    upper = np.array([w - 1, h - 1], np.float64)
+    moved = np.clip(moved, 0.0, np.concatenate([upper, upper]))
   lo, hi = moved[:, :2], moved[:, 2:]
   mid, half = 0.5 * (lo + hi), 0.5 * np.maximum(hi - lo, min_size)
+  if upper is not None:  # a re-centred box near an edge stays inside
+    mid = np.clip(mid, half, upper - half)
   return np.concatenate([mid - half, mid + half], axis=1).astype(np.float32)

@@ -284,3 +284,19 @@ def test_augment_moves_image_and_mask_together_and_keeps_dice():
   assert 0.0 <= float(im2.min()) and float(im2.max()) <= 1.0
   assert not np.allclose(np.asarray(im2), noise, atol=1e-3)
   np.testing.assert_array_equal(np.asarray(ma2), cands.astype(np.float32))
+
+
+def test_model_made_compares_the_regressor_with_the_iou_head():
+  cands = synthetic_set(4, 3)
+  kinds = np.array(["model_box"] * len(cands))
+  rng = np.random.default_rng(0)
+  iou = cands.dice + rng.normal(0, 0.2, len(cands)).astype(np.float32)  # a noisy IoU head
+  cands = candidate_sets.CandidateSet(**{**cands.__dict__, "kinds": kinds, "model_iou": iou})
+  made = oracle_eval.model_made(cands.dice.copy(), cands)  # a perfect regressor
+  assert made["n"] == len(cands)
+  assert made["regressor"]["pearson_r"] == pytest.approx(1.0)
+  assert made["regressor"]["median_within_image_spearman"] == pytest.approx(1.0)
+  assert made["iou_head"]["pearson_r"] < 0.99
+  assert made["iou_head"]["pearson_r"] == pytest.approx(metrics.pearson(iou, cands.dice))
+  assert oracle_eval.model_made(cands.dice, candidate_sets.CandidateSet(
+      **{**cands.__dict__, "kinds": np.array(["shift"] * len(cands))})) == {}
