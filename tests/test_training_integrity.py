@@ -16,47 +16,12 @@ from sampot_jax import models
 from sampot_jax import regressor
 from sampot_jax import resume
 from sampot_jax import train_regressor as tr
-from sampot_jax.candidate_sets import CandidateSet
 from sampot_jax.data import fake_data
 from sampot_jax.data import splits as splits_lib
-
-SIZE = 32
-
-
-def disc(cy, cx, r):
-  yy, xx = np.mgrid[:SIZE, :SIZE]
-  return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-
-
-def synthetic_set(n_images: int, seed: int) -> CandidateSet:
-  """Discs on noise; candidates are moved / resized discs with their true Dice."""
-  rng = np.random.default_rng(seed)
-  images, targets, masks, index, dice = [], [], [], [], []
-  for i in range(n_images):
-    cy, cx, r = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(5, 9)
-    target = disc(cy, cx, r)
-    images.append((rng.uniform(0, 60, (SIZE, SIZE)) + 150 * target).astype(np.uint8))
-    targets.append(target)
-    for _ in range(6):
-      m = disc(cy + rng.normal(0, 3), cx + rng.normal(0, 3), r * rng.uniform(0.6, 1.4))
-      masks.append(m)
-      index.append(i)
-      dice.append(metrics.dice(m, target))
-  return CandidateSet(
-      ids=np.array([f"s{i}" for i in range(n_images)]), images=np.stack(images),
-      targets=np.stack(targets), others=np.zeros_like(np.stack(targets)),
-      masks=np.stack(masks), image_index=np.array(index, np.int32),
-      dice=np.array(dice, np.float32), kinds=np.array(["shift"] * len(dice)))
-
+from tests.helpers import synthetic_config, synthetic_set
 
 def small_config(num_epochs=4):
-  config = train_regressor_tiny.get_config()
-  config.data.image_size = SIZE
-  config.model.resolution = SIZE
-  config.model.strides = (2, 2, 2, 1, 1)
-  config.model.kernel_size = (3, 3, 3, 3, 3)
-  config.num_epochs = num_epochs
-  config.checkpoint_every = 2
+  config = synthetic_config(num_epochs=num_epochs, checkpoint_every=2)
   config.max_checkpoints = 2
   return config
 
