@@ -23,6 +23,8 @@ TASKS = {
     "evaluate": "sampot_jax.evaluate:run",
     "smoke": "sampot_jax.smoke:run",
     "heatmap": "sampot_jax.evaluate:heatmap",
+    "refine": "sampot_jax.refine:run",
+    "score": "sampot_jax.refine:score",
 }
 
 
