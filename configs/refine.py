@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.prompts = ""  # CSV: file,x0,y0,x1,y1 or file,x,y (original pixels)
   config.on_bad_example = "error"  # 'error' | 'skip' (logged, listed in summary.json)
   config.overwrite = False  # False: images whose mask, overlay and results row exist are skipped
+  config.save_initial_masks = False  # also initial_masks/<name>.png: the user's prompt's mask
   config.overlay_max_side = 1024  # overlays of larger images are shrunk; 0 = original size
 
   config.sam = ml_collections.ConfigDict()

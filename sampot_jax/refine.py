@@ -13,7 +13,8 @@ folder of one size compiles once and every new size compiles again):
   ascent on the regressor's score) -> masks of both prompts at the original size ->
   safeguards (keep the evolved prompt or fall back to the user's) ->
   OUT/masks/<name>.png (the kept prompt's mask, 0/255), OUT/overlays/<name>.png, a row of
-  OUT/results.csv; OUT/summary.json at the end.
+  OUT/results.csv; OUT/summary.json at the end. With config.save_initial_masks also
+  OUT/initial_masks/<name>.png, the mask of the user's own prompt.
 
 <name> is the image's path relative to config.images without its suffix. Outputs are written
 to temporary names and renamed; an image whose mask, overlay and results row (for the same
@@ -400,6 +401,8 @@ def run(config, workdir) -> dict:
     t1 = time.time()
     kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
     overlay.write_mask(workdir / "masks" / f"{item.out}.png", kept_mask)
+    if config.get("save_initial_masks", False):
+      overlay.write_mask(workdir / "initial_masks" / f"{item.out}.png", out["initial_mask"])
     picture = overlay.draw(image.pixels, out["initial_mask"], out["best_mask"], out["initial"],
                            out["best"], _caption(item, out, verdict),
                            int(config.get("overlay_max_side", 1024)))
