@@ -482,7 +482,7 @@ def score(config, workdir) -> dict:
   found_masks = images_lib.list_images(masks_root, exclude=[workdir])
   problems = []
   image_keys, mask_keys = {}, {}
-  for table, keys, what in ((found, image_keys, "image"), (found_masks, mask_keys, "mask")):
+  for table, keys in ((found, image_keys), (found_masks, mask_keys)):
     for name in table:
       keys.setdefault(output_name(name), []).append(name)
   pairs = []

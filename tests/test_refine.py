@@ -15,16 +15,15 @@ import sys
 import ml_collections
 import numpy as np
 from PIL import Image
+from pydicom import uid
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
 import pytest
 
 from sampot_jax import refine
 from sampot_jax.data import images as images_lib
 from sampot_jax.data import prompt_table
 from tests.conftest import MONTGOMERY
-
-pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402  pylint: disable=g-import-not-at-top
-from pydicom import uid  # noqa: E402  pylint: disable=g-import-not-at-top
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -220,9 +220,8 @@ def _is_gray(arr: np.ndarray) -> bool:
 # DICOM ----------------------------------------------------------------------------------------
 
 def _first(value) -> float:
-  """A DS/IS value or the first of several (Window Center may hold one per window)."""
-  if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(
-      value, (str, bytes)):
+  """A DS/IS value, or the first of several (Window Center may hold one per window)."""
+  if not isinstance(value, (int, float, str)):
     value = value[0]
   return float(value)
 
