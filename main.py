@@ -30,6 +30,8 @@ TASKS = {
     "evaluate": "sampot_jax.evaluate:run",
     "smoke": "sampot_jax.smoke:run",
     "heatmap": "sampot_jax.evaluate:heatmap",
+    "refine": "sampot_jax.refine:run",
+    "score": "sampot_jax.refine:score",
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task
