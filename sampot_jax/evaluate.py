@@ -296,7 +296,7 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
   start = int(out["best_start"][i])
   masks = out["snapshot_masks"][i]
   figures.trajectory(workdir / "fig5_trajectory.png", images[i], targets[i],
-                     predictor.prompt_anchor(out["prompts"][i, start]), out["scores"][i, start],
+                     out["prompts"][i, start], out["scores"][i, start],
                      out["snapshot_steps"][i],
                      masks, [metrics.dice(m, targets[i]) for m in masks],
                      title=f"{ids[i]}: Dice {dice['initial'][i]:.3f} -> {dice['evolved'][i]:.3f}")
