@@ -249,7 +249,6 @@ def summarize(ids, out, verdict, config, seconds: dict) -> dict:
       "num_images": len(ids),
       "split": config.split,
       "prompt": config.get("prompt", "click"),
-      "box_jitter": config.get("box_jitter") if config.get("prompt") == "box" else None,
       "evolved_vs_initial": compare(dice["initial"], dice["evolved"]),
       "safeguarded_vs_initial": compare(dice["initial"], dice["safeguarded"]),
       "vs_initial": {m: compare(dice["initial"], dice[m]) for m in METHODS
@@ -357,6 +356,8 @@ def run(config, workdir) -> dict:
   verdict = judge(out, targets, config)
   summary = summarize(ids, out, verdict, config, seconds)
   summary["embeddings_encoded"] = encoded
+  if config.get("prompt") == "box":
+    summary["box_jitter"] = config.box_jitter
   if jax.process_index() != 0:  # every host computed the same report; one writes it
     return summary
   t0 = time.time()
