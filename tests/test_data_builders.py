@@ -98,3 +98,26 @@ def test_deterministic_split_is_stratified_and_order_free():
     ids = [i for i in findings if findings[i] == f]
     share = sum(split[i] == "train" for i in ids) / len(ids)
     assert abs(share - 41 / 122) < 0.05
+
+
+def test_prepared_data_follows_its_source_files(tmp_path):
+  """Copied or touched source files reuse the prepared data; edited, added or removed ones stop
+  the run with what changed and the folder to delete."""
+  import os
+  raw = tmp_path / "raw"
+  ids = fake_data.write("montgomery_team", raw, n=9)
+  tfds_builder.prepare("montgomery_team", raw, tmp_path / "tfds")
+  image = next(raw.rglob(f"{ids[0]}*.png"))
+  os.utime(image, ns=(1, 10**18))  # a new modification time, the same bytes
+  tfds_builder.prepare("montgomery_team", raw, tmp_path / "tfds")
+  data_ = bytearray(image.read_bytes())
+  data_[-5] ^= 0xFF  # the same size, other bytes
+  image.write_bytes(bytes(data_))
+  with pytest.raises(ValueError, match=r"1 changed \(.*%s.*\).*rm -rf" % image.name):
+    tfds_builder.prepare("montgomery_team", raw, tmp_path / "tfds")
+  data_[-5] ^= 0xFF
+  image.write_bytes(bytes(data_))  # restored: usable again
+  tfds_builder.prepare("montgomery_team", raw, tmp_path / "tfds")
+  (raw / "notes.txt").write_text("new")
+  with pytest.raises(ValueError, match=r"1 added \(notes.txt\)"):
+    tfds_builder.prepare("montgomery_team", raw, tmp_path / "tfds")

@@ -10,7 +10,7 @@ the metadata.
 
 Prepared data lives in a folder keyed by the source folder's path
 (`<tfds_dir>/src_<hash>/`), so two data sets in one layout never share it, and
-carries a fingerprint of the source files (names, sizes, modification times):
+carries a fingerprint of the source files (names, sizes, modification times, content hashes):
 a source edited after preparation stops the run with what changed and how to
 rebuild, instead of silently training on the old copy.
 """
@@ -147,16 +147,27 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     skipped.append([error.path, error.problem])
 
 
-def source_files(root) -> dict:
-  """{relative path: [size, mtime_ns]} of every non-hidden file below `root`."""
+def _content_hash(path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()[:16]
+
+
+def source_files(root, content: bool = True) -> dict:
+  """{relative path: [size, mtime_ns, sha256 prefix]} of every non-hidden file below `root`
+  (without the hash when `content` is False)."""
   root = Path(root)
   out = {}
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for name in sorted(filenames):
       if not name.startswith("."):
-        st = (Path(dirpath) / name).stat()
-        out[str((Path(dirpath) / name).relative_to(root))] = [st.st_size, st.st_mtime_ns]
+        path = Path(dirpath) / name
+        st = path.stat()
+        out[str(path.relative_to(root))] = [st.st_size, st.st_mtime_ns] + (
+            [_content_hash(path)] if content else [])
   return out
 
 
@@ -167,11 +178,23 @@ def prepared_dir(manual_dir, tfds_dir=None) -> Path:
   return base / f"src_{hashlib.sha256(root.encode()).hexdigest()[:12]}"
 
 
-def _changes(before: dict, now: dict) -> str:
-  """A short description of how two source_files listings differ."""
+def _changes(before: dict, now: dict, root: Path) -> str:
+  """How the files below `root` (listed in `now` as [size, mtime_ns]) differ from the listing
+  made when the data was prepared, or "" when they do not. A file with a new modification time
+  but the same size is hashed: copying or checking out a data folder touches every file
+  without changing one."""
   added = sorted(set(now) - set(before))
   removed = sorted(set(before) - set(now))
-  changed = sorted(k for k in set(now) & set(before) if list(now[k]) != list(before[k]))
+
+  def differs(name):
+    (size, mtime), old = now[name][:2], list(before[name])
+    if size != old[0]:
+      return True
+    if mtime == old[1]:
+      return False
+    return len(old) < 3 or _content_hash(root / name) != old[2]
+
+  changed = sorted(k for k in set(now) & set(before) if differs(k))
   parts = []
   for what, names in (("added", added), ("removed", removed), ("changed", changed)):
     if names:
@@ -186,16 +209,17 @@ def prepare(source: str, manual_dir, tfds_dir=None, on_bad_example: str = "error
   Raises ValueError when the source files changed since the data was prepared.
   """
   root = Path(manual_dir).expanduser().resolve()
-  files = source_files(root)
   data_dir = prepared_dir(root, tfds_dir)
-  builder = ChestXrayLungs(config=source, data_dir=str(data_dir),
-                           on_bad_example=on_bad_example, fingerprint=files)
+  # The fingerprint (with content hashes) is made when the data is built, not on every load.
+  builder = ChestXrayLungs(config=source, data_dir=str(data_dir), on_bad_example=on_bad_example)
   if Path(builder.data_dir).is_dir() and (Path(builder.data_dir) / "dataset_info.json").exists():
     before = (builder.info.metadata or {}).get("source_files")
-    if before is not None and dict(before) != files:
+    changes = before is not None and _changes(dict(before), source_files(root, content=False),
+                                               root)
+    if changes:
       raise ValueError(
           f"The files in {root} changed after {builder.data_dir} was prepared from them: "
-          f"{_changes(dict(before), files)}. Delete that folder to prepare the data again "
+          f"{changes}. Delete that folder to prepare the data again "
           f"(rm -rf {builder.data_dir}).")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
