@@ -121,3 +121,22 @@ def test_prepared_data_follows_its_source_files(tmp_path):
   (raw / "notes.txt").write_text("new")
   with pytest.raises(ValueError, match=r"1 added \(notes.txt\)"):
     tfds_builder.prepare("montgomery_team", raw, tmp_path / "tfds")
+
+
+def test_runs_started_together_prepare_the_data_once(tmp_path):
+  """Two processes preparing the same source at once: one builds, the other waits and reuses."""
+  import subprocess
+  from pathlib import Path
+  raw = tmp_path / "raw"
+  fake_data.write("montgomery_team", raw, n=9)
+  code = ("import sys; from sampot_jax.data import tfds_builder; "
+          "b = tfds_builder.prepare('montgomery_team', sys.argv[1], sys.argv[2]); "
+          "print(b.info.splits['train'].num_examples)")
+  root = Path(__file__).resolve().parents[1]
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(raw), str(tmp_path / "tfds")],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for proc, (out, err) in zip(procs, outs):
+    assert proc.returncode == 0, err[-2000:]
+    assert out.split()[-1] == "3"

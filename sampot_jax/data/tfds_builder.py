@@ -14,6 +14,7 @@ carries a fingerprint of the source files (names, sizes, modification times, con
 a source edited after preparation stops the run with what changed and how to
 rebuild, instead of silently training on the old copy.
 """
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -203,13 +204,37 @@ def _changes(before: dict, now: dict, root: Path) -> str:
   return "; ".join(parts)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+  """Holds an exclusive lock on `lock_path` (POSIX flock; elsewhere no lock)."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    yield
+    return
+  lock_path.parent.mkdir(parents=True, exist_ok=True)
+  with open(lock_path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepare(source: str, manual_dir, tfds_dir=None, on_bad_example: str = "error"):
   """Builds (once per source folder) and returns the builder for `source`.
 
-  Raises ValueError when the source files changed since the data was prepared.
+  Raises ValueError when the source files changed since the data was prepared. Runs started
+  together wait for one another here: the first prepares the data, the others reuse it (TFDS
+  alone fails the second with "Destination ... already exists").
   """
   root = Path(manual_dir).expanduser().resolve()
   data_dir = prepared_dir(root, tfds_dir)
+  with _exclusive(data_dir / f".{source}.lock"):
+    return _prepare(source, root, data_dir, on_bad_example)
+
+
+def _prepare(source: str, root: Path, data_dir: Path, on_bad_example: str):
   # The fingerprint (with content hashes) is made when the data is built, not on every load.
   builder = ChestXrayLungs(config=source, data_dir=str(data_dir), on_bad_example=on_bad_example)
   if Path(builder.data_dir).is_dir() and (Path(builder.data_dir) / "dataset_info.json").exists():
