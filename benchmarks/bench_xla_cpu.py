@@ -3,12 +3,13 @@
     python -m benchmarks.bench_xla_cpu --out benchmarks/results/xla_cpu_flags_cpu.json
     python -m benchmarks.bench_xla_cpu --tiny --out /tmp/xla_cpu_tiny.json      # smoke
 
-XLA reads XLA_FLAGS once per process, so each flag set runs in a subprocess of its own (a
-worker); the flag sets take turns, round after round, so that a burst of load from other
+XLA reads XLA_FLAGS once per process, so each flag set and workload runs in a subprocess of its
+own (a worker); the flag sets take turns, round after round, so that a burst of load from other
 processes hits them alike. A figure is the median over rounds of each worker's median. Workers
 run with the allocator setting main.py uses, and record the library fusions XLA compiled the
 workload's dots into (`__onednn_fusion`, `__ynn_fusion` in the optimised HLO: a flag that does
-nothing shows there), and their outputs, which the parent compares with the default's.
+nothing shows there), and their outputs, which the parent compares with the first flag set's. A
+worker that crashes (an XLA abort) is recorded as such, with the end of its stderr.
 
 Workloads (all float32 unless named; random weights, same seed in every worker):
   matmul        2048 x 2048 x 2048 float32 and bfloat16 (GFLOP/s), PyTorch beside it once
@@ -32,10 +33,10 @@ from sampot_jax import runtime
 
 FLAG_SETS = {
     "default": "",
-    "onednn_dot": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
-    "onednn_dot_eltwise": ("--xla_cpu_use_onednn=true "
-                           "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise"),
+    "onednn_dot": " ".join(runtime.ONEDNN_DOT),
+    "ynn_eltwise": "--xla_cpu_experimental_ynn_fusion_type=+eltwise",
     "no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type=",
+    "fast_math": "--xla_cpu_enable_fast_math=true",
 }
 WORKLOADS = ("matmul", "lite_encoder", "sampot_step", "vit_b_encoder")
 DEFAULT_WORKLOADS = "matmul,lite_encoder,sampot_step"
@@ -143,6 +144,8 @@ def _torch_matmul(figure, args, flops, repeats):
   common.setup_threads()
   dtype = torch.bfloat16 if "bfloat16" in figure else torch.float32
   a, b = (torch.from_numpy(np.asarray(x, np.float32)).to(dtype) for x in args)
+  if dtype == torch.bfloat16 and not torch.cuda.is_available():
+    repeats = 1  # seconds per call on a CPU without bf16 units (13 s here): once is enough
   _, stats = _time(lambda: a @ b, repeats)
   return dict(workload="matmul", figure=figure, framework="torch", **stats,
               gflops_per_s=flops / stats["median_s"] / 1e9)
@@ -150,19 +153,21 @@ def _torch_matmul(figure, args, flops, repeats):
 
 # --- parent ------------------------------------------------------------------------------------
 
-def run_worker(flags: str, args, outputs_path: Path, torch_matmul: bool) -> list:
+def run_worker(flags: str, workload: str, args, outputs_path: Path, torch_matmul: bool) -> list:
+  """One worker's results, or one entry per workload saying how it crashed."""
   env = dict(os.environ, XLA_FLAGS=flags)
-  env.pop("SAMPOT_XLA_CPU_FLAGS", None)
-  cmd = [sys.executable, "-m", "benchmarks.bench_xla_cpu", "--worker", "--workloads",
-         ",".join(args.workloads), "--repeats", str(args.repeats), "--outputs", str(outputs_path)]
+  env.pop(runtime.ENV_VAR, None)
+  cmd = [sys.executable, "-m", "benchmarks.bench_xla_cpu", "--worker", "--workloads", workload,
+         "--repeats", str(args.repeats), "--outputs", str(outputs_path)]
   cmd += ["--tiny"] * args.tiny + ["--torch-matmul"] * torch_matmul
   cmd += [args.system_malloc_flag] if args.system_malloc_flag else []
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
                         cwd=Path(__file__).resolve().parent.parent, check=False)
   line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")), None)
   if proc.returncode or line is None:
-    raise RuntimeError(f"worker with XLA_FLAGS={flags!r} failed ({proc.returncode}):\n"
-                       f"{proc.stderr[-3000:]}")
+    tail = [l for l in proc.stderr.splitlines() if "Warning" not in l][-3:]
+    return [dict(workload=workload, crashed=f"exit status {proc.returncode}: {' | '.join(tail)}",
+                 loadavg=common.loadavg())]
   return json.loads(line[len("RESULTS "):])
 
 
@@ -214,16 +219,21 @@ def main(argv=None):
   env["xla_flags"] = "per worker (flag_sets)"
   report = common.Report(args.out, benchmark="xla_cpu_flags", tiny=args.tiny, flag_sets=sets,
                          workloads=args.workloads, environment=env)
-  rounds = {name: [] for name in sets}
+  rounds = {name: {w: [] for w in args.workloads} for name in sets}
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(args.rounds):
-      for name, flags in sets.items():
-        path = Path(tmp) / f"{name}_{r}.npz"
-        results = run_worker(flags, args, path, torch_matmul=(r == 0 and name == next(iter(sets))))
-        rounds[name].append(dict(results=results, outputs_file=str(path)))
-        print(f"round {r} {name}: " + ", ".join(
-            f"{e['figure']}{' (torch)' if e.get('framework') else ''} {e['median_s']:.4f}s"
-            for e in results) + f" load {common.loadavg()[0]:.1f}", file=sys.stderr, flush=True)
+      for workload in args.workloads:
+        for name, flags in sets.items():
+          path = Path(tmp) / f"{name}_{workload}_{r}.npz"
+          results = run_worker(flags, workload, args, path,
+                               torch_matmul=(r == 0 and name == next(iter(sets))))
+          rounds[name][workload].append(dict(results=results, outputs_file=str(path)))
+          report.header["raw"] = rounds  # every worker's results, as they come
+          report.save()
+          print(f"round {r} {name}: " + ", ".join(
+              f"{e['figure']}{' (torch)' if e.get('framework') else ''} {e['median_s']:.4f}s"
+              if "crashed" not in e else f"{workload} CRASHED {e['crashed']}" for e in results)
+              + f" load {common.loadavg()[0]:.1f}", file=sys.stderr, flush=True)
       report.results = summarise(rounds, sets)
       report.rows = table(report.results)
       report.header["table_columns"] = ["figure", *(
@@ -237,46 +247,68 @@ def main(argv=None):
 def summarise(rounds: dict, sets: dict) -> list:
   """Per figure and flag set: median over rounds, fusions, max relative output difference."""
   base = next(iter(sets))
-  base_out = np.load(rounds[base][0]["outputs_file"])
   out = []
-  for name, runs in rounds.items():
-    outputs = np.load(runs[0]["outputs_file"])
-    for i, entry in enumerate(runs[0]["results"]):
-      per_round = [run["results"][i] for run in runs]
-      medians = [e["median_s"] for e in per_round]
-      row = dict(flag_set=name, flags=sets[name], figure=entry["figure"],
-                 framework=entry.get("framework", "jax"), median_s=float(np.median(medians)),
-                 round_medians_s=medians, first_s=[e["first_s"] for e in per_round],
-                 loadavg=[e["loadavg"] for e in per_round], fusions=entry.get("fusions"))
-      if "gflops_per_s" in entry:
-        row["gflops_per_s"] = float(np.median([e["gflops_per_s"] for e in per_round]))
-      key = entry["figure"].replace(" ", "_")
-      if row["framework"] == "jax" and key in outputs and key in base_out:
-        ref = base_out[key].astype(np.float64)
-        row["max_rel_vs_" + base] = float(np.abs(outputs[key] - ref).max() / np.abs(ref).max())
-      out.append(row)
+  for name in sets:
+    for workload, runs in rounds[name].items():
+      base_runs = rounds[base][workload]
+      base_out = (np.load(base_runs[0]["outputs_file"])
+                  if Path(base_runs[0]["outputs_file"]).exists() else {})
+      ok = [run for run in runs if "crashed" not in run["results"][0]]
+      if not ok:
+        out.append(dict(flag_set=name, flags=sets[name], workload=workload, figure=None,
+                        crashed=runs[0]["results"][0]["crashed"],
+                        loadavg=[run["results"][0]["loadavg"] for run in runs]))
+        continue
+      outputs = np.load(ok[0]["outputs_file"])
+      for entry in ok[0]["results"]:
+        same = lambda e, entry=entry: (e["figure"], e.get("framework")) == (
+            entry["figure"], entry.get("framework"))
+        per_round = [e for run in ok for e in run["results"] if same(e)]
+        medians = [e["median_s"] for e in per_round]
+        row = dict(flag_set=name, flags=sets[name], workload=workload, figure=entry["figure"],
+                   framework=entry.get("framework", "jax"), median_s=float(np.median(medians)),
+                   round_medians_s=medians, first_s=[e["first_s"] for e in per_round],
+                   loadavg=[e["loadavg"] for e in per_round], fusions=entry.get("fusions"),
+                   crashed_rounds=len(runs) - len(ok))
+        if "gflops_per_s" in entry:
+          row["gflops_per_s"] = float(np.median([e["gflops_per_s"] for e in per_round]))
+        key = entry["figure"].replace(" ", "_")
+        if row["framework"] == "jax" and key in outputs and key in base_out:
+          ref = base_out[key].astype(np.float64)
+          row["max_rel_vs_" + base] = float(np.abs(outputs[key] - ref).max() / np.abs(ref).max())
+        out.append(row)
   return out
 
 
 def table(results: list) -> list:
   """Markdown rows: one per figure, one column per flag set (time, GFLOP/s, vs the first)."""
   rows, base = [], results[0]["flag_set"]
-  for figure in dict.fromkeys(r["figure"] for r in results):
+  figures = {}
+  for r in results:
+    if r["figure"]:
+      figures.setdefault(r["figure"], r["workload"])
+  for figure, workload in figures.items():
     row = {"figure": figure}
-    ref = next(r for r in results if r["figure"] == figure and r["flag_set"] == base)
+    ref = next((r for r in results if r["figure"] == figure and r["flag_set"] == base), None)
     for r in results:
-      if r["figure"] != figure:
+      if r["workload"] != workload or (r["figure"] and r["figure"] != figure):
         continue
-      column = "PyTorch" if r["framework"] == "torch" else r["flag_set"]
+      column = "PyTorch" if r.get("framework") == "torch" else r["flag_set"]
+      if not r["figure"]:
+        row[column] = "crashed"
+        continue
       text = common.fmt(r["median_s"])
       if "gflops_per_s" in r:
         text += f" ({r['gflops_per_s']:.0f} GFLOP/s)"
-      if r["framework"] == "jax" and r is not ref:
+      if r["framework"] == "jax" and ref and r is not ref:
         text += f", {ref['median_s'] / r['median_s']:.2f}x"
+        err = r.get("max_rel_vs_" + base)
+        if err is not None and err > 1e-4:
+          text += f", differs by {err:.2g}"
       if r.get("fusions") and r["fusions"]["onednn"]:
-        text += f", {r['fusions']['onednn']} oneDNN"
+        text += f", {r['fusions']['onednn']} oneDNN fusions"
       row[column] = text
-    loads = [l[0] for r in results if r["figure"] == figure for l in r["loadavg"]]
+    loads = [l[0] for r in results if r["workload"] == workload for l in r["loadavg"]]
     row["load"] = f"{min(loads):.1f}-{max(loads):.1f}"
     rows.append(row)
   return rows
