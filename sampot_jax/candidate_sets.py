@@ -7,6 +7,7 @@ The cache file name carries a hash of everything that shapes the candidates
 reuses a stale set.
 """
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ from sampot_jax import candidates
 from sampot_jax import data
 from sampot_jax import files
 
-CANDIDATE_CACHE_VERSION = 2
+CANDIDATE_CACHE_VERSION = 4  # 3: the split's skipped bad examples; 4: model-made masks + IoU.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,11 @@ class CandidateSet:
     masks: (M, S, S) bool, candidate masks.
     image_index: (M,) int32, row of `images` each candidate belongs to.
     dice: (M,) float32, Dice of each candidate against its target.
-    kinds: (M,) str, candidate kind (e.g. 'level_set', 'shift', ...).
+    kinds: (M,) str, candidate kind (e.g. 'level_set', 'shift', 'model_box', ...).
+    model_iou: (M,) float32, the model's own IoU prediction for model-made
+      candidates ('model_box'), NaN for the others.
+    skipped: (K, 2) str, the split's bad examples left out when it was read
+      (on_bad_example='skip'): file, problem.
   """
   ids: np.ndarray
   images: np.ndarray
@@ -45,6 +50,8 @@ class CandidateSet:
   image_index: np.ndarray
   dice: np.ndarray
   kinds: np.ndarray
+  model_iou: np.ndarray
+  skipped: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), str))
 
   def __len__(self) -> int:
     return int(self.dice.shape[0])
@@ -84,16 +91,19 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict,
   targets = lungs.target(target_name)[:len(ids)]
   other = lungs.other_lung(target_name)
   split_code = {"train": 0, "val": 1, "test": 2}[split]
-  masks, index, dice, kinds = [], [], [], []
+  segment_boxes = _box_segmenter(config) if config.candidates.get("model_boxes", 0) else None
+  masks, index, dice, kinds, ious = [], [], [], [], []
   for i in range(len(ids)):
     rng = np.random.default_rng([config.seed, split_code, i])
     other_i = None if other is None else other[i]
+    boxes_fn = None if segment_boxes is None else functools.partial(segment_boxes, images[i])
     for c in candidates.make_candidates(images[i], targets[i], other_i, rng,
-                                        config.candidates):
+                                        config.candidates, segment_boxes=boxes_fn):
       masks.append(np.asarray(c.mask, bool))
       index.append(i)
       dice.append(c.dice)
       kinds.append(c.kind)
+      ious.append(c.model_iou)
   if not masks:
     raise ValueError(f"split {split!r}: make_candidates gave no candidates; "
                      "check config.candidates.")
@@ -104,13 +114,29 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict,
               else np.asarray(other[:len(ids)], bool)),
       masks=np.stack(masks),
       image_index=np.asarray(index, np.int32),
-      dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str))
+      dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str),
+      model_iou=np.asarray(ious, np.float32),
+      skipped=np.asarray(getattr(lungs, "skipped", ()), dtype=str).reshape(-1, 2))
+
+
+def _box_segmenter(config):
+  """image (S, S) uint8, boxes (n, 4) -> (masks (n, S, S), IoU (n,)): config.sam's model."""
+  from sampot_jax import models  # pylint: disable=g-import-not-at-top
+  from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
+  params, sam_config, _ = models.sam_from_config(config.sam)
+
+  def segment(image, boxes):
+    emb, frame = predictor.encode_images(params, image[None], sam_config)
+    masks, ious = predictor.prompt_masks(params, sam_config, emb, frame, boxes[None])
+    return np.asarray(masks[0]), np.asarray(ious[0])
+  return segment
 
 
 def cache_key(config: ml_collections.ConfigDict, split: str) -> str:
   keyed = {"version": CANDIDATE_CACHE_VERSION, "split": split,
            "seed": config.seed, "data": config.data.to_dict(),
            "candidates": config.candidates.to_dict(),
+           "sam": config.sam.to_dict() if config.candidates.get("model_boxes", 0) else None,
            "max_images_per_split": config.max_images_per_split}
   blob = json.dumps(files.json_ready(keyed), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -38,6 +38,7 @@ class Candidate:
   mask: np.ndarray  # (S, S) bool
   dice: float
   kind: str
+  model_iou: float = float("nan")  # the model's own IoU prediction, for model-made masks
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -164,6 +165,32 @@ def sam_click_candidates(gt: np.ndarray, segment_fn: Callable[[np.ndarray], np.n
     mask = mask.astype(bool)
     out.append(Candidate(mask, metrics.dice(mask, gt), "sam_click"))
   return out
+
+
+def model_box_candidates(gt: np.ndarray, segment_boxes: Callable, rng: np.random.Generator,
+                         n: int, max_jitter: float) -> list[Candidate]:
+  """A box-prompted model's own masks for `n` rough boxes around the target (kind 'model_box').
+
+  The boxes are prompts.rough_boxes of the target's bounding box with jitter ~ U(0,
+  max_jitter) each: from a tight box to a careless one, the masks SAMPOT ranks.
+
+  Args:
+    gt: (S, S) bool target mask.
+    segment_boxes: boxes (n, 4) (x0, y0, x1, y1) in gt pixels -> (masks (n, S, S), model
+      IoU predictions (n,)), e.g. LiteMedSAM on this image.
+    rng: numpy Generator; n: number of boxes; max_jitter: the largest jitter.
+  """
+  from sampot_jax import prompts  # pylint: disable=g-import-not-at-top
+  gt = _check_gt(gt)
+  jitter = rng.uniform(0.0, max_jitter, n)
+  boxes = prompts.rough_boxes(np.repeat(prompts.bounding_boxes(gt)[None], n, 0), jitter, rng,
+                              gt.shape)
+  masks, ious = segment_boxes(boxes)
+  masks, ious = np.asarray(masks, bool), np.asarray(ious, np.float64)
+  if masks.shape != (n,) + gt.shape:
+    raise ValueError(f"segment_boxes returned masks of shape {masks.shape}; expected "
+                     f"{(n,) + gt.shape}.")
+  return [Candidate(m, metrics.dice(m, gt), "model_box", float(iou)) for m, iou in zip(masks, ious)]
 
 
 # Failure modes. Each `_make_<kind>` draws its random aspects once and returns
@@ -430,8 +457,8 @@ def failure_mode_candidates(image: np.ndarray | None, gt: np.ndarray,
 
 def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.ndarray | None,
                     rng: np.random.Generator, config=None,
-                    segment_fn: Callable[[np.ndarray], np.ndarray] | None = None
-                    ) -> list[Candidate]:
+                    segment_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                    segment_boxes: Callable | None = None) -> list[Candidate]:
   """All candidates for one image: level sets, failure modes, SAM clicks if segment_fn.
 
   Args:
@@ -441,6 +468,8 @@ def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.nda
     rng: numpy Generator.
     config: config.candidates, see sampot_jax.defaults.candidates (None: the defaults).
     segment_fn: optional click (x, y) -> (S, S) mask; adds 6 'sam_click' candidates.
+    segment_boxes: optional boxes (n, 4) -> (masks, model IoUs); adds config.model_boxes
+      'model_box' candidates (rough boxes up to config.model_box_max_jitter).
 
   Returns:
     list of Candidate.
@@ -453,4 +482,7 @@ def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.nda
                                    tuple(config.kinds))
   if segment_fn is not None:
     out += sam_click_candidates(gt, segment_fn, rng)
+  if segment_boxes is not None and config.get("model_boxes", 0):
+    out += model_box_candidates(gt, segment_boxes, rng, int(config.model_boxes),
+                                float(config.get("model_box_max_jitter", 0.4)))
   return out

@@ -402,6 +402,35 @@ def _record(array):
           "crc32": array_crc32(array)}
 
 
+def array_index(tree) -> dict:
+  """{tree path: {shape, dtype, crc32}} of every array of a pytree (copied to the host).
+
+  The same records as a SAM port's params_index.json; `index_problem` compares a
+  restored pytree with them.
+  """
+  host = jax.device_get(tree)
+  return {jax.tree_util.keystr(path): _record(np.asarray(leaf))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
+
+
+def index_problem(tree, index: dict, index_name: str):
+  """What differs between a restored pytree and its saved `array_index`, or None.
+
+  Returns a sentence naming the missing / unexpected tree paths, or the arrays
+  whose shape, dtype or crc32 differ from `index_name` (the index file's name).
+  """
+  got = array_index(tree)
+  if got.keys() != index.keys():
+    return (f"the restored arrays differ from {index_name}: missing "
+            f"{sorted(index.keys() - got.keys())[:5]}, unexpected "
+            f"{sorted(got.keys() - index.keys())[:5]}")
+  bad = [key for key in index if got[key] != index[key]]
+  if bad:
+    return (f"arrays {bad[:5]} (of {len(bad)}) do not match the shape, dtype or "
+            f"crc32 recorded in {index_name}")
+  return None
+
+
 def _write_json(path, obj):
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -562,14 +591,7 @@ def load_params(directory):
   finally:
     checkpointer.close()
   params = jax.tree.map(np.asarray, restored)
-  got = {jax.tree_util.keystr(path): _record(leaf)
-         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-  if got.keys() != index.keys():
-    raise fail(f"the restored arrays differ from {INDEX_FILE}: missing "
-               f"{sorted(index.keys() - got.keys())[:5]}, unexpected "
-               f"{sorted(got.keys() - index.keys())[:5]}")
-  bad = [key for key in index if got[key] != index[key]]
-  if bad:
-    raise fail(f"arrays {bad[:5]} (of {len(bad)}) do not match the shape, "
-               f"dtype or crc32 recorded in {INDEX_FILE}")
+  problem = index_problem(params, index, INDEX_FILE)
+  if problem:
+    raise fail(problem)
   return params, manifest

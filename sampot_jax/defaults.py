@@ -45,3 +45,17 @@ def safeguards() -> ml_collections.ConfigDict:
   config.min_score_gain = 0.0
   config.min_mask_dice = 0.5
   return config
+
+
+def sam(variant: str = "vit_b", checkpoint_dir: str = "checkpoints/sam_vit_b") -> ml_collections.ConfigDict:
+  """config.sam: which frozen model (models.sam_from_config)."""
+  config = ml_collections.ConfigDict()
+  config.checkpoint_dir = checkpoint_dir  # python -m ports.sam ... --out DIR
+  config.variant = variant
+  # Missing checkpoint_dir: False stops with the porting commands; True fetches the
+  # source file (online) and ports it there (ports.sam.fetch_and_port).
+  config.fetch_if_missing = True
+  config.random_init = False
+  config.overrides = {}  # sam_config fields, random models only
+  config.seed = 0
+  return config

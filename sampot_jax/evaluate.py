@@ -1,4 +1,4 @@
-"""Runs a split through SAMPOT and every baseline; writes the report (task 'evolve').
+"""Runs a split through SAMPOT and every baseline; writes the report (task 'evaluate').
 
     python main.py --config configs/evaluate.py --workdir W
 
@@ -36,12 +36,15 @@ from sampot_jax import figures
 from sampot_jax import files
 from sampot_jax import metrics
 from sampot_jax import models
+from sampot_jax import prompts as prompt_lib
 from sampot_jax import safeguards
 from sampot_jax import sharding
 from sampot_jax.sam import predictor
 
 SIGNIFICANT = 0.05  # Dice gain the paper calls significant
-METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "oracle")
+METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "oracle",
+           "iou_ascent", "random_search", "true_dice_ascent", "gt_box")
+DEGRADED = 0.02  # a Dice loss larger than this counts as a degradation in the box tables
 
 
 # ----------------------------------------------------------------------------
@@ -49,18 +52,33 @@ METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "ora
 
 
 def load_inputs(config):
-  """The split, its targets and the initial clicks -> (ids, images uint8, targets bool, clicks)."""
+  """The split, its targets and the initial prompts -> (ids, images uint8, targets bool, prompts).
+
+  Prompts: a prompts file (config.prompts_file: id,x,y clicks or id,x0,y0,x1,y1 boxes), else
+  the stand-in for a user (sampot_jax.prompts): the ground-truth centroid for clicks
+  (config.prompt == 'click'), a rough box (ground-truth box, each coordinate moved by up to
+  config.box_jitter of its width/height, numpy default_rng(config.box_seed), one draw of 4 per
+  image in id order) for boxes.
+  """
   from sampot_jax import data  # pylint: disable=g-import-not-at-top
   lungs = data.load_split(config.data, config.split)
   n = len(lungs.ids) if config.max_images <= 0 else min(config.max_images, len(lungs.ids))
   ids = list(lungs.ids[:n])
   images = lungs.images[:n]
   targets = lungs.target(config.data.target)[:n]
-  if config.clicks_file:
-    clicks = baselines.read_clicks(config.clicks_file, ids, images.shape[1:3])
+  kind = config.get("prompt", "click")
+  if kind not in ("click", "box"):
+    raise ValueError(f"config.prompt={kind!r} is not 'click' or 'box'.")
+  if config.prompts_file:
+    prompts = baselines.read_clicks(config.prompts_file, ids, images.shape[1:3],
+                                    split_ids=list(lungs.ids))
+  elif kind == "click":
+    prompts = baselines.centroid_clicks(targets, ids)
   else:
-    clicks = baselines.centroid_clicks(targets, ids)
-  return ids, images, targets, clicks
+    rng = np.random.default_rng(config.get("box_seed", 0))
+    prompts = prompt_lib.rough_boxes(prompt_lib.bounding_boxes(targets, ids), config.box_jitter,
+                                     rng, images.shape[1:3])
+  return ids, images, targets, prompts
 
 
 def cache_dir(config, workdir: Path) -> Path:
@@ -119,6 +137,10 @@ def run_batches(sam, scorer, embeddings, frame, images_small, targets, prompts, 
       out["grid_score"], out["grid_iou"], out["grid_dice"] = baselines.grid_maps(
           params, sam[1], scorer[0], variables, dev["emb"], frame, dev["small"],
           dev["targets"], grid, settings.slope, config.baselines.grid_chunk)
+    if config.baselines.get("box_methods", False):
+      out.update(baselines.box_methods(
+          params, sam[1], scorer, variables, dev["emb"], frame, dev["small"], dev["targets"],
+          dev["prompts"], settings, config.baselines, jax.random.fold_in(key, start)))
     outputs.append(sharding.unpad(sharding.gather(out), n))
   merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   if grid is not None:
@@ -144,6 +166,11 @@ def judge(out: dict, targets: np.ndarray, config) -> dict:
                  safeguarded_prompt=np.where(accepted[:, None], out["best_prompt"],
                                              out["initial_prompt"]),
                  safeguard_report=safeguards.report(passed, dice["initial"], dice["evolved"]))
+  for method in baselines.BOX_METHODS:
+    if f"{method}_mask" in out:
+      dice[method] = metrics.dice_rows(out[f"{method}_mask"], targets)
+  if "random_search_dice" in out:
+    dice["random_search"] = out["random_search_dice"]
   if "grid_dice" in out:
     grid = out["grid_clicks"]
     allowed = baselines.inside(out["initial_mask"], grid)
@@ -167,7 +194,8 @@ def compare(before: np.ndarray, after: np.ndarray) -> dict:
   counts = {"improved": int((delta > 0).sum()), "degraded": int((delta < 0).sum()),
             "unchanged": int((delta == 0).sum()),
             "significantly_improved": int((delta > SIGNIFICANT).sum()),
-            "significantly_degraded": int((delta < -SIGNIFICANT).sum())}
+            "significantly_degraded": int((delta < -SIGNIFICANT).sum()),
+            "degraded_by_more_than_0.02": int((delta < -DEGRADED).sum())}
   out = dict(counts)
   out.update({f"{k}_share": v / n for k, v in counts.items()})
   out["mean_dice_change"] = float(delta.mean())
@@ -183,7 +211,9 @@ def results_rows(ids, out, verdict) -> list[dict]:
     for name, prompt in (("initial", out["initial_prompt"]), ("evolved", out["best_prompt"]),
                          ("safeguarded", verdict["safeguarded_prompt"]),
                          ("grid_search", verdict.get("grid_prompt")),
-                         ("oracle", verdict.get("oracle_prompt"))):
+                         ("oracle", verdict.get("oracle_prompt")),
+                         *((m, out.get(f"{m}_prompt")) for m in baselines.BOX_METHODS),
+                         ("random_search", out.get("random_search_prompt"))):
       if prompt is not None:
         for field, value in zip(predictor.PROMPT_FIELDS[prompt.shape[1]], prompt[i]):
           row[f"{name}_{field}"] = float(value)
@@ -218,8 +248,12 @@ def summarize(ids, out, verdict, config, seconds: dict) -> dict:
   return {
       "num_images": len(ids),
       "split": config.split,
+      "prompt": config.get("prompt", "click"),
       "evolved_vs_initial": compare(dice["initial"], dice["evolved"]),
       "safeguarded_vs_initial": compare(dice["initial"], dice["safeguarded"]),
+      "vs_initial": {m: compare(dice["initial"], dice[m]) for m in METHODS
+                     if m in dice and m != "initial"},
+      "seconds_per_image": {k: v / max(len(ids), 1) for k, v in seconds.items()},
       "dice": {m: {"mean": float(np.mean(dice[m])), "median": float(np.median(dice[m]))}
                for m in METHODS if m in dice},
       "pearson_r_at_initial_clicks": {
@@ -261,7 +295,7 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
   start = int(out["best_start"][i])
   masks = out["snapshot_masks"][i]
   figures.trajectory(workdir / "fig5_trajectory.png", images[i], targets[i],
-                     predictor.prompt_anchor(out["prompts"][i, start]), out["scores"][i, start],
+                     out["prompts"][i, start], out["scores"][i, start],
                      out["snapshot_steps"][i],
                      masks, [metrics.dice(m, targets[i]) for m in masks],
                      title=f"{ids[i]}: Dice {dice['initial'][i]:.3f} -> {dice['evolved'][i]:.3f}")
@@ -281,7 +315,7 @@ def load_models(config):
   or regressor stops the task with the commands that make it."""
   try:
     sam_params, sam_config, sam_key = models.sam_from_config(config.sam)
-    scorer = models.scorer_from_config(config.regressor)
+    scorer = models.scorer_from_config(config.regressor, expected_target=config.data.target)
   except (models.MissingCheckpointError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   return (sam_params, sam_config, sam_key), scorer
@@ -305,7 +339,7 @@ def _workdir(workdir) -> Path:
 
 
 def run(config, workdir) -> dict:
-  """Task 'evolve': the whole evaluation; returns the summary."""
+  """Task 'evaluate': the whole evaluation; returns the summary."""
   workdir = _workdir(workdir)
   files.write_json(workdir / "config.json", config.to_dict())
   t0 = time.time()
@@ -322,6 +356,8 @@ def run(config, workdir) -> dict:
   verdict = judge(out, targets, config)
   summary = summarize(ids, out, verdict, config, seconds)
   summary["embeddings_encoded"] = encoded
+  if config.get("prompt") == "box":
+    summary["box_jitter"] = config.box_jitter
   if jax.process_index() != 0:  # every host computed the same report; one writes it
     return summary
   t0 = time.time()

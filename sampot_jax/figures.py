@@ -82,9 +82,18 @@ def score_vs_dice(path, dice, sam_iou, score, r_iou, r_score):
   return save(fig, path)
 
 
-def trajectory(path, image, target, clicks, scores, snapshot_steps, snapshot_masks,
+def _box(ax, box, color, lw=1.2, ls="-"):
+  x0, y0, x1, y1 = box
+  ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=color, lw=lw, ls=ls))
+
+
+def trajectory(path, image, target, prompts, scores, snapshot_steps, snapshot_masks,
                snapshot_dice, title=""):
-  """Fig. 5. clicks (T, 2), scores (T,); snapshot masks (K, H, W) at steps (K,) with Dice (K,)."""
+  """Fig. 5. prompts (T, D): clicks (T, 2) or boxes (T, 4) (drawn as outlines, the path through
+  their centres); scores (T,); snapshot masks (K, H, W) at steps (K,) with Dice (K,)."""
+  prompts = np.asarray(prompts)
+  boxes = prompts[:, :4] if prompts.shape[1] >= 4 else None
+  clicks = 0.5 * (prompts[:, 0:2] + prompts[:, 2:4]) if prompts.shape[1] == 4 else prompts[:, -2:]
   k = len(snapshot_steps)
   fig = plt.figure(figsize=(3.2 * max(k, 2), 7.2), layout="constrained")
   grid = fig.add_gridspec(2, max(k, 2), height_ratios=(1.4, 1))
@@ -97,6 +106,11 @@ def trajectory(path, image, target, clicks, scores, snapshot_steps, snapshot_mas
   ax.plot(*clicks[0], "c^", ms=9, label="initial")
   best = int(np.nanargmax(np.where(finite, scores, -np.inf)))
   ax.plot(*clicks[best], "r*", ms=12, label="best score")
+  if boxes is not None:
+    for step in snapshot_steps:
+      _box(ax, boxes[step], "orange", lw=0.6, ls=":")
+    _box(ax, boxes[0], "c")
+    _box(ax, boxes[best], "r")
   ax.legend(fontsize=8, loc="lower right")
   ax.set_title("prompt trajectory")
   ax2 = fig.add_subplot(grid[0, max(k, 2) // 2:])
@@ -111,7 +125,10 @@ def trajectory(path, image, target, clicks, scores, snapshot_steps, snapshot_mas
                interpolation="nearest")
     if np.any(target):
       axj.contour(target, levels=[0.5], colors="lime", linewidths=0.8)
-    axj.plot(*clicks[step], "c+", ms=10, mew=2)
+    if boxes is not None:
+      _box(axj, boxes[step], "c")
+    else:
+      axj.plot(*clicks[step], "c+", ms=10, mew=2)
     axj.set_title(f"step {step}: Dice {d:.3f}", fontsize=9)
   fig.suptitle(title or "Prompt evolution")
   return save(fig, path)

@@ -25,6 +25,10 @@ class MissingCheckpointError(FileNotFoundError):
   """The SAM checkpoint directory a config names does not exist."""
 
 
+class ModelMismatchError(ValueError):
+  """A saved model is not the one the config asks for (SAM variant, regressor target)."""
+
+
 def how_to_port(directory, variant: str = "vit_b") -> str:
   """The commands that fetch the official checkpoint and port it to `directory`."""
   from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
@@ -57,7 +61,7 @@ def random_like(shapes, seed: int = 0):
       return rng.normal(0.0, 1.0, shape).astype(np.float32)
     if name == "pos_embed":
       return rng.normal(0.0, 0.02, shape).astype(np.float32)
-    if name in ("scale", "weight", "var"):
+    if name in ("scale", "weight", "var", "running_var"):
       return np.ones(shape, np.float32)
     return np.zeros(shape, np.float32)
 
@@ -85,6 +89,24 @@ def params_key(params) -> str:
   return digest.hexdigest()
 
 
+def _port_variant(directory: Path):
+  """The SAM variant a port's manifest.json names, or None where it cannot be read."""
+  try:
+    return json.loads((directory / "manifest.json").read_text())["sam_config"]["variant"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None  # load_ported reports what is wrong with the directory.
+
+
+def _check_variant(wanted, found, directory) -> None:
+  if wanted and found is not None and found != wanted:
+    raise ModelMismatchError(
+        f"config.sam.variant={wanted!r}, but the port at {directory} is {found!r}. "
+        f"Fix: set --config.sam.variant={found} to use that port, or point "
+        f"--config.sam.checkpoint_dir at a {wanted} port (make one: python main.py "
+        f"--config configs/port_sam.py --config.variant={wanted} "
+        f"--config.out=checkpoints/sam_{wanted}).")
+
+
 def sam_from_config(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, str]:
   """SAM from a config.sam block -> (params, sam config, checkpoint key).
 
@@ -94,6 +116,7 @@ def sam_from_config(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, 
   instead of stopping with the commands that do it).
   The key identifies the weights (the official file's sha256 for ported
   checkpoints, a hash of the params for random ones); the embedding cache uses it.
+  A port of another variant than `variant` is a ModelMismatchError naming both.
   """
   c = sam_config_block
   if c.random_init:
@@ -118,20 +141,35 @@ def sam_from_config(sam_config_block) -> tuple[dict, ml_collections.ConfigDict, 
         + how_to_port(c.checkpoint_dir or "checkpoints/sam_vit_b", c.variant)
         + "\n(or let the run do both: --config.sam.fetch_if_missing=True)")
   else:
+    _check_variant(c.variant, _port_variant(directory), directory)  # before reading the weights
     params, config = sam_model.load_ported(directory)
+  _check_variant(c.variant, config.variant, directory)
   manifest = json.loads((directory / "manifest.json").read_text())
   key = manifest.get("source_sha256") or params_key(params)
   return params, config, f"{config.variant}-{key[:16]}"
 
 
-def scorer_from_config(regressor_config_block):
+def scorer_from_config(regressor_config_block, expected_target: str | None = None):
   """The regressor from a config.regressor block -> (score_fn, variables).
 
   Fields: `random_init` (bool) with `model` (regressor model fields) and
   `seed`, or `workdir` (a train_regressor workdir, see regressor.load_oracle).
+  `expected_target` (the run's config.data.target): a trained regressor must have
+  been trained for that target (its oracle_config.json says which), else
+  ModelMismatchError; None skips the check (random regressors have no target).
   """
   c = regressor_config_block
   if c.random_init:
     model = regressor.from_config(c.model)
     return regressor.make_scorer(model), random_regressor_variables(model, int(c.get("seed", 0)))
+  if expected_target is not None:
+    workdir = Path(c.workdir).expanduser().resolve()
+    trained = (regressor.oracle_config(workdir).get("data") or {}).get("target")
+    if trained != expected_target:
+      raise ModelMismatchError(
+          f"config.data.target={expected_target!r}, but the regressor at {workdir} was trained "
+          f"for data.target={trained!r} (its {regressor.ORACLE_CONFIG}); it would score masks "
+          f"of the wrong structure. Fix: set --config.data.target={trained}, or point "
+          f"--config.regressor.workdir at a regressor trained with "
+          f"--config.data.target={expected_target}.")
   return regressor.load_oracle(c.workdir)

@@ -159,6 +159,37 @@ def evaluate_oracle(pred: np.ndarray, atlas_pred: np.ndarray,
   return out
 
 
+def model_made(pred: np.ndarray, cands: CandidateSet, kind: str = "model_box") -> dict:
+  """The candidates SAMPOT ranks: the model's own masks. Regressor vs the model's IoU head.
+
+  Pearson r / MAE against the true Dice, overall and in the band Dice >= 0.8 (where SAMPOT
+  works), and the median over images of the within-image Spearman rho (does the score order
+  one image's masks as the true Dice does?). {} when there are none.
+  """
+  sel = cands.kinds == kind
+  if not sel.any():
+    return {}
+  true, iou = cands.dice[sel], cands.model_iou[sel]
+  band = true >= 0.8
+
+  def spearman(values):
+    rhos = []
+    for i in np.unique(cands.image_index[sel]):
+      rows = cands.image_index[sel] == i
+      if rows.sum() >= 3 and np.ptp(true[rows]) > 0:
+        rhos.append(stats.spearmanr(values[rows], true[rows]).statistic)
+    rhos = np.asarray(rhos, np.float64)
+    return float(np.nanmedian(rhos)) if rhos.size else float("nan")
+
+  out = {"n": int(sel.sum()), "n_band": int(band.sum()),
+         "dice_mean": float(true.mean())}
+  for name, values in (("regressor", pred[sel]), ("iou_head", iou)):
+    out[name] = dict(metrics.agreement(values, true),
+                     band_pearson_r=metrics.pearson(values[band], true[band]),
+                     median_within_image_spearman=spearman(values))
+  return out
+
+
 def check_targets(by_kind: dict, sweeps: dict, failure_kinds) -> dict:
   """Issue 3's targets, each with its measured value and pass/fail."""
   def r(group):
@@ -211,6 +242,17 @@ def markdown_table(oracle: dict) -> str:
           f"{f(a['pred_max'])}] | {f(a['bias'])} | "
           f"{f(a['outranks_better_sweep'])} |")
     lines.append("")
+  made = oracle.get("model_made") or {}
+  if made:
+    lines += [f"Model-made masks ({made['n']}, {made['n_band']} with Dice >= 0.8): the regressor "
+              "against the model's own IoU head.", "",
+              "| score | r | MAE | r (Dice >= 0.8) | median within-image Spearman |",
+              "|---|---|---|---|---|"]
+    for name in ("regressor", "iou_head"):
+      a = made[name]
+      lines.append(f"| {name} | {f(a['pearson_r'])} | {f(a['mae'])} | "
+                   f"{f(a['band_pearson_r'])} | {f(a['median_within_image_spearman'])} |")
+    lines.append("")
   lines += ["| target | measured | pass |", "|---|---|---|"]
   for name, t in oracle["targets"].items():
     lines.append(f"| {name} | {f(t['value'])} | "
@@ -238,6 +280,7 @@ def evaluate_and_write(config: ml_collections.ConfigDict, variables: dict,
   targets = check_targets(by_kind, sweeps, failure_kinds)
   oracle = {"split": "test", "num_images": len(test.ids), "num_candidates": len(test),
             "by_kind": by_kind, "sweeps": sweeps, "anatomy": anatomy, "targets": targets,
+            "model_made": model_made(pred, test),
             "all_targets_pass": all(t["pass"] for t in targets.values())}
   files.write_json(workdir / "oracle_eval.json", oracle)
   oracle = json.loads((workdir / "oracle_eval.json").read_text())  # NaN -> None, as on disk

@@ -12,7 +12,8 @@ Input convention (the same for `DiceRegressor.__call__` and `score`):
           ground truth.
 
 A trained regressor (the SAMPOT oracle) lives in a train_regressor workdir:
-`save_oracle` / `load_oracle`.
+`save_oracle` / `load_oracle` (workdir/oracle, checked against the crc32 index
+workdir/oracle_index.json; workdir/oracle_config.json says which model and target).
 """
 import functools
 import json
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from sampot_jax import checkpoints
 from sampot_jax import files
 from sampot_jax import settings
 
@@ -188,36 +190,101 @@ def make_scorer(
   return functools.partial(score, model=model)
 
 
+ORACLE_DIR = "oracle"
+ORACLE_INDEX = "oracle_index.json"
+ORACLE_CONFIG = "oracle_config.json"
+
+
+class OracleError(ValueError):
+  """A trained regressor in a workdir that is incomplete, damaged or does not fit."""
+
+
 def save_oracle(workdir: Path, config: ml_collections.ConfigDict,
                 variables: dict) -> None:
-  """Best variables to workdir/oracle, model config to oracle_config.json."""
+  """Best variables to workdir/oracle, their crc32 index, and the model config.
+
+  workdir/oracle_index.json holds every array's tree path, shape, dtype and
+  crc32 (`checkpoints.array_index`, as a SAM port's params_index.json);
+  `load_oracle` checks the restored arrays against it. The old index is removed
+  first, so a save cut short leaves no index that vouches for other bytes.
+  """
   workdir = Path(workdir).resolve()
-  path = workdir / "oracle"
+  index_path = workdir / ORACLE_INDEX
+  index_path.unlink(missing_ok=True)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, jax.tree.map(jnp.asarray, variables), force=True)
+  checkpointer.save(workdir / ORACLE_DIR, jax.tree.map(jnp.asarray, variables), force=True)
   checkpointer.wait_until_finished()
-  files.write_json(workdir / "oracle_config.json",
+  checkpointer.close()
+  files.write_json(index_path, {"format": 1, "arrays": checkpoints.array_index(variables)})
+  files.write_json(workdir / ORACLE_CONFIG,
              {"model": config.model.to_dict(),
               "data": {"target": config.data.target,
                        "image_size": config.data.image_size}})
 
 
-def load_oracle(workdir: Path) -> tuple[Callable, dict]:
-  """The trained oracle of a train_regressor workdir.
-
-  Returns:
-    (score_fn, variables): score_fn(variables, image, soft_mask) -> (B,), see
-    `regressor.score` for the input convention.
-  """
+def oracle_config(workdir: Path) -> dict:
+  """oracle_config.json of a train_regressor workdir: {'model': ..., 'data': {'target', ...}}."""
   workdir = Path(workdir).resolve()
-  config_path = workdir / "oracle_config.json"
+  config_path = workdir / ORACLE_CONFIG
   if not config_path.exists():
     raise FileNotFoundError(
         f"{config_path} is missing; train first: python main.py --config "
         f"configs/train_regressor.py --workdir {workdir}")
-  model_config = json.loads(config_path.read_text())["model"]
-  model = from_config(model_config)
+  try:
+    found = json.loads(config_path.read_text())
+    if not isinstance(found, dict) or not isinstance(found.get("model"), dict):
+      raise ValueError("not a JSON object with a 'model' object")
+  except (ValueError, OSError) as e:
+    raise OracleError(f"{config_path} cannot be read ({e}). {_oracle_fix(workdir)}") from None
+  return found
+
+
+def _oracle_fix(workdir: Path) -> str:
+  return (f"Retrain: run train_regressor again with the same config and --workdir {workdir} "
+          "(it resumes from workdir/checkpoints, so a finished run only rewrites the oracle; "
+          f"with no checkpoints it trains anew), or restore {workdir} from a backup.")
+
+
+def load_oracle(workdir: Path) -> tuple[Callable, dict]:
+  """The trained oracle of a train_regressor workdir, checked against oracle_index.json.
+
+  Returns:
+    (score_fn, variables): score_fn(variables, image, soft_mask) -> (B,), see
+    `regressor.score` for the input convention.
+
+  Raises:
+    FileNotFoundError: no oracle_config.json (nothing trained there).
+    OracleError: the oracle or its index is missing, unreadable, or an array's
+      shape, dtype or crc32 differs from the index; the message names the file
+      and says to retrain or restore.
+  """
+  workdir = Path(workdir).resolve()
+  model = from_config(oracle_config(workdir)["model"])
+  path, index_path = workdir / ORACLE_DIR, workdir / ORACLE_INDEX
+
+  def fail(problem):
+    return OracleError(f"the trained regressor {path} is damaged or incomplete: {problem}. "
+                       + _oracle_fix(workdir))
+
+  if not index_path.exists():
+    raise fail(f"{index_path} is missing (the save was cut short, or the oracle was "
+               "written before oracles carried a crc32 index), so its bytes cannot be checked")
+  try:
+    index = json.loads(index_path.read_text())["arrays"]
+    if not isinstance(index, dict):
+      raise ValueError("'arrays' is not a JSON object")
+  except (ValueError, KeyError, TypeError, OSError) as e:
+    raise fail(f"{index_path} cannot be read ({e})") from None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                          init_variables(model, jax.random.key(0)))
-  variables = ocp.StandardCheckpointer().restore(workdir / "oracle", abstract)
+                          jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    variables = checkpointer.restore(path, abstract)
+  except Exception as e:  # Orbax/tensorstore raise many types for bad files.
+    raise fail(f"Orbax cannot restore it ({type(e).__name__}: {str(e)[:300]})") from None
+  finally:
+    checkpointer.close()
+  problem = checkpoints.index_problem(variables, index, str(index_path))
+  if problem:
+    raise fail(problem)
   return make_scorer(model), dict(variables)

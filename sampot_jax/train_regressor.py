@@ -7,9 +7,11 @@
      lowest validation loss; an Orbax checkpoint every `checkpoint_every`
      epochs in `workdir/checkpoints` (a killed run resumes there and ends
      exactly where an uninterrupted run ends: the data order depends only on
-     (seed, epoch));
+     (seed, epoch)). `resume` keeps the settings beside the checkpoints and
+     refuses a resume under other ones (a larger num_epochs is allowed), a
+     crc32 index per step, and falls back to the newest readable step;
   3. the best variables in `workdir/oracle` (`regressor.load_oracle`), the
-     run's `metrics.json`, and the oracle evaluation (`oracle_eval`) of the
+     run's `metrics.json` (with the bad examples skipped per split), and the oracle evaluation (`oracle_eval`) of the
      test split: `oracle_eval.json`, `.md` and `oracle_scatter.png`.
 
 The last partial training batch of an epoch is dropped (the shuffle changes
@@ -31,6 +33,7 @@ from sampot_jax import candidate_sets
 from sampot_jax import files
 from sampot_jax import oracle_eval
 from sampot_jax import regressor
+from sampot_jax import resume
 from sampot_jax.candidate_sets import CandidateSet
 
 
@@ -126,6 +129,24 @@ def _initial_state(config, model, tx) -> dict:
   return jax.tree.map(jnp.asarray, state)
 
 
+# Settings that must be whole numbers of at least this much (config.<name>).
+_AT_LEAST = {"batch_size": 1, "num_epochs": 1, "checkpoint_every": 1, "log_every": 1,
+             "eval_batch_size": 1, "max_checkpoints": 1, "patience": 0,
+             "max_images_per_split": 0}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """ValueError naming the setting for values a run cannot use (before any work)."""
+  for name, low in _AT_LEAST.items():
+    value = config.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f"config.{name}={value!r}; it must be a whole number >= {low} "
+                       f"(--config.{name}=...).")
+  rate = config.get("learning_rate")
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < np.inf:
+    raise ValueError(f"config.learning_rate={rate!r}; it must be a number > 0.")
+
+
 def _done(config, state) -> bool:
   epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
   if epoch >= config.num_epochs:
@@ -144,23 +165,29 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
     train_set, val_set: candidate sets.
     halt_after_epoch: stop as if killed once this many epochs are done,
       before any checkpoint of that epoch; for tests of resumption.
+
+  Raises:
+    ValueError: a setting a run cannot use (`check_config`), too few candidates.
+    resume.ResumeError: workdir/checkpoints holds a run with other settings, or
+      no step of it can be restored.
   """
+  check_config(config)
   if len(train_set) < config.batch_size:
     raise ValueError(f"{len(train_set)} training candidates < batch_size "
                      f"{config.batch_size}; lower config.batch_size or use "
                      "more images.")
+  directory = Path(workdir).resolve() / "checkpoints"
+  resume.check_settings(directory, config)
   model = regressor.from_config(config.model)
   tx = optax.adam(config.learning_rate)
   state = _initial_state(config, model, tx)
+  restored, latest = resume.restore_newest(directory, state)
+  if restored is not None:
+    state = restored
+    logging.info("Resumed from %s at epoch %d", directory, latest)
   manager = ocp.CheckpointManager(
-      Path(workdir).resolve() / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints,
-                                           create=True))
-  latest = manager.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    logging.info("Resumed from %s at epoch %d", manager.directory, latest)
+      directory, options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints,
+                                                      create=True))
 
   train_step = make_train_step(model, tx, config.get("augment"))
   # Like the data order, augmentation depends only on (seed, epoch, step).
@@ -205,7 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
     if halt_after_epoch is not None and epoch + 1 >= halt_after_epoch:
       break  # As if killed: epochs since the last checkpoint are lost.
     if (epoch + 1) % config.checkpoint_every == 0 or _done(config, state):
-      manager.save(epoch + 1, args=ocp.args.StandardSave(state))
+      resume.save_step(manager, epoch + 1, state)
   manager.wait_until_finished()
   manager.close()
   return state
@@ -215,8 +242,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Builds candidates, trains (or resumes), evaluates; returns metrics."""
   if not workdir:
     raise ValueError("--workdir is required for train_regressor.")
+  check_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # Other settings than the checkpoints' stop here, before config.json is rewritten.
+  resume.check_settings(workdir.resolve() / "checkpoints", config)
   files.write_json(workdir / "config.json", config.to_dict())
   t0 = time.time()  # This call's wall clock; train_seconds spans resumes.
   sets = {split: candidate_sets.load_or_build_candidates(config, workdir, split)
@@ -244,6 +274,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "run_seconds": time.time() - t0,
       "num_candidates": {k: len(v) for k, v in sets.items()},
       "num_images": {k: len(v.ids) for k, v in sets.items()},
+      # Bad examples left out when each split was read (config.data.on_bad_example='skip').
+      "skipped_examples": {k: {"count": len(v.skipped),
+                               "examples": [{"file": f, "problem": p} for f, p in v.skipped]}
+                           for k, v in sets.items()},
       "test_pearson_r": oracle["by_kind"]["all"]["regressor"]["pearson_r"],
       "test_mae": oracle["by_kind"]["all"]["regressor"]["mae"],
       "sweep_median_spearman_rho": oracle["sweeps"]["median_spearman_rho"],
@@ -251,6 +285,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "history": history,
   }
   files.write_json(workdir / "metrics.json", summary)
+  skipped = {k: v["count"] for k, v in summary["skipped_examples"].items() if v["count"]}
+  if skipped:
+    logging.warning("Bad examples skipped per split: %s (listed in %s).", skipped,
+                    workdir / "metrics.json")
   logging.info("test r %.4f  MAE %.4f  sweep rho %.3f  targets %s",
                summary["test_pearson_r"], summary["test_mae"],
                summary["sweep_median_spearman_rho"],

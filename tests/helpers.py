@@ -1,11 +1,17 @@
 """Helpers shared by test modules (test modules never import each other).
 
-An analytic segmenter (`disk_decoder`): logits = RADIUS - distance to the click, so
-  SAMPOT's loop can be checked where the best click is known, without SAM.
+- Analytic segmenters (`disk_decoder`, `box_decoder`): logits = RADIUS - distance to the click,
+  or the box itself, so SAMPOT's loop can be checked where the best prompt is known, without SAM.
+- A synthetic candidate set and a small training config (`synthetic_set`, `synthetic_config`).
 """
+import jax
 import jax.numpy as jnp
+import numpy as np
 
+from configs import train_regressor_tiny
 from sampot_jax import evolve
+from sampot_jax import metrics
+from sampot_jax.candidate_sets import CandidateSet
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
@@ -59,3 +65,58 @@ def box_decoder(params, embeddings, prompts, frame, config, multimask_output=Fal
   logits = jnp.minimum(inside_x, inside_y)[:, None]
   m = 3 if multimask_output else 1
   return jnp.repeat(logits, m, 1), jnp.ones((prompts.shape[0], m))
+
+
+# ---------------------------------------------------------------------------
+# Synthetic candidate sets for training tests: discs on noise, moved / resized discs.
+
+SIZE = 32
+
+
+def disc(size, cy, cx, r):
+  yy, xx = np.mgrid[:size, :size]
+  return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def synthetic_set(n_images: int, seed: int) -> CandidateSet:
+  """Discs on noise; candidates are shifted / resized discs with true Dice."""
+  rng = np.random.default_rng(seed)
+  images, targets, masks, index, dice, kinds = [], [], [], [], [], []
+  for i in range(n_images):
+    cy, cx, r = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(5, 9)
+    target = disc(SIZE, cy, cx, r)
+    image = (rng.uniform(0, 60, (SIZE, SIZE)) + 150 * target).astype(np.uint8)
+    images.append(image)
+    targets.append(target)
+    for _ in range(6):
+      m = disc(SIZE, cy + rng.normal(0, 3), cx + rng.normal(0, 3),
+               r * rng.uniform(0.6, 1.4))
+      masks.append(m)
+      index.append(i)
+      dice.append(metrics.dice(m, target))
+      kinds.append("shift")
+  return CandidateSet(
+      ids=np.array([f"s{i}" for i in range(n_images)]),
+      images=np.stack(images), targets=np.stack(targets),
+      others=np.zeros_like(np.stack(targets)), masks=np.stack(masks), image_index=np.array(index, np.int32),
+      dice=np.array(dice, np.float32), kinds=np.array(kinds),
+      model_iou=np.full(len(dice), np.nan, np.float32))
+
+
+def synthetic_config(num_epochs=5, checkpoint_every=2):
+  config = train_regressor_tiny.get_config()
+  config.data.image_size = SIZE
+  config.model.resolution = SIZE
+  config.model.strides = (2, 2, 2, 1, 1)
+  config.model.kernel_size = (3, 3, 3, 3, 3)
+  config.num_epochs = num_epochs
+  config.checkpoint_every = checkpoint_every
+  return config
+
+
+def assert_trees_equal(a, b):
+  """Exact equality of two training states, wall-clock times aside."""
+  a = {k: v for k, v in a.items() if k != "seconds"}
+  b = {k: v for k, v in b.items() if k != "seconds"}
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x),
+                                                          np.asarray(y)), a, b)

@@ -12,59 +12,11 @@ from sampot_jax import metrics
 from sampot_jax import oracle_eval
 from sampot_jax import regressor
 from sampot_jax import train_regressor as tr
+from tests.helpers import SIZE, assert_trees_equal, disc, synthetic_config, synthetic_set
 
 from tests.conftest import MONTGOMERY as DATA
 
 needs_data = pytest.mark.needs_data
-SIZE = 32
-
-
-def disc(size, cy, cx, r):
-  yy, xx = np.mgrid[:size, :size]
-  return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-
-
-def synthetic_set(n_images: int, seed: int) -> candidate_sets.CandidateSet:
-  """Discs on noise; candidates are shifted / resized discs with true Dice."""
-  rng = np.random.default_rng(seed)
-  images, targets, masks, index, dice, kinds = [], [], [], [], [], []
-  for i in range(n_images):
-    cy, cx, r = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(5, 9)
-    target = disc(SIZE, cy, cx, r)
-    image = (rng.uniform(0, 60, (SIZE, SIZE)) + 150 * target).astype(np.uint8)
-    images.append(image)
-    targets.append(target)
-    for _ in range(6):
-      m = disc(SIZE, cy + rng.normal(0, 3), cx + rng.normal(0, 3),
-               r * rng.uniform(0.6, 1.4))
-      masks.append(m)
-      index.append(i)
-      dice.append(metrics.dice(m, target))
-      kinds.append("shift")
-  return candidate_sets.CandidateSet(
-      ids=np.array([f"s{i}" for i in range(n_images)]),
-      images=np.stack(images), targets=np.stack(targets),
-      others=np.zeros_like(np.stack(targets)), masks=np.stack(masks), image_index=np.array(index, np.int32),
-      dice=np.array(dice, np.float32), kinds=np.array(kinds))
-
-
-def synthetic_config(num_epochs=5, checkpoint_every=2):
-  config = train_regressor_tiny.get_config()
-  config.data.image_size = SIZE
-  config.model.resolution = SIZE
-  config.model.strides = (2, 2, 2, 1, 1)
-  config.model.kernel_size = (3, 3, 3, 3, 3)
-  config.num_epochs = num_epochs
-  config.checkpoint_every = checkpoint_every
-  return config
-
-
-def assert_trees_equal(a, b):
-  """Exact equality of two training states, wall-clock times aside."""
-  a = {k: v for k, v in a.items() if k != "seconds"}
-  b = {k: v for k, v in b.items() if k != "seconds"}
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x),
-                                                          np.asarray(y)), a, b)
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():
@@ -283,3 +235,19 @@ def test_augment_moves_image_and_mask_together_and_keeps_dice():
   assert 0.0 <= float(im2.min()) and float(im2.max()) <= 1.0
   assert not np.allclose(np.asarray(im2), noise, atol=1e-3)
   np.testing.assert_array_equal(np.asarray(ma2), cands.astype(np.float32))
+
+
+def test_model_made_compares_the_regressor_with_the_iou_head():
+  cands = synthetic_set(4, 3)
+  kinds = np.array(["model_box"] * len(cands))
+  rng = np.random.default_rng(0)
+  iou = cands.dice + rng.normal(0, 0.2, len(cands)).astype(np.float32)  # a noisy IoU head
+  cands = candidate_sets.CandidateSet(**{**cands.__dict__, "kinds": kinds, "model_iou": iou})
+  made = oracle_eval.model_made(cands.dice.copy(), cands)  # a perfect regressor
+  assert made["n"] == len(cands)
+  assert made["regressor"]["pearson_r"] == pytest.approx(1.0)
+  assert made["regressor"]["median_within_image_spearman"] == pytest.approx(1.0)
+  assert made["iou_head"]["pearson_r"] < 0.99
+  assert made["iou_head"]["pearson_r"] == pytest.approx(metrics.pearson(iou, cands.dice))
+  assert oracle_eval.model_made(cands.dice, candidate_sets.CandidateSet(
+      **{**cands.__dict__, "kinds": np.array(["shift"] * len(cands))})) == {}

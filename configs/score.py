@@ -1,0 +1,26 @@
+"""The regressor's predicted Dice of existing masks: a quality check for any segmentation.
+
+  python main.py --config configs/score.py --config.images=PATH --config.masks=MASKS \
+      --workdir OUT
+
+Masks are matched to images by name (path relative to their folder, suffix ignored: a.dcm and
+a.png match); foreground is where a mask exceeds half its maximum. Writes OUT/scores.csv
+(file, mask, size, mask pixels, predicted Dice) and OUT/summary.json (docs/refine.md).
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = "score"
+  config.images = ""  # a folder of images, or one image file
+  config.masks = ""   # a folder of masks (or one file), named as the images
+  config.on_bad_example = "error"  # 'error' | 'skip' (logged, listed in summary.json)
+  config.batch_size = 8
+
+  config.regressor = ml_collections.ConfigDict()
+  config.regressor.workdir = "runs/regressor"  # a train_regressor workdir
+  config.regressor.random_init = False
+  config.regressor.model = ml_collections.ConfigDict()  # random models only
+  config.regressor.seed = 0
+  return config

@@ -1,0 +1,93 @@
+"""SAMPOT with boxes: rough-box stand-ins, box prompts files, and the LiteMedSAM configs end to end
+on tiny random models and three real X-rays (the real-weight figures are in docs/sampot.md)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from sampot_jax import baselines
+from sampot_jax import prompts
+from tests.conftest import MONTGOMERY
+
+
+def test_rough_boxes_move_each_coordinate_within_the_jitter():
+  masks = np.zeros((2, 40, 50), bool)
+  masks[0, 10:30, 5:25] = True
+  masks[1, 2:8, 40:50] = True
+  boxes = prompts.bounding_boxes(masks)
+  np.testing.assert_array_equal(boxes, [[5, 10, 24, 29], [40, 2, 49, 7]])
+  rough = prompts.rough_boxes(boxes, 0.15, np.random.default_rng(0))
+  size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
+  assert np.all(np.abs(rough - boxes) <= 0.15 * size + 1e-4)
+  assert not np.allclose(rough, boxes)
+  # One draw of 4 per box, in order: the first box does not depend on the second.
+  first = prompts.rough_boxes(boxes[:1], 0.15, np.random.default_rng(0))
+  np.testing.assert_array_equal(first, rough[:1])
+  clipped = prompts.rough_boxes(boxes, 2.0, np.random.default_rng(1), (40, 50))
+  assert clipped.min() >= 0 and clipped[:, [0, 2]].max() <= 49 and clipped[:, [1, 3]].max() <= 39
+  assert np.all(clipped[:, 2:] > clipped[:, :2])
+  with pytest.raises(ValueError, match="image 'b' is empty"):
+    prompts.bounding_boxes(np.zeros((1, 4, 4), bool), ids=["b"])
+
+
+def test_a_prompts_file_with_boxes(tmp_path):
+  path = tmp_path / "boxes.csv"
+  path.write_text("id,x0,y0,x1,y1\nb,1,2,6,7\na,0,0,3,3\n")
+  np.testing.assert_array_equal(baselines.read_clicks(path, ["a", "b"], (10, 10)),
+                                [[0, 0, 3, 3], [1, 2, 6, 7]])
+  path.write_text("id,x0,y0,x1,y1\na,5,0,3,3\n")
+  with pytest.raises(ValueError, match="image 'a' .* x0 < x1"):
+    baselines.read_clicks(path, ["a"], (10, 10))
+  path.write_text("id,x0,y0\na,5,0\n")
+  with pytest.raises(ValueError, match="id,x0,y0,x1,y1"):
+    baselines.read_clicks(path, ["a"], (10, 10))
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
+  from configs import lite_medsam_evaluate_tiny
+  from sampot_jax import evaluate
+  config = lite_medsam_evaluate_tiny.get_config()
+  config.data.dir = str(MONTGOMERY)
+  config.data.tfds_dir = str(tmp_path / "tfds")
+  config.embedding_cache_dir = str(tmp_path / "embeddings")
+  summary = evaluate.run(config, tmp_path / "run")
+  assert summary["prompt"] == "box" and summary["box_jitter"] == 0.15
+  methods = {"initial", "evolved", "safeguarded", "multimask", "iou_ascent", "random_search",
+             "true_dice_ascent", "gt_box"}
+  assert set(summary["dice"]) == methods
+  assert set(summary["vs_initial"]) == methods - {"initial"}
+  with open(tmp_path / "run" / "results.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 3
+  for row in rows:
+    for method in ("initial", "evolved", "gt_box", "random_search"):
+      x0, y0, x1, y1 = (float(row[f"{method}_{k}"]) for k in ("x0", "y0", "x1", "y1"))
+      assert 0 <= x0 < x1 <= 63 and 0 <= y0 < y1 <= 63, (method, row)
+    for method in methods:
+      assert 0.0 <= float(row[f"dice_{method}"]) <= 1.0
+  with np.load(tmp_path / "run" / "trajectories.npz") as z:
+    assert z["prompts"].shape == (3, 1, 5, 4)  # images, starts, steps + 1, box
+  # The initial boxes are the seeded rough boxes of the ground truth.
+  json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+def test_lite_medsam_regressor_tiny_reports_model_made_masks(tmp_path):
+  from configs import lite_medsam_regressor_tiny
+  from sampot_jax import train_regressor
+  config = lite_medsam_regressor_tiny.get_config()
+  config.data.dir = str(MONTGOMERY)
+  config.data.tfds_dir = str(tmp_path / "tfds")
+  train_regressor.run(config, str(tmp_path / "run"))
+  oracle = json.loads((tmp_path / "run" / "oracle_eval.json").read_text())
+  made = oracle["model_made"]
+  assert made["n"] == 3 * 3  # 3 test images x 3 boxes
+  assert oracle["by_kind"]["model_box"]["n"] == made["n"]
+  for name in ("regressor", "iou_head"):
+    assert set(made[name]) >= {"pearson_r", "mae", "band_pearson_r",
+                               "median_within_image_spearman"}
+  assert "Model-made masks" in (tmp_path / "run" / "oracle_eval.md").read_text()
