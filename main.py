@@ -19,6 +19,9 @@ flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, report
 flags.DEFINE_bool("keep_freed_memory", True,
                   "Let malloc keep freed memory for reuse (sampot_jax.runtime.keep_freed_memory): "
                   "up to 1.5x faster SAMPOT steps on a CPU; the process keeps its peak footprint.")
+flags.DEFINE_enum("cpu_tuning", "auto", ["auto", "off"],
+                  "XLA:CPU flags chosen for this CPU (sampot_jax.runtime.configure_xla_cpu); "
+                  "$SAMPOT_XLA_CPU_FLAGS replaces the choice; flags already in XLA_FLAGS win.")
 flags.DEFINE_bool("traceback", False,
                   "On an error, show the Python traceback instead of the one-paragraph message.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -84,9 +87,10 @@ def main(argv):
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}; fix the config file.",
                          exitcode=USAGE_EXIT)
+  from sampot_jax import runtime  # pylint: disable=g-import-not-at-top
   if FLAGS.keep_freed_memory:
-    from sampot_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.keep_freed_memory()  # before the task's first JAX computation
+  runtime.configure_xla_cpu(FLAGS.cpu_tuning)  # likewise: XLA reads XLA_FLAGS when it starts
   module_name, fn_name = TASKS[task].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
   try:

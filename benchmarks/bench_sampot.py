@@ -46,6 +46,8 @@ from ports import official as sam_official
 
 SLOPE = 5.0
 LEARNING_RATE = 10.0
+
+
 def regressor_config() -> dict:
   """configs/train_regressor.py's model (configs are plain data: no TFDS or JAX import)."""
   from configs import train_regressor  # pylint: disable=g-import-not-at-top
@@ -60,6 +62,26 @@ def make_regressor(resolution: int, tiny: bool):
   model = regressor.from_config(model_config)
   variables = regressor.init_variables(model, jax.random.key(0))
   return model, variables
+
+
+def jax_step(params, config, frame, embedding, image_small, score_fn, variables, click0):
+  """One SAMPOT step on one image as a jitted function, and its first optimiser state.
+
+  step(click (2,), opt_state) -> (click, opt_state, score, grad).
+  """
+  score_iou = functools.partial(
+      evolve.prompt_score, embedding=embedding, image_small=image_small, sam_params=params,
+      score_variables=variables, sam_config=config, frame=frame, score_fn=score_fn, slope=SLOPE)
+  tx = optax.adam(LEARNING_RATE)
+  upper = float(config.img_size - 1)
+
+  @jax.jit
+  def step(click, opt_state):
+    (score, _), grad = jax.value_and_grad(score_iou, has_aux=True)(click)
+    updates, opt_state = tx.update(-grad, opt_state, click)
+    return jnp.clip(click + updates, 0.0, upper), opt_state, score, grad
+
+  return step, tx.init(click0)
 
 
 class Setup:
@@ -89,20 +111,9 @@ class Setup:
 
   # JAX -------------------------------------------------------------------------------------
   def jax_step_fn(self):
-    """A jitted single step for image 0: (click (2,), opt_state) -> (click, opt_state, score)."""
-    score_iou = functools.partial(
-        evolve.prompt_score, embedding=self.emb_j[0], image_small=self.images_j[0],
-        sam_params=self.params, score_variables=self.variables, sam_config=self.config,
-        frame=self.frame, score_fn=self.score_fn, slope=SLOPE)
-    tx = optax.adam(LEARNING_RATE)
-
-    @jax.jit
-    def step(click, opt_state):
-      (score, _), grad = jax.value_and_grad(score_iou, has_aux=True)(click)
-      updates, opt_state = tx.update(-grad, opt_state, click)
-      return jnp.clip(click + updates, 0.0, self.upper), opt_state, score, grad
-
-    return step, tx.init(self.clicks_j[0])
+    """A jitted single step for image 0 (`jax_step`) and its first optimiser state."""
+    return jax_step(self.params, self.config, self.frame, self.emb_j[0], self.images_j[0],
+                    self.score_fn, self.variables, self.clicks_j[0])
 
   def jax_evolve(self, num_steps):
     settings = evolve.Settings(num_steps=num_steps, learning_rate=LEARNING_RATE, slope=SLOPE)
@@ -159,7 +170,7 @@ def encoder_times(official, params, config, batches, dtype, repeats, budget_s, d
 def parse_args(argv=None):
   gpu = common.on_gpu()
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument(common.SYSTEM_MALLOC, action="store_true", help=common.SYSTEM_MALLOC_HELP)
+  common.add_runtime_args(p)
   p.add_argument("--out", help="JSON file to write (rewritten after every figure)")
   p.add_argument("--tiny", action="store_true", help="a tiny SAM and regressor: a smoke run")
   p.add_argument("--variant", default="vit_b")

@@ -27,6 +27,26 @@ from sampot_jax import runtime
 SYSTEM_MALLOC = "--system-malloc"
 SYSTEM_MALLOC_HELP = ("keep glibc's default malloc settings; by default both frameworks run with "
                       "sampot_jax.runtime.keep_freed_memory(), as main.py does")
+CPU_TUNING = "--cpu-tuning"
+CPU_TUNING_HELP = ("XLA:CPU flags chosen for this CPU (sampot_jax.runtime.configure_xla_cpu, as "
+                   "main.py does): auto (default) or off; $SAMPOT_XLA_CPU_FLAGS replaces the "
+                   "choice, and flags already in XLA_FLAGS win")
+
+
+def add_runtime_args(parser) -> None:
+  """The process-wide settings main.py makes, as benchmark arguments (read before parse_args)."""
+  parser.add_argument(SYSTEM_MALLOC, action="store_true", help=SYSTEM_MALLOC_HELP)
+  parser.add_argument(CPU_TUNING, choices=runtime.TUNING_MODES, default="auto",
+                      help=CPU_TUNING_HELP)
+
+
+def _cpu_tuning_mode(argv) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith(CPU_TUNING + "="):
+      return arg.split("=", 1)[1]
+    if arg == CPU_TUNING and i + 1 < len(argv):
+      return argv[i + 1]
+  return "auto"
 
 
 def setup_malloc(argv) -> str:
@@ -38,16 +58,24 @@ def setup_malloc(argv) -> str:
   return "system defaults (keep_freed_memory not available here)"
 
 
+def setup_runtime(argv) -> dict:
+  """Before anything touches JAX: main.py's allocator and XLA:CPU settings; what was set."""
+  malloc = setup_malloc(argv)
+  mode = _cpu_tuning_mode(argv)
+  added = runtime.configure_xla_cpu(mode) if mode in runtime.TUNING_MODES else []
+  return dict(malloc=malloc, cpu_tuning=mode, cpu_tuning_added=added)
+
+
 def start(argv, parse_args):
   """A benchmark script's first steps, in the order they must run.
 
   argv: the arguments (None: sys.argv[1:]). Returns (args, threads, torch device, environment).
   """
   argv = sys.argv[1:] if argv is None else argv
-  malloc = setup_malloc(argv)  # before parse_args: its GPU-dependent defaults start JAX
+  settings = setup_runtime(argv)  # before parse_args: its GPU-dependent defaults start JAX
   args = parse_args(argv)
   threads = setup_threads()
-  return args, threads, torch_device(), environment(threads, malloc)
+  return args, threads, torch_device(), environment(threads, **settings)
 
 
 def ints(text: str) -> list[int]:
@@ -180,15 +208,18 @@ def best_torch_threads(fn: Callable[[], object], cores: int, tries: int = 3) -> 
   return min(probe, key=probe.get), {str(k): v for k, v in probe.items()}
 
 
-def environment(threads: int, malloc: str) -> dict:
+def cpu_record() -> dict:
+  """The CPU model and the ISA features the XLA:CPU choice looks at (from /proc/cpuinfo)."""
+  features = runtime.cpu_features()
+  return dict(cpu=features.model_name or platform.processor(), cpu_vendor=features.vendor,
+              cpu_family=features.family, cpu_model=features.model, cpu_isa=features.isa,
+              cpu_kind=features.kind)
+
+
+def environment(threads: int, malloc: str, **settings) -> dict:
   """Machine, versions, date and load, for the JSON."""
   import flax  # pylint: disable=g-import-not-at-top
   import segment_anything  # pylint: disable=g-import-not-at-top,unused-import
-  try:
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-               .splitlines() if line.startswith("model name"))
-  except (OSError, StopIteration):
-    cpu = platform.processor()
   try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
@@ -196,14 +227,14 @@ def environment(threads: int, malloc: str) -> dict:
     commit = ""
   env = dict(
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      host=platform.node(), cpu=cpu, cpu_count=os.cpu_count(), jax=jax.__version__,
+      host=platform.node(), **cpu_record(), cpu_count=os.cpu_count(), jax=jax.__version__,
       jax_backend=jax.default_backend(), jax_devices=[str(d) for d in jax.devices()],
       flax=flax.__version__, torch=torch.__version__, segment_anything="1.0",
       python=platform.python_version(), commit=commit, loadavg_start=os.getloadavg(),
       mem_available_gib=mem_available_gb(),
       threads=(f"torch.set_num_threads({threads}); XLA CPU runs its intra-op pool on all "
                f"{os.cpu_count()} cores (default); both use the same {threads} cores"),
-      xla_flags=os.environ.get("XLA_FLAGS", ""), malloc=malloc)
+      xla_flags=os.environ.get("XLA_FLAGS", ""), malloc=malloc, **settings)
   if torch.cuda.is_available():
     env["gpu"] = torch.cuda.get_device_name(0)
   return env
@@ -226,8 +257,15 @@ def fmt(x, unit: str = "s") -> str:
   return f"{x:.3g}"
 
 
-def markdown_table(rows: list[dict]) -> str:
-  """Rows of {figure, unit, jax, torch, note} (seconds unless `unit`) -> a markdown table."""
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+  """Rows of {figure, unit, jax, torch, note} (seconds unless `unit`) -> a markdown table.
+
+  With `columns`: a plain table of those keys (values already text), e.g. one column per setting.
+  """
+  if columns:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "—")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
   lines = ["| figure | JAX | official PyTorch | PyTorch / JAX | note |", "|---|---|---|---|---|"]
   for row in rows:
     unit = row.get("unit", "s")

@@ -14,18 +14,26 @@ import torch
 import torch.nn.functional as F
 
 
-def decode_one(sam, embedding, points, labels, multimask_output: bool = False):
-  """embedding (1,C,h,w); points (P,N,2) in the 1024 frame; labels (P,N) -> low-res, iou."""
-  sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+def _prompts(points, labels, boxes):
+  return dict(points=None if points is None else (points, labels), boxes=boxes, masks=None)
+
+
+def decode_one(sam, embedding, points=None, labels=None, multimask_output: bool = False,
+               boxes=None):
+  """embedding (1,C,h,w); points (P,N,2) in the model frame, labels (P,N), and/or boxes (P,4)
+  -> low-res, iou."""
+  sparse, dense = sam.prompt_encoder(**_prompts(points, labels, boxes))
   return sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                           multimask_output=multimask_output)
 
 
-def decode_batched(sam, embeddings, points, labels, multimask_output: bool = False):
-  """embeddings (B,C,h,w), one prompt per image: points (B,N,2), labels (B,N) -> (B,M,4h,4w), (B,M)."""
+def decode_batched(sam, embeddings, points=None, labels=None, multimask_output: bool = False,
+                   boxes=None):
+  """embeddings (B,C,h,w), one prompt per image: points (B,N,2), labels (B,N) and/or boxes
+  (B,4) -> (B,M,4h,4w), (B,M)."""
   decoder = sam.mask_decoder
-  sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+  sparse, dense = sam.prompt_encoder(**_prompts(points, labels, boxes))
   tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
   tokens = torch.cat([tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
   src = embeddings + dense

@@ -1,5 +1,6 @@
 """python main.py as a user runs it: user errors are one `error:` paragraph, not a traceback."""
 import os
+import re
 from pathlib import Path
 import subprocess
 import sys
@@ -14,8 +15,12 @@ def main_py(*args):
 
 
 def assert_one_error(proc, code, *phrases):
+  """Exit status `code`, and stderr is absl's log lines (the XLA:CPU choice at start-up), then one
+  `error:` paragraph."""
   assert proc.returncode == code, proc.stderr[-3000:]
-  assert proc.stderr.startswith("error: "), proc.stderr[-3000:]
+  unlogged = "\n".join(line for line in proc.stderr.splitlines()
+                       if not re.match(r"[IWEF]\d{4} \d\d:\d\d:\d\d", line))
+  assert unlogged.startswith("error: "), proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   for phrase in phrases:
     assert phrase in proc.stderr, proc.stderr[-3000:]
