@@ -26,7 +26,8 @@ def describe(payload: dict) -> str:
   env = payload["environment"]
   device = env.get("gpu") or f"{env['cpu']} ({env['cpu_count']} cores; {isa_text(env)})"
   tuning = env.get("cpu_tuning")
-  name = " ".join(filter(None, [payload["benchmark"], payload.get("variant")]))
+  name = " ".join(filter(None, [payload["benchmark"], payload.get("variant"),
+                                 payload.get("prompt") and f"({payload['prompt']} prompts)"]))
   return (f"{name}: {env['date']}, {device}, JAX {env['jax']} "
           f"({env['jax_backend']}), flax {env['flax']}, torch {env['torch']}, "
           f"segment-anything {env['segment_anything']}, commit {env['commit']}; "

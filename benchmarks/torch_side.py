@@ -6,9 +6,13 @@
   images takes this hand-written version of its `predict_masks` (same submodules, no repeat).
 - `TorchRegressor`: the Dice regressor (5 conv + BN + leaky ReLU, linear readout, sigmoid) with
   the weights of a Flax `DiceRegressor`, so that both frameworks score the same function.
-- `sampot_loop` / `sampot_batched`: SAMPOT steps (click -> decoder -> sigmoid -> score ->
-  backward -> Adam) one image at a time, and for B images in one tensor.
+- `sampot_loop` / `sampot_batched`: SAMPOT steps (prompt -> decoder -> sigmoid -> score ->
+  backward -> Adam -> `constrain_`) one image at a time, and for B images in one tensor. The
+  prompt is a click (B, 2) or a box (B, 4) = (x0, y0, x1, y1); both loops share one step
+  (`_ascend`) and differ only in the decoder call.
 """
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,22 +55,34 @@ def decode_batched(sam, embeddings, points=None, labels=None, multimask_output: 
 
 
 class TorchRegressor(torch.nn.Module):
-  """The Flax DiceRegressor in PyTorch (NCHW), built from its module and variables (eval mode)."""
+  """The Flax DiceRegressor in PyTorch (NCHW), built from its module and variables (eval mode).
+
+  Covers `coord_channels` (x, y in [-1, 1] appended after image and mask, as
+  `regressor.coordinate_channels`) and both readouts ('flatten': Flax's NHWC order; 'mean').
+  Inputs of another size than `resolution` are resized as `regressor.prepare_inputs` does
+  (jax.image.resize "linear", antialiased when shrinking = torch bilinear, antialias=True).
+  """
 
   def __init__(self, model, variables):
     super().__init__()
-    if model.readout != "flatten" or model.coord_channels:
-      raise ValueError("the benchmark's torch regressor covers readout='flatten' without "
-                       "coordinate channels (the paper's default config)")
+    if model.readout not in ("flatten", "mean"):
+      raise ValueError(f"readout={model.readout!r}: the torch regressor has 'flatten' and 'mean'")
     self.resolution = model.resolution
     self.negative_slope = model.negative_slope
+    self.readout_kind = model.readout
     kernels = model.kernel_size
     kernels = (kernels,) * len(model.features) if isinstance(kernels, int) else tuple(kernels)
     params, stats = variables["params"], variables["batch_stats"]
     self.convs = torch.nn.ModuleList()
     self.bns = torch.nn.ModuleList()
     self.geometry = []
-    in_ch = 2
+    in_ch = 4 if model.coord_channels else 2
+    if model.coord_channels:
+      axis = torch.linspace(-1.0, 1.0, model.resolution)
+      y, x = torch.meshgrid(axis, axis, indexing="ij")
+      self.register_buffer("coords", torch.stack([x, y])[None])
+    else:
+      self.coords = None
     for i, (feat, stride, k) in enumerate(zip(model.features, model.strides, kernels)):
       conv = torch.nn.Conv2d(in_ch, feat, k, stride=stride, bias=False)
       conv.weight.data = torch.from_numpy(
@@ -81,24 +97,33 @@ class TorchRegressor(torch.nn.Module):
       self.geometry.append((k, stride))
       in_ch = feat
     dense = params["Dense_0"]
-    side = model.resolution
-    for _, stride in self.geometry:
-      side = -(-side // stride)
-    self.side, self.channels = side, in_ch
     self.readout = torch.nn.Linear(dense["kernel"].shape[0], 1)
     self.readout.weight.data = torch.from_numpy(np.asarray(dense["kernel"]).T.copy())
     self.readout.bias.data = torch.from_numpy(np.asarray(dense["bias"]).copy())
     self.eval()
 
+  def _resized(self, x):
+    """(B, S, S) -> (B, 1, R, R), as jax.image.resize(..., "linear") (antialias=True)."""
+    x = x[:, None]
+    if x.shape[-1] == self.resolution and x.shape[-2] == self.resolution:
+      return x
+    return F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                         align_corners=False, antialias=True)
+
   def forward(self, image, mask):
-    """image, mask (B,R,R) in [0, 1] at the model resolution -> (B,) predicted Dice."""
-    x = torch.stack([image, mask], dim=1)
+    """image (B,S,S), mask (B,S',S') in [0, 1] -> (B,) predicted Dice."""
+    x = torch.cat([self._resized(image), self._resized(mask)], dim=1)
+    if self.coords is not None:
+      x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
     for conv, bn, (k, stride) in zip(self.convs, self.bns, self.geometry):
       size = x.shape[-1]
       pad = max((-(-size // stride) - 1) * stride + k - size, 0)  # XLA's SAME: extra pad after
       x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
       x = F.leaky_relu(bn(conv(x)), self.negative_slope)
-    x = x.permute(0, 2, 3, 1).flatten(1)  # Flax flattens NHWC
+    if self.readout_kind == "mean":
+      x = x.mean(dim=(2, 3))
+    else:
+      x = x.permute(0, 2, 3, 1).flatten(1)  # Flax flattens NHWC
     return torch.sigmoid(self.readout(x))[:, 0]
 
 
@@ -106,52 +131,75 @@ def _soft_mask(low_res, valid: int, slope: float):
   return torch.sigmoid(slope * low_res[:, 0, :valid, :valid])
 
 
-def sampot_loop(sam, regressor, embeddings, images_small, clicks, num_steps: int, *,
-                learning_rate: float = 10.0, slope: float = 5.0, scale: float = 1.0,
-                upper: float = 1023.0, sync=lambda: None):
-  """The straightforward loop: each image on its own, `num_steps` Adam steps on its click.
+def prompt_kwargs(prompts, scale: float = 1.0) -> dict:
+  """(B, D) prompts in original pixels -> the decoder's prompts in the model frame (x `scale`):
+  clicks (B, 2) -> points (B, 1, 2), labels (B, 1) ones; boxes (B, 4) -> boxes (B, 4)."""
+  if prompts.shape[-1] == 2:
+    return dict(points=(prompts * scale)[:, None],
+                labels=torch.ones(prompts.shape[0], 1, dtype=torch.int, device=prompts.device))
+  if prompts.shape[-1] == 4:
+    return dict(boxes=prompts * scale)
+  raise ValueError(f"prompts of shape {tuple(prompts.shape)}: expected (B, 2) clicks or (B, 4) "
+                   "boxes")
 
-  embeddings (B,C,h,w); images_small (B,R,R); clicks (B,2) original pixels; `scale` maps them
-  into the 1024 frame. Returns the final clicks (B,2) and last scores (B,).
+
+@torch.no_grad()
+def constrain_(prompts, upper: float, min_box_size: float = 2.0):
+  """In place, the PyTorch side's version of `predictor.constrain_prompts` (square images):
+  every coordinate clamped into [0, upper]; a box is then re-ordered as (centre -+ half side)
+  with each side at least `min_box_size` (a side that shrank below it, or whose corners
+  crossed, is re-centred at that size, shifted inside the image near an edge)."""
+  prompts.clamp_(0.0, upper)
+  if prompts.shape[-1] == 4:
+    lo, hi = prompts[:, :2], prompts[:, 2:]
+    half = 0.5 * torch.clamp(hi - lo, min=min_box_size)
+    mid = torch.minimum(torch.maximum(0.5 * (lo + hi), half), upper - half)
+    prompts.copy_(torch.cat([mid - half, mid + half], dim=1))
+  return prompts
+
+
+def _ascend(decode, regressor, images_small, prompts, num_steps: int, *, valid: int,
+            learning_rate: float = 10.0, slope: float = 5.0, scale: float = 1.0,
+            upper: float = 1023.0, min_box_size: float = 2.0):
+  """`num_steps` Adam ascent steps on (B, D) prompts; decode(**prompt_kwargs) -> low-res, iou.
+
+  Adam is elementwise, so one optimiser over the (B, D) tensor moves each prompt as its own
+  would. Returns the final prompts and the last scores (None without steps).
   """
-  finals, scores = [], []
-  valid = embeddings.shape[-1] * 4
-  label = torch.ones(1, 1, dtype=torch.int, device=embeddings.device)
-  for i in range(embeddings.shape[0]):
-    click = clicks[i:i + 1].clone().requires_grad_(True)
-    opt = torch.optim.Adam([click], lr=learning_rate)
-    for _ in range(num_steps):
-      opt.zero_grad(set_to_none=True)
-      low_res, _ = decode_one(sam, embeddings[i:i + 1], (click * scale)[:, None], label)
-      score = regressor(images_small[i:i + 1], _soft_mask(low_res, valid, slope))
-      (-score.sum()).backward()
-      opt.step()
-      with torch.no_grad():
-        click.clamp_(0.0, upper)
-    finals.append(click.detach())
-    scores.append(score.detach())
-  sync()
-  return torch.cat(finals), torch.cat(scores)
-
-
-def sampot_batched(sam, regressor, embeddings, images_small, clicks, num_steps: int, *,
-                   learning_rate: float = 10.0, slope: float = 5.0, scale: float = 1.0,
-                   upper: float = 1023.0, sync=lambda: None):
-  """The hand-batched loop: B clicks in one tensor, one decoder call per step for all images.
-
-  Adam is elementwise, so one optimiser over the (B,2) tensor moves each click as its own would.
-  """
-  valid = embeddings.shape[-1] * 4
-  labels = torch.ones(embeddings.shape[0], 1, dtype=torch.int, device=embeddings.device)
-  click = clicks.clone().requires_grad_(True)
-  opt = torch.optim.Adam([click], lr=learning_rate)
+  prompt = prompts.clone().requires_grad_(True)
+  opt = torch.optim.Adam([prompt], lr=learning_rate)
+  score = None
   for _ in range(num_steps):
     opt.zero_grad(set_to_none=True)
-    low_res, _ = decode_batched(sam, embeddings, (click * scale)[:, None], labels)
+    low_res, _ = decode(**prompt_kwargs(prompt, scale))
     score = regressor(images_small, _soft_mask(low_res, valid, slope))
     (-score.sum()).backward()
     opt.step()
-    with torch.no_grad():
-      click.clamp_(0.0, upper)
+    constrain_(prompt, upper, min_box_size)
+  return prompt.detach(), None if score is None else score.detach()
+
+
+def sampot_loop(sam, regressor, embeddings, images_small, prompts, num_steps: int, *,
+                sync=lambda: None, **settings):
+  """The straightforward loop: each image on its own, `num_steps` Adam steps on its prompt.
+
+  embeddings (B,C,h,w); images_small (B,R,R); prompts (B,2) clicks or (B,4) boxes in original
+  pixels; `settings` (`_ascend`): learning_rate, slope, scale (original pixels -> model frame),
+  upper, min_box_size. Returns the final prompts (B,D) and last scores (B,).
+  """
+  valid = embeddings.shape[-1] * 4
+  out = [_ascend(functools.partial(decode_one, sam, embeddings[i:i + 1]), regressor,
+                 images_small[i:i + 1], prompts[i:i + 1], num_steps, valid=valid, **settings)
+         for i in range(embeddings.shape[0])]
   sync()
-  return click.detach(), score.detach()
+  return torch.cat([p for p, _ in out]), torch.cat([s for _, s in out])
+
+
+def sampot_batched(sam, regressor, embeddings, images_small, prompts, num_steps: int, *,
+                   sync=lambda: None, **settings):
+  """The hand-batched loop: the B prompts (clicks or boxes) in one tensor, one decoder call per
+  step for all images (`decode_batched`); arguments as `sampot_loop`."""
+  out = _ascend(functools.partial(decode_batched, sam, embeddings), regressor, images_small,
+                prompts, num_steps, valid=embeddings.shape[-1] * 4, **settings)
+  sync()
+  return out
