@@ -147,23 +147,26 @@ def soft_mask(low_res: jax.Array, frame: predictor.ImageFrame, img_size: int,
 
 
 def prompt_score(prompt, embedding, image_small, sam_params, score_variables, *, sam_config,
-                 frame, score_fn, slope, decode_fn=predictor.decode_prompts):
+                 frame, score_fn, slope, decode_fn=predictor.decode_prompts, image_side=None):
   """One prompt on one image -> (score, SAM IoU), scalars; differentiable in `prompt`.
 
-  prompt (D,) original pixels; embedding (g, g, C); image_small (S, S) in [0, 1].
+  prompt (D,) original pixels; embedding (g, g, C); image_small (S, S) in [0, 1];
+  image_side: this image's predictor.image_side (one image, no batch axis), or None.
   """
-  low_res, iou = decode_fn(sam_params, embedding[None], prompt[None], frame, sam_config)
+  extra = {} if image_side is None else {
+      "image_side": jax.tree.map(lambda x: x[None], image_side)}
+  low_res, iou = decode_fn(sam_params, embedding[None], prompt[None], frame, sam_config, **extra)
   mask = soft_mask(low_res[0, 0], frame, sam_config.img_size, image_small.shape, slope)
   return score_fn(score_variables, image_small[None], mask[None])[0], iou[0, 0]
 
 
-def _evolve_start(start, embedding, image_small, sam_params, score_variables, *, sam_config,
-                  frame, score_fn, settings, decode_fn):
+def _evolve_start(start, embedding, image_side, image_small, sam_params, score_variables, *,
+                  sam_config, frame, score_fn, settings, decode_fn):
   """One start of one image -> (prompts (T, D), scores (T,), ious (T,), nan_step ())."""
   score_iou = functools.partial(
       prompt_score, embedding=embedding, image_small=image_small, sam_params=sam_params,
       score_variables=score_variables, sam_config=sam_config, frame=frame, score_fn=score_fn,
-      slope=settings.slope, decode_fn=decode_fn)
+      slope=settings.slope, decode_fn=decode_fn, image_side=image_side)
   if settings.objective == "iou":  # SAM's own IoU head as the objective; the score is recorded
     def objective(prompt):
       score, iou = score_iou(prompt)
@@ -205,9 +208,13 @@ def _evolve_batch(sam_params, score_variables, embeddings, images_small, prompts
   starts = starting_points(prompts, settings, frame.original_size, rng)
   one = functools.partial(_evolve_start, sam_config=sam_config, frame=frame,
                           score_fn=score_fn, settings=settings, decode_fn=decode_fn)
-  per_image = jax.vmap(one, in_axes=(0, None, None, None, None))   # over starts
-  batched = jax.vmap(per_image, in_axes=(0, 0, 0, None, None))     # over images
-  prompts, values, scores, ious, nan_step = batched(starts, embeddings, images_small,
+  # SAM's decoder does part of its work on the image alone: done here once per image rather
+  # than at every step (XLA does not hoist it out of the scan). Other segmenters get None.
+  image_side = (predictor.image_side(sam_params, embeddings, sam_config)
+                if decode_fn is predictor.decode_prompts else None)
+  per_image = jax.vmap(one, in_axes=(0, None, None, None, None, None))   # over starts
+  batched = jax.vmap(per_image, in_axes=(0, 0, 0, 0, None, None))        # over images
+  prompts, values, scores, ious, nan_step = batched(starts, embeddings, image_side, images_small,
                                                    sam_params, score_variables)
   # The best prompt by the objective (the score, or SAM's IoU for that baseline); stopped
   # steps are NaN and never chosen.

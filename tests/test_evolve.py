@@ -130,7 +130,7 @@ def tiny():
   run = lambda emb_, small_, clicks_, rng_=None: evolve.evolve_prompts(
       params, config, score_fn, variables, emb_, frame, small_, clicks_, SETTINGS, rng=rng_)
   return dict(run=run, emb=emb, small=small, clicks=clicks, params=params, config=config,
-              frame=frame)
+              frame=frame, variables=variables)
 
 
 def test_vmapped_batch_equals_per_image_runs():
@@ -170,6 +170,22 @@ def test_each_row_of_a_batch_depends_only_on_its_image(tiny):
     np.testing.assert_allclose(alone.best_iou, one.best_iou, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(alone.best_mask, one.best_mask)
     np.testing.assert_array_equal(alone.snapshot_masks, one.snapshot_masks)
+
+
+def test_image_side_once_per_image_leaves_the_trajectories_unchanged(tiny):
+  """evolve_prompts computes SAM's image-side decoder work once per image; any other decode_fn
+  (here SAM's own, wrapped) gets none and recomputes it at every step: same paths."""
+  plain = lambda *args, **kwargs: predictor.decode_prompts(*args, **kwargs)
+  key = jax.random.key(3)
+  once = tiny["run"](tiny["emb"], tiny["small"], tiny["clicks"], key)
+  every_step = evolve.evolve_prompts(
+      tiny["params"], tiny["config"], regressor.make_scorer(regressor.DiceRegressor(
+          features=(4, 4, 4, 4, 4), resolution=16)), tiny["variables"], tiny["emb"],
+      tiny["frame"], tiny["small"], tiny["clicks"], SETTINGS, rng=key, decode_fn=plain)
+  np.testing.assert_allclose(np.asarray(once.scores), np.asarray(every_step.scores),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(once.prompts), np.asarray(every_step.prompts), atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(once.best_mask), np.asarray(every_step.best_mask))
 
 
 def test_one_compilation_per_batch_shape(tiny):

@@ -145,6 +145,39 @@ def test_gradient_wrt_box_corners_matches_finite_differences(tiny):
     np.testing.assert_allclose(grad, fd, rtol=1e-5)
 
 
+def test_image_side_computed_once_decodes_the_same(tiny):
+  """decode_prompts with the decoder's image-side projections computed beforehand (as SAMPOT's
+  loop does, once per image) = the plain decoder, for clicks, boxes, both, multimask, and the
+  gradient with respect to the prompt."""
+  config, params, _, embeddings, frame = tiny
+  side = predictor.image_side(params, embeddings, config)
+  hw = embeddings.shape[1] * embeddings.shape[2]
+  assert {k: v.shape for k, v in side.items()} == {
+      k: (3, hw, config.prompt_embed_dim // 2) for k in ("k", "v", "q")}
+  boxes = np.array([[10.0, 12.0, 70.0, 60.0], [30.0, 5.0, 110.0, 80.0], [0.0, 0.0, 119.0, 89.0]])
+  clicks = np.array([[40.0, 30.0], [70.0, 40.0], [60.0, 45.0]])
+  for prompts in (clicks, boxes, np.concatenate([boxes, clicks], axis=1)):
+    for multimask in (False, True):
+      want = predictor.decode_prompts(params, embeddings, prompts, frame, config, multimask)
+      got = predictor.decode_prompts(params, embeddings, prompts, frame, config, multimask,
+                                     image_side=side)
+      for w, g in zip(want, got):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+
+  def soft_area(box, image_side=None):
+    low_res, _ = predictor.decode_prompts(params, embeddings[:1], box[None], frame, config,
+                                          image_side=image_side)
+    return jax.nn.sigmoid(4.0 * low_res).mean()
+
+  box = jnp.asarray(boxes[0], jnp.float32)
+  one = jax.tree.map(lambda x: x[:1], side)
+  np.testing.assert_allclose(jax.grad(soft_area)(box, one), jax.grad(soft_area)(box),
+                             rtol=1e-5, atol=1e-9)
+  with pytest.raises(ValueError, match="mask_input"):
+    sam_model.decode(params, embeddings, config, boxes=boxes, image_side=side,
+                     mask_input=jnp.zeros((3, 32, 32)))
+
+
 def test_several_boxes_per_image(tiny):
   config, params, _, embeddings, frame = tiny
   boxes = np.array([[[10.0, 12.0, 70.0, 60.0], [30.0, 5.0, 110.0, 80.0]]] * 3)  # (3, 2, 4)

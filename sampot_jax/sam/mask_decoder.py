@@ -66,9 +66,12 @@ class MaskDecoder(nn.Module):
   transformer_mlp_dim: int = 2048
 
   @nn.compact
-  def __call__(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool):
+  def __call__(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool,
+               image_side: dict | None = None):
     """Embeddings (B,h,w,C), PE (1,h,w,C), sparse (B,T,C), dense (B,h,w,C) ->
     masks (B, M, 4h, 4w) logits, iou (B, M); M = 3 if multimask_output else 1.
+
+    image_side: `image_side_projections` of these embeddings (and this `dense`), or None.
     """
     dim = self.transformer_dim
     num_mask_tokens = self.num_multimask_outputs + 1
@@ -82,7 +85,9 @@ class MaskDecoder(nn.Module):
     pos = jnp.broadcast_to(image_pe, src.shape)
     transformer = TwoWayTransformer(self.transformer_depth, dim, self.transformer_heads,
                                     self.transformer_mlp_dim, name="transformer")
-    hs, src = transformer(src, pos, tokens)
+    if image_side is not None:
+      image_side = {k: jnp.broadcast_to(x, (b,) + x.shape[1:]) for k, x in image_side.items()}
+    hs, src = transformer(src, pos, tokens, image_side)
     iou_token_out = hs[:, 0]
     mask_tokens_out = hs[:, 1:1 + num_mask_tokens]
 
@@ -103,3 +108,23 @@ class MaskDecoder(nn.Module):
     iou_pred = MLP(self.iou_head_hidden_dim, num_mask_tokens, self.iou_head_depth,
                    name="iou_prediction_head")(iou_token_out)
     return masks, iou_pred[:, wanted[0]:wanted[-1] + 1]
+
+
+def image_side_projections(decoder_params, image_embeddings, image_pe, dense) -> dict:
+  """The decoder's work that depends on the image alone, done once per image instead of at
+  every prompt: the first transformer block's projections of the image tokens (keys and values
+  of token->image attention, queries of image->token attention), 3 of the decoder's
+  (hw x 256 x 128) matmuls. The same products as the layers compute.
+
+  decoder_params: params["mask_decoder"]; embeddings (B,h,w,C), PE (1,h,w,C), dense (B or 1,
+  h,w,C) (the no-mask embedding) -> {"k", "v", "q"}: (B, hw, C/2) each.
+  """
+  b, h, w, c = image_embeddings.shape
+  keys = (image_embeddings + dense).reshape(b, h * w, c)
+  with_pe = keys + image_pe.reshape(1, h * w, c)
+  block = decoder_params["transformer"]["layers_0"]
+  dense_layer = lambda p, x: jax.lax.dot_general(
+      x, p["kernel"], (((x.ndim - 1,), (0,)), ((), ()))) + p["bias"]
+  return {"k": dense_layer(block["cross_attn_token_to_image"]["k_proj"], with_pe),
+          "v": dense_layer(block["cross_attn_token_to_image"]["v_proj"], keys),
+          "q": dense_layer(block["cross_attn_image_to_token"]["q_proj"], with_pe)}

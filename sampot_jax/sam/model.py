@@ -18,6 +18,7 @@ import ml_collections
 from sampot_jax.sam import tiny_vit
 from sampot_jax.sam.image_encoder import ImageEncoderViT
 from sampot_jax.sam.mask_decoder import MaskDecoder
+from sampot_jax.sam.mask_decoder import image_side_projections
 from sampot_jax.sam.prompt_encoder import PromptEncoder
 
 # Encoder sizes of the three official checkpoints (build_sam.py).
@@ -89,10 +90,15 @@ class Sam(nn.Module):
     return self.image_encoder(pixels)
 
   def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None,
-             multimask_output=False):
+             multimask_output=False, image_side=None):
     sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input)
     return self.mask_decoder(embeddings, self.prompt_encoder.dense_pe(), sparse, dense,
-                             multimask_output)
+                             multimask_output, image_side)
+
+  def image_side(self, embeddings):
+    return image_side_projections(self.variables["params"]["mask_decoder"], embeddings,
+                                  self.prompt_encoder.dense_pe(),
+                                  self.prompt_encoder.no_mask_embed.embedding[0])
 
   def __call__(self, pixels, points, labels):
     """Used only by `init`: runs every path once so that every parameter is created."""
@@ -131,16 +137,28 @@ def encode(params, pixels, config):
 
 
 def decode(params, embeddings, config, points=None, labels=None, boxes=None, mask_input=None,
-           multimask_output: bool = False):
+           multimask_output: bool = False, image_side=None):
   """Prompts in the model frame -> low-res mask logits (B, M, 4*grid, 4*grid), IoU (B, M).
 
   embeddings: (B or 1, grid, grid, 256); points: (B, N, 2) float (x, y); labels: (B, N) int in
   {-1, 0, 1}; boxes: (B, 4) (x0, y0, x1, y1); mask_input: (B, 4*grid, 4*grid) logits.
   A padding point is appended when points come without boxes, as in the official code.
+  image_side: `image_side(params, embeddings, config)`, computed once for many prompts; it
+  stands for the embeddings without a mask input, so it cannot go with `mask_input`.
   """
+  if image_side is not None and mask_input is not None:
+    raise ValueError("decode(image_side=...) holds the decoder's projections of the image "
+                     "without a mask input; with mask_input, pass image_side=None.")
   return Sam(_frozen(config)).apply(
       {"params": params}, embeddings, points, labels, boxes, mask_input, multimask_output,
-      method=Sam.decode)
+      image_side, method=Sam.decode)
+
+
+def image_side(params, embeddings, config) -> dict:
+  """(B, grid, grid, 256) embeddings -> the decoder's prompt-independent projections of them
+  (mask_decoder.image_side_projections), for `decode(..., image_side=...)` without a mask input:
+  an ascent over prompts computes them once per image instead of at every step."""
+  return Sam(_frozen(config)).apply({"params": params}, embeddings, method=Sam.image_side)
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -131,10 +131,11 @@ def prompt_kind(dim: int) -> str:
 
 
 def decode_prompts(params, embeddings, prompts, frame: ImageFrame, config,
-                   multimask_output: bool = False):
+                   multimask_output: bool = False, image_side=None):
   """Prompt vectors (B, D) in original pixels (see PROMPT_KINDS) -> low-res logits (B, M, L, L),
   IoU predictions (B, M). Pure and differentiable with respect to `prompts` (click and box
-  corners alike): SAMPOT's decoder."""
+  corners alike): SAMPOT's decoder. image_side: `image_side(params, embeddings, config)`, to
+  skip the decoder's prompt-independent work when one image is decoded many times."""
   prompts = jnp.asarray(prompts)
   prompts = prompts.astype(jnp.promote_types(prompts.dtype, jnp.float32))
   kind = prompt_kind(prompts.shape[-1])
@@ -146,7 +147,13 @@ def decode_prompts(params, embeddings, prompts, frame: ImageFrame, config,
     points = proc.apply_coords(prompts[:, None, -2:], frame.original_size, config.img_size)
     labels = jnp.ones(points.shape[:2], jnp.int32)
   return sam_model.decode(params, embeddings, config, points=points, labels=labels, boxes=boxes,
-                          multimask_output=multimask_output)
+                          multimask_output=multimask_output, image_side=image_side)
+
+
+def image_side(params, embeddings, config) -> dict:
+  """(B, g, g, C) embeddings -> the mask decoder's prompt-independent projections of them, for
+  `decode_prompts(..., image_side=...)` (sam.model.image_side)."""
+  return sam_model.image_side(params, embeddings, config)
 
 
 def check_prompts(prompts, original_size: tuple[int, int], ids=None) -> np.ndarray:

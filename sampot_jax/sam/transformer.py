@@ -13,13 +13,16 @@ class Attention(nn.Module):
   downsample_rate: int = 1
 
   @nn.compact
-  def __call__(self, q, k, v):
+  def __call__(self, q, k, v, projected: dict | None = None):
+    """q (B,Q,C), k and v (B,K,C) -> (B,Q,C). `projected` maps "q", "k" or "v" to that input
+    already projected (B, ., C/rate): the image side, computed once per image (ImageSide)."""
     internal = self.embedding_dim // self.downsample_rate
     head_dim = internal // self.num_heads
     split = lambda x: x.reshape(*x.shape[:-1], self.num_heads, head_dim)
-    q = split(nn.Dense(internal, name="q_proj")(q))
-    k = split(nn.Dense(internal, name="k_proj")(k))
-    v = split(nn.Dense(internal, name="v_proj")(v))
+    projected = projected or {}
+    project = lambda name, x: projected[name] if name in projected else nn.Dense(
+        internal, name=f"{name}_proj")(x)
+    q, k, v = split(project("q", q)), split(project("k", k)), split(project("v", v))
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k) / jnp.sqrt(jnp.float32(head_dim))
     out = jnp.einsum("bnqk,bknd->bqnd", jax.nn.softmax(logits, axis=-1), v)
     return nn.Dense(self.embedding_dim, name="out_proj")(out.reshape(*out.shape[:-2], internal))
@@ -34,7 +37,10 @@ class TwoWayAttentionBlock(nn.Module):
   skip_first_layer_pe: bool = False
 
   @nn.compact
-  def __call__(self, queries, keys, query_pe, key_pe):
+  def __call__(self, queries, keys, query_pe, key_pe, image_side: dict | None = None):
+    """image_side: this block's projections of the image tokens (first block only; see
+    ImageSide), used instead of computing them."""
+    image_side = image_side or {}
     dim, heads, rate = self.embedding_dim, self.num_heads, self.attention_downsample_rate
     self_attn = Attention(dim, heads, name="self_attn")
     if self.skip_first_layer_pe:
@@ -46,14 +52,16 @@ class TwoWayAttentionBlock(nn.Module):
     queries = layer_norm(1e-5, name="norm1")(queries)
 
     q, k = queries + query_pe, keys + key_pe
-    queries = queries + Attention(dim, heads, rate, name="cross_attn_token_to_image")(q, k, keys)
+    queries = queries + Attention(dim, heads, rate, name="cross_attn_token_to_image")(
+        q, k, keys, {n: image_side[n] for n in ("k", "v") if n in image_side})
     queries = layer_norm(1e-5, name="norm2")(queries)
 
     queries = queries + MLPBlock(self.mlp_dim, activation="relu", name="mlp")(queries)
     queries = layer_norm(1e-5, name="norm3")(queries)
 
     q, k = queries + query_pe, keys + key_pe
-    keys = keys + Attention(dim, heads, rate, name="cross_attn_image_to_token")(k, q, queries)
+    keys = keys + Attention(dim, heads, rate, name="cross_attn_image_to_token")(
+        k, q, queries, {"q": image_side["q"]} if "q" in image_side else None)
     keys = layer_norm(1e-5, name="norm4")(keys)
     return queries, keys
 
@@ -66,8 +74,11 @@ class TwoWayTransformer(nn.Module):
   attention_downsample_rate: int = 2
 
   @nn.compact
-  def __call__(self, image_embedding, image_pe, point_embedding):
-    """(B,h,w,C) image, (B,h,w,C) its PE, (B,T,C) tokens -> tokens (B,T,C), image (B,hw,C)."""
+  def __call__(self, image_embedding, image_pe, point_embedding, image_side: dict | None = None):
+    """(B,h,w,C) image, (B,h,w,C) its PE, (B,T,C) tokens -> tokens (B,T,C), image (B,hw,C).
+
+    image_side: the first block's projections of the image tokens, {"k", "v", "q"} each
+    (B, hw, C/rate) (MaskDecoder.image_side), which do not depend on the prompt."""
     b, h, w, c = image_embedding.shape
     keys = image_embedding.reshape(b, h * w, c)
     key_pe = image_pe.reshape(b, h * w, c)
@@ -75,7 +86,8 @@ class TwoWayTransformer(nn.Module):
     for i in range(self.depth):
       queries, keys = TwoWayAttentionBlock(
           self.embedding_dim, self.num_heads, self.mlp_dim, self.attention_downsample_rate,
-          skip_first_layer_pe=i == 0, name=f"layers_{i}")(queries, keys, point_embedding, key_pe)
+          skip_first_layer_pe=i == 0, name=f"layers_{i}")(
+              queries, keys, point_embedding, key_pe, image_side if i == 0 else None)
     q, k = queries + point_embedding, keys + key_pe
     attn = Attention(self.embedding_dim, self.num_heads, self.attention_downsample_rate,
                      name="final_attn_token_to_image")
