@@ -72,6 +72,15 @@ def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
     assert z["prompts"].shape == (3, 1, 5, 4)  # images, starts, steps + 1, box
   # The initial boxes are the seeded rough boxes of the ground truth.
   json.loads((tmp_path / "run" / "config.json").read_text())
+  # docs/sampot.md's table, from this run: one row per method with its counts.
+  from sampot_jax import summary_table
+  rows = summary_table.table([summary_table.read(tmp_path / "run")]).splitlines()
+  evolved = next(r for r in rows if r.startswith("| 0.15 | evolved |"))
+  v = summary["vs_initial"]["evolved"]
+  assert evolved == (f"| 0.15 | evolved | {summary['dice']['evolved']['mean']:.3f} | "
+                     f"{summary['dice']['evolved']['median']:.3f} | {v['improved']}/3 | "
+                     f"{v['degraded_by_more_than_0.02']}/3 | {v['significantly_improved']}/3 |")
+  assert sum(r.startswith("| 0.15 | ") for r in rows) == len(methods) + 1  # + seconds row
 
 
 @pytest.mark.slow
@@ -91,3 +100,19 @@ def test_lite_medsam_regressor_tiny_reports_model_made_masks(tmp_path):
     assert set(made[name]) >= {"pearson_r", "mae", "band_pearson_r",
                                "median_within_image_spearman"}
   assert "Model-made masks" in (tmp_path / "run" / "oracle_eval.md").read_text()
+
+
+def test_summary_table_rows_follow_the_summaries():
+  from sampot_jax import summary_table
+  counts = lambda i, d, s: {"improved": i, "degraded_by_more_than_0.02": d,
+                            "significantly_improved": s}
+  run = lambda j, mean: {"box_jitter": j, "num_images": 4, "seconds_per_image": {"all": 1.5},
+                         "dice": {"initial": {"mean": 0.5, "median": 0.25},
+                                  "evolved": {"mean": mean, "median": 0.875}},
+                         "vs_initial": {"evolved": counts(3, 1, 2)}}
+  rows = summary_table.table([run(0.2, 0.75), run(0.05, 0.625)]).splitlines()
+  assert rows[2:6] == ["| 0.05 | initial | 0.500 | 0.250 |  |  |  |",
+                       "| 0.05 | evolved | 0.625 | 0.875 | 3/4 | 1/4 | 2/4 |",
+                       "| 0.2 | initial | 0.500 | 0.250 |  |  |  |",
+                       "| 0.2 | evolved | 0.750 | 0.875 | 3/4 | 1/4 | 2/4 |"]
+  assert rows[-2:] == ["| 0.05 | all 1.50 |", "| 0.2 | all 1.50 |"]
