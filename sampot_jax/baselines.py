@@ -23,6 +23,7 @@ import numpy as np
 
 from sampot_jax import evolve
 from sampot_jax import metrics
+from sampot_jax import prompts as prompts_lib
 from sampot_jax import sharding
 from sampot_jax.sam import predictor
 from sampot_jax.sam import processing
@@ -34,12 +35,8 @@ def centroid_clicks(targets: np.ndarray, ids=None) -> np.ndarray:
   if targets.ndim != 3:
     raise ValueError(f"targets has shape {targets.shape}; expected (N, H, W) masks.")
   clicks = np.zeros((targets.shape[0], 2), np.float32)
-  for i, mask in enumerate(targets):
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-      name = repr(ids[i]) if ids is not None else f"#{i}"
-      raise ValueError(f"the target mask of image {name} is empty, so it has no centroid; "
-                       "drop the image or give its click in a clicks file (id,x,y).")
+  for i, xs, ys in prompts_lib.mask_pixels(targets, ids, "centroid", "drop the image or give "
+                                           "its click in a clicks file (id,x,y)."):
     clicks[i] = xs.mean(), ys.mean()
   return clicks
 

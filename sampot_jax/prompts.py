@@ -9,18 +9,25 @@ centroid stands in for a user's click (the paper). Boxes are (x0, y0, x1, y1) in
 import numpy as np
 
 
+def mask_pixels(masks: np.ndarray, ids, what: str, fix: str):
+  """Yields (i, xs, ys): the pixel coordinates of each (N, H, W) mask; an empty mask is an
+  error naming its image (ids[i], else #i), that it has no `what`, and `fix`."""
+  for i, mask in enumerate(np.asarray(masks, bool)):
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+      name = repr(ids[i]) if ids is not None else f"#{i}"
+      raise ValueError(f"the target mask of image {name} is empty, so it has no {what}; {fix}")
+    yield i, xs, ys
+
+
 def bounding_boxes(masks: np.ndarray, ids=None) -> np.ndarray:
   """(N, H, W) bool -> (N, 4) float32 tight boxes (x0, y0, x1, y1): first and last pixel."""
   masks = np.asarray(masks, bool)
   if masks.ndim == 2:
     return bounding_boxes(masks[None], ids)[0]
   boxes = np.zeros((masks.shape[0], 4), np.float32)
-  for i, mask in enumerate(masks):
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-      name = repr(ids[i]) if ids is not None else f"#{i}"
-      raise ValueError(f"the target mask of image {name} is empty, so it has no bounding box; "
-                       "drop the image or give its box in a prompts file (id,x0,y0,x1,y1).")
+  for i, xs, ys in mask_pixels(masks, ids, "bounding box", "drop the image or give its box in "
+                               "a prompts file (id,x0,y0,x1,y1)."):
     boxes[i] = xs.min(), ys.min(), xs.max(), ys.max()
   return boxes
 

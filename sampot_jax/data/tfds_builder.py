@@ -75,12 +75,10 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     # etils no longer installs; the answer is simply this file.
     return epath.Path(__file__)
 
-  def __init__(self, *, on_bad_example: str = "error", fingerprint: dict | None = None,
-               **kwargs):
+  def __init__(self, *, on_bad_example: str = "error", **kwargs):
     if on_bad_example not in ON_BAD_EXAMPLE:
       raise ValueError(f"on_bad_example={on_bad_example!r} is not one of {ON_BAD_EXAMPLE}.")
     self._on_bad_example = on_bad_example
-    self._fingerprint = fingerprint
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
@@ -117,7 +115,7 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     skipped = {split: [] for split in splits_lib.SPLITS}
     self.info.metadata.update({"on_bad_example": self._on_bad_example,
                                "manual_dir": str(root.resolve()), "skipped": skipped,
-                               "source_files": self._fingerprint or source_files(root)})
+                               "source_files": source_files(root)})
     return {split: self._generate_examples(scan, split, skipped[split])
             for split in splits_lib.SPLITS}
 
@@ -235,7 +233,8 @@ def prepare(source: str, manual_dir, tfds_dir=None, on_bad_example: str = "error
 
 
 def _prepare(source: str, root: Path, data_dir: Path, on_bad_example: str):
-  # The fingerprint (with content hashes) is made when the data is built, not on every load.
+  # The fingerprint (with content hashes) is made when the data is built (_split_generators),
+  # not on every load.
   builder = ChestXrayLungs(config=source, data_dir=str(data_dir), on_bad_example=on_bad_example)
   if Path(builder.data_dir).is_dir() and (Path(builder.data_dir) / "dataset_info.json").exists():
     before = (builder.info.metadata or {}).get("source_files")
