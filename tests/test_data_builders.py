@@ -1,5 +1,6 @@
 """TFDS builder on small fake data in each raw layout (TFDS test style, no TensorFlow)."""
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,21 @@ def test_runs_started_together_prepare_the_data_once(tmp_path):
   for proc, (out, err) in zip(procs, outs):
     assert proc.returncode == 0, err[-2000:]
     assert out.split()[-1] == "3"
+
+
+def test_a_copy_prepared_without_content_hashes_says_so(tmp_path):
+  """A fingerprint from before content hashes ([size, mtime] only) cannot tell a copied folder
+  from an edited one: the error says that, instead of only listing every file as changed."""
+  (tmp_path / "a.png").write_bytes(b"abc")
+  now = tfds_builder.source_files(tmp_path, content=False)
+  size, mtime = now["a.png"][:2]
+  assert tfds_builder._changes({"a.png": [size, mtime]}, now, tmp_path) == ""
+  message = tfds_builder._changes({"a.png": [size, mtime - 1]}, now, tmp_path)
+  assert message.startswith("1 changed (a.png)") and "predates content hashes" in message
+
+
+def test_tests_prepare_data_in_their_own_folder():
+  """The default TFDS folder during tests is this session's (conftest), not ~/tensorflow_datasets:
+  CI's home kept data prepared by an older commit and from another copy of the data."""
+  from tests import conftest
+  assert tfds_builder.prepared_dir(conftest.MONTGOMERY).parent == Path(conftest.TFDS_DIR)

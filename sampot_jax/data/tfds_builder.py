@@ -199,6 +199,9 @@ def _changes(before: dict, now: dict, root: Path) -> str:
     if names:
       more = f" and {len(names) - 3} more" if len(names) > 3 else ""
       parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{more})")
+  if any(len(before[k]) < 3 for k in changed):
+    parts.append("the prepared copy predates content hashes, so a copied folder (new "
+                 "modification times) cannot be told from an edited one")
   return "; ".join(parts)
 
 
