@@ -13,6 +13,7 @@ def get_config():
   config.model = tiny.model
   config.model.coord_channels = True
   config.candidates.model_boxes = 3
+  config.train_val_candidates.model_boxes = 4
   config.sam.random_init = True
   config.sam.overrides = dict(
       img_size=64, embed_dims=(8, 8, 8, 8), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),

@@ -2,9 +2,15 @@
 
     cands = load_or_build_candidates(config, workdir, "train")   # CandidateSet
 
-The cache file name carries a hash of everything that shapes the candidates
-(seed, data and candidate settings, image count), so a changed setting never
-reuses a stale set.
+A split's set has two parts, built and cached apart: the synthetic candidates (level sets
+and failure kinds, config.candidates; slow, minutes per split) and the frozen model's own
+masks for rough boxes (config.candidates.model_boxes; seconds per image). Each cache file
+name carries a hash of everything that shapes its part, so a changed setting never reuses a
+stale part, and changing the model or its boxes does not rebuild the synthetic part.
+
+`config.train_val_candidates` (optional) overrides config.candidates for the train and val
+splits only: what the regressor learns from may differ from the test split's candidates,
+which stay the benchmark.
 """
 import dataclasses
 import functools
@@ -21,7 +27,8 @@ from sampot_jax import candidates
 from sampot_jax import data
 from sampot_jax import files
 
-CANDIDATE_CACHE_VERSION = 4  # 3: the split's skipped bad examples; 4: model-made masks + IoU.
+CANDIDATE_CACHE_VERSION = 5  # 3: skipped bad examples; 4: model-made masks + IoU; 5: two parts.
+_PARTS = ("synthetic", "model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,26 +86,43 @@ def _take_images(lungs, max_images: int):
   return (list(lungs.ids[:n]), lungs.images[:n])
 
 
-def build_candidate_set(lungs, config: ml_collections.ConfigDict,
-                        split: str) -> CandidateSet:
-  """Candidates for every subject of a LungSet via candidates.make_candidates.
+def candidate_settings(config: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
+  """config.candidates for `split`, with config.train_val_candidates over it for train/val."""
+  settings = ml_collections.ConfigDict(config.candidates.to_dict())
+  if split != "test" and config.get("train_val_candidates"):
+    settings.update(config.train_val_candidates.to_dict())
+  return settings
 
-  Each subject gets its own generator seeded by (config.seed, split, index),
-  so a subset of subjects gets the same candidates as the full split.
+
+def build_candidate_set(lungs, config: ml_collections.ConfigDict, split: str,
+                        part: str | None = None) -> CandidateSet:
+  """Candidates for every subject of a LungSet: one part (`_PARTS`) or both (None).
+
+  Each subject gets its own generators, seeded by (config.seed, split, index) for the
+  synthetic part and (config.seed, split, index, 1) for the model's masks, so a subset of
+  subjects gets the same candidates as the full split and either part can be rebuilt alone.
   """
+  if part is None:
+    return concat([build_candidate_set(lungs, config, split, p) for p in _parts(config, split)])
+  settings = candidate_settings(config, split)
   ids, images = _take_images(lungs, config.max_images_per_split)
   target_name = config.data.target
   targets = lungs.target(target_name)[:len(ids)]
   other = lungs.other_lung(target_name)
   split_code = {"train": 0, "val": 1, "test": 2}[split]
-  segment_boxes = _box_segmenter(config) if config.candidates.get("model_boxes", 0) else None
+  segment_boxes = _box_segmenter(config) if part == "model" else None
   masks, index, dice, kinds, ious = [], [], [], [], []
   for i in range(len(ids)):
-    rng = np.random.default_rng([config.seed, split_code, i])
-    other_i = None if other is None else other[i]
-    boxes_fn = None if segment_boxes is None else functools.partial(segment_boxes, images[i])
-    for c in candidates.make_candidates(images[i], targets[i], other_i, rng,
-                                        config.candidates, segment_boxes=boxes_fn):
+    if part == "model":
+      made = candidates.model_box_candidates(
+          targets[i], functools.partial(segment_boxes, images[i]),
+          np.random.default_rng([config.seed, split_code, i, 1]), int(settings.model_boxes),
+          float(settings.get("model_box_max_jitter", 0.4)))
+    else:
+      made = candidates.make_candidates(
+          images[i], targets[i], None if other is None else other[i],
+          np.random.default_rng([config.seed, split_code, i]), settings)
+    for c in made:
       masks.append(np.asarray(c.mask, bool))
       index.append(i)
       dice.append(c.dice)
@@ -119,6 +143,21 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict,
       skipped=np.asarray(getattr(lungs, "skipped", ()), dtype=str).reshape(-1, 2))
 
 
+def concat(parts: list[CandidateSet]) -> CandidateSet:
+  """The candidates of several parts built on the same images, in order."""
+  first = parts[0]
+  for other in parts[1:]:
+    if list(other.ids) != list(first.ids):
+      raise ValueError("candidate parts were built on different images; delete the cache.")
+  joined = {f: np.concatenate([getattr(p, f) for p in parts])
+            for f in ("masks", "image_index", "dice", "kinds", "model_iou")}
+  return dataclasses.replace(first, **joined)
+
+
+def _parts(config: ml_collections.ConfigDict, split: str) -> tuple[str, ...]:
+  return _PARTS if candidate_settings(config, split).get("model_boxes", 0) else _PARTS[:1]
+
+
 def _box_segmenter(config):
   """image (S, S) uint8, boxes (n, 4) -> (masks (n, S, S), IoU (n,)): config.sam's model."""
   from sampot_jax import models  # pylint: disable=g-import-not-at-top
@@ -132,11 +171,17 @@ def _box_segmenter(config):
   return segment
 
 
-def cache_key(config: ml_collections.ConfigDict, split: str) -> str:
-  keyed = {"version": CANDIDATE_CACHE_VERSION, "split": split,
-           "seed": config.seed, "data": config.data.to_dict(),
-           "candidates": config.candidates.to_dict(),
-           "sam": config.sam.to_dict() if config.candidates.get("model_boxes", 0) else None,
+def cache_key(config: ml_collections.ConfigDict, split: str, part: str = "synthetic") -> str:
+  """Hash of what shapes one part of a split's candidates."""
+  settings = candidate_settings(config, split).to_dict()
+  model_keys = ("model_boxes", "model_box_max_jitter")
+  if part == "model":
+    shaped = {k: settings.get(k) for k in model_keys}
+  else:
+    shaped = {k: v for k, v in settings.items() if k not in model_keys}
+  keyed = {"version": CANDIDATE_CACHE_VERSION, "split": split, "part": part,
+           "seed": config.seed, "data": config.data.to_dict(), "candidates": shaped,
+           "sam": config.sam.to_dict() if part == "model" else None,
            "max_images_per_split": config.max_images_per_split}
   blob = json.dumps(files.json_ready(keyed), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -144,19 +189,23 @@ def cache_key(config: ml_collections.ConfigDict, split: str) -> str:
 
 def load_or_build_candidates(config: ml_collections.ConfigDict, workdir: Path,
                              split: str) -> CandidateSet:
-  """The split's CandidateSet from the workdir cache, built on a miss."""
-  cache_dir = config.get("candidates_dir") or Path(workdir) / "candidates"
-  path = Path(cache_dir) / f"{split}_{cache_key(config, split)}.npz"
-  if path.exists():
-    logging.info("Candidates for %s from cache %s", split, path)
-    return CandidateSet.load(path)
-  t0 = time.time()
-  lungs = data.load_split(config.data, split)
-  cands = build_candidate_set(lungs, config, split)
-  cands.save(path)
-  logging.info("Built %d candidates for %d %s images in %.0f s -> %s",
-               len(cands), len(cands.ids), split, time.time() - t0, path)
-  return cands
+  """The split's CandidateSet; each part from the workdir cache, built on a miss."""
+  cache_dir = Path(config.get("candidates_dir") or Path(workdir) / "candidates")
+  lungs, parts = None, []
+  for part in _parts(config, split):
+    path = cache_dir / f"{split}_{part}_{cache_key(config, split, part)}.npz"
+    if path.exists():
+      logging.info("Candidates for %s (%s) from cache %s", split, part, path)
+      parts.append(CandidateSet.load(path))
+      continue
+    t0 = time.time()
+    lungs = data.load_split(config.data, split) if lungs is None else lungs
+    cands = build_candidate_set(lungs, config, split, part)
+    cands.save(path)
+    logging.info("Built %d %s candidates for %d %s images in %.0f s -> %s",
+                 len(cands), part, len(cands.ids), split, time.time() - t0, path)
+    parts.append(cands)
+  return concat(parts)
 
 
 def atlas_of(train_set: CandidateSet) -> np.ndarray:

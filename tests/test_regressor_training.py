@@ -3,6 +3,7 @@ import json
 import math
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -251,3 +252,47 @@ def test_model_made_compares_the_regressor_with_the_iou_head():
   assert made["iou_head"]["pearson_r"] == pytest.approx(metrics.pearson(iou, cands.dice))
   assert oracle_eval.model_made(cands.dice, candidate_sets.CandidateSet(
       **{**cands.__dict__, "kinds": np.array(["shift"] * len(cands))})) == {}
+
+
+def test_candidate_parts_are_cached_apart_and_train_val_may_differ(tmp_path, monkeypatch):
+  """The model's masks are a part of their own: more boxes for train/val rebuild only that part,
+  the test split keeps config.candidates (the benchmark), and the synthetic part is the same
+  whatever the model part."""
+  from sampot_jax import defaults
+  from sampot_jax.data import fake_data
+  fake_data.write("montgomery_team", tmp_path / "raw", n=9)
+  config = train_regressor_tiny.get_config()
+  config.data.dir, config.data.tfds_dir = str(tmp_path / "raw"), str(tmp_path / "tfds")
+  config.candidates.model_boxes = 2
+  config.sam = defaults.sam("lite_medsam", str(tmp_path / "unused"))
+
+  def box_segmenter(_):  # a stand-in model: the box itself, and its width as the "IoU"
+    def segment(image, boxes):
+      ys, xs = np.mgrid[:image.shape[0], :image.shape[1]]
+      masks = np.stack([(xs >= b[0]) & (xs <= b[2]) & (ys >= b[1]) & (ys <= b[3])
+                        for b in boxes])
+      return masks, boxes[:, 2] - boxes[:, 0]
+    return segment
+  monkeypatch.setattr(candidate_sets, "_box_segmenter", box_segmenter)
+
+  def model_count(split):
+    cands = candidate_sets.load_or_build_candidates(config, tmp_path / "run", split)
+    return cands, np.bincount(cands.image_index[cands.kinds == "model_box"]).tolist()
+
+  train, counts = model_count("train")
+  assert counts == [2] * len(train.ids)
+  config.train_val_candidates = ml_collections.ConfigDict({"model_boxes": 5})
+  synthetic = sorted((tmp_path / "run" / "candidates").glob("train_synthetic_*.npz"))
+  stamp = synthetic[0].stat().st_mtime_ns
+  more, counts = model_count("train")
+  assert counts == [5] * len(more.ids)
+  assert synthetic[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+  assert sorted((tmp_path / "run" / "candidates").glob("train_synthetic_*.npz")) == synthetic
+  assert len(list((tmp_path / "run" / "candidates").glob("train_model_*.npz"))) == 2
+  keep = more.kinds != "model_box"
+  np.testing.assert_array_equal(more.masks[keep], train.masks[train.kinds != "model_box"])
+  assert np.isnan(more.model_iou[keep]).all() and not np.isnan(more.model_iou[~keep]).any()
+  np.testing.assert_allclose(more.dice[~keep], [metrics.dice(m, more.targets[i]) for m, i in
+                                                zip(more.masks[~keep], more.image_index[~keep])])
+  test, counts = model_count("test")
+  assert counts == [2] * len(test.ids)
