@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.evolve.restart_jitter = 10.0
   config.evolve.seed = 0
   config.evolve.num_snapshots = 4     # masks kept along the trajectory (Fig. 5)
+  config.evolve.iou_weight = 0.0      # paper: the regressor alone (evolve.blend)
 
   config.safeguards = defaults.safeguards()
 

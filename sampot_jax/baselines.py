@@ -240,7 +240,7 @@ def box_methods(sam_params, sam_config, scorer, variables, embeddings, frame, im
   - iou_ascent: the same ascent with SAM's own IoU prediction as the objective;
   - true_dice_ascent: the same ascent on the true soft Dice (a perfect regressor: the bound);
   - random_search: the gradient-free search, num_steps + 1 boxes around the initial one
-    (the same number of decoder calls as SAMPOT), best by the regressor's score;
+    (the same number of decoder calls as SAMPOT), best by SAMPOT's score (evolve.blend);
   - gt_box: the ground-truth bounding box.
   """
   import dataclasses  # pylint: disable=g-import-not-at-top
@@ -254,7 +254,8 @@ def box_methods(sam_params, sam_config, scorer, variables, embeddings, frame, im
   targets_small = jax.image.resize(jnp.asarray(targets, jnp.float32),
                                    (targets.shape[0],) + tuple(size), "linear")
   bound = evolve.evolve_prompts(sam_params, sam_config, soft_dice_with_target, None, embeddings,
-                                frame, targets_small, boxes, settings, rng=rng)
+                                frame, targets_small, boxes,
+                                dataclasses.replace(settings, iou_weight=0.0), rng=rng)
   out["true_dice_ascent_mask"] = bound.best_mask
   out["true_dice_ascent_prompt"] = bound.best_prompt
   gt = prompts.bounding_boxes(np.asarray(targets))
@@ -267,9 +268,10 @@ def box_methods(sam_params, sam_config, scorer, variables, embeddings, frame, im
                               np.random.default_rng(seed), frame.original_size)
   candidates = np.concatenate([np.asarray(boxes)[:, None],
                                moved.reshape(len(candidates), k, 4)[:, 1:]], axis=1)
-  scores, _, dice = grid_maps(sam_params, sam_config, scorer[0], variables, embeddings, frame,
-                              images_small, targets, candidates, settings.slope,
-                              config.get("grid_chunk", 16))
+  scores, ious, dice = grid_maps(sam_params, sam_config, scorer[0], variables, embeddings, frame,
+                                 images_small, targets, candidates, settings.slope,
+                                 config.get("grid_chunk", 16))
+  scores = evolve.blend(np.asarray(scores), np.asarray(ious), settings.iou_weight)
   best = np.nanargmax(np.where(np.isfinite(scores), scores, -np.inf), axis=1)
   rows = np.arange(len(best))
   out["random_search_dice"] = np.asarray(dice)[rows, best]

@@ -58,6 +58,9 @@ class Settings:
       spaced steps, the best step among them.
     objective: "score" (the regressor's, SAMPOT) or "iou" (SAM's own IoU
       prediction, a baseline without a regressor).
+    iou_weight: w in [0, 1]; the score is (1 - w) * regressor + w * SAM's IoU prediction
+      (`blend`). 0: the paper's regressor alone. The two err apart on a trained model's
+      masks, so a blend ranks them better (docs/sampot.md; w is chosen on the val split).
     min_box_size: smallest box side, pixels, a step may leave.
   """
   num_steps: int = 40
@@ -69,6 +72,7 @@ class Settings:
   seed: int = 0
   num_snapshots: int = 4
   objective: str = "score"
+  iou_weight: float = 0.0
   min_box_size: float = 2.0
 
   def __post_init__(self):
@@ -82,6 +86,7 @@ class Settings:
         ("num_starts", self.num_starts >= 1, ">= 1"),
         ("restart_jitter", self.restart_jitter >= 0, ">= 0"),
         ("num_snapshots", self.num_snapshots >= 1, ">= 1"),
+        ("iou_weight", 0 <= self.iou_weight <= 1, "in [0, 1]"),
         ("min_box_size", self.min_box_size > 0, "> 0")):
       if not ok:
         raise ValueError(f"evolve setting {name}={getattr(self, name)!r} must be {need}.")
@@ -99,7 +104,8 @@ class EvolveResult:
   Attributes:
     prompts: (B, R, T, D) float32, the prompts visited by each start (D: 2 for a
       click, 4 for a box, 6 for both; predictor.PROMPT_KINDS).
-    scores: (B, R, T) float32 regressor score at each prompt (NaN once stopped).
+    scores: (B, R, T) float32 score at each prompt (the regressor's, blended with SAM's IoU
+      when settings.iou_weight > 0; NaN once stopped).
     ious: (B, R, T) float32 SAM's predicted IoU at each prompt.
     nan_step: (B, R) int32, the step whose score or gradient was not finite
       (the start stopped there), -1 when none.
@@ -146,6 +152,11 @@ def soft_mask(low_res: jax.Array, frame: predictor.ImageFrame, img_size: int,
   return jax.nn.sigmoid(slope * logits)
 
 
+def blend(score, iou, iou_weight: float):
+  """The score SAMPOT ranks by: (1 - w) * regressor score + w * SAM's IoU prediction."""
+  return score if not iou_weight else (1.0 - iou_weight) * score + iou_weight * iou
+
+
 def prompt_score(prompt, embedding, image_small, sam_params, score_variables, *, sam_config,
                  frame, score_fn, slope, decode_fn=predictor.decode_prompts, image_side=None):
   """One prompt on one image -> (score, SAM IoU), scalars; differentiable in `prompt`.
@@ -167,12 +178,16 @@ def _evolve_start(start, embedding, image_side, image_small, sam_params, score_v
       prompt_score, embedding=embedding, image_small=image_small, sam_params=sam_params,
       score_variables=score_variables, sam_config=sam_config, frame=frame, score_fn=score_fn,
       slope=settings.slope, decode_fn=decode_fn, image_side=image_side)
+  def blended(prompt):
+    score, iou = score_iou(prompt)
+    return blend(score, iou, settings.iou_weight), iou
+
   if settings.objective == "iou":  # SAM's own IoU head as the objective; the score is recorded
     def objective(prompt):
-      score, iou = score_iou(prompt)
+      score, iou = blended(prompt)
       return iou, score
   else:
-    objective = score_iou
+    objective = blended
   value_and_grad = jax.value_and_grad(objective, has_aux=True)
   tx = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay)
 

@@ -20,6 +20,7 @@ from scipy import stats
 
 from sampot_jax import candidate_sets
 from sampot_jax import candidates
+from sampot_jax import evolve
 from sampot_jax import figures
 from sampot_jax import files
 from sampot_jax import metrics
@@ -159,35 +160,60 @@ def evaluate_oracle(pred: np.ndarray, atlas_pred: np.ndarray,
   return out
 
 
-def model_made(pred: np.ndarray, cands: CandidateSet, kind: str = "model_box") -> dict:
+def model_made(pred: np.ndarray, cands: CandidateSet, kind: str = "model_box",
+               iou_weight: float | None = None) -> dict:
   """The candidates SAMPOT ranks: the model's own masks. Regressor vs the model's IoU head.
 
   Pearson r / MAE against the true Dice, overall and in the band Dice >= 0.8 (where SAMPOT
   works), and the median over images of the within-image Spearman rho (does the score order
-  one image's masks as the true Dice does?). {} when there are none.
+  one image's masks as the true Dice does?). With `iou_weight`, also the blend SAMPOT ranks by
+  with evolve.Settings.iou_weight (evolve.blend). {} when there are none.
   """
   sel = cands.kinds == kind
   if not sel.any():
     return {}
-  true, iou = cands.dice[sel], cands.model_iou[sel]
+  true, iou, index = cands.dice[sel], cands.model_iou[sel], cands.image_index[sel]
   band = true >= 0.8
-
-  def spearman(values):
-    rhos = []
-    for i in np.unique(cands.image_index[sel]):
-      rows = cands.image_index[sel] == i
-      if rows.sum() >= 3 and np.ptp(true[rows]) > 0:
-        rhos.append(stats.spearmanr(values[rows], true[rows]).statistic)
-    rhos = np.asarray(rhos, np.float64)
-    return float(np.nanmedian(rhos)) if rhos.size else float("nan")
-
   out = {"n": int(sel.sum()), "n_band": int(band.sum()),
          "dice_mean": float(true.mean())}
-  for name, values in (("regressor", pred[sel]), ("iou_head", iou)):
+  scores = [("regressor", pred[sel]), ("iou_head", iou)]
+  if iou_weight is not None:
+    out["iou_weight"] = float(iou_weight)
+    scores.append(("blend", evolve.blend(pred[sel], iou, float(iou_weight))))
+  for name, values in scores:
     out[name] = dict(metrics.agreement(values, true),
                      band_pearson_r=metrics.pearson(values[band], true[band]),
-                     median_within_image_spearman=spearman(values))
+                     median_within_image_spearman=_within_image_spearman(values, true, index))
   return out
+
+
+def _within_image_spearman(values, true, image_index) -> float:
+  """Median over images (3 or more masks of differing Dice) of Spearman rho(values, true)."""
+  rhos = []
+  for i in np.unique(image_index):
+    rows = image_index == i
+    if rows.sum() >= 3 and np.ptp(true[rows]) > 0:
+      rhos.append(stats.spearmanr(values[rows], true[rows]).statistic)
+  rhos = np.asarray(rhos, np.float64)
+  return float(np.nanmedian(rhos)) if rhos.size else float("nan")
+
+
+IOU_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+def choose_iou_weight(pred: np.ndarray, cands: CandidateSet,
+                      kind: str = "model_box") -> tuple[float | None, dict]:
+  """The blend weight (IOU_WEIGHTS) whose score orders each image's model-made masks best
+  (median within-image Spearman), meant for the val split; the smallest among ties.
+  -> (weight, {weight: rho}); (None, {}) without model-made masks."""
+  sel = cands.kinds == kind
+  if not sel.any():
+    return None, {}
+  true, iou, index = cands.dice[sel], cands.model_iou[sel], cands.image_index[sel]
+  rho = {float(w): _within_image_spearman(evolve.blend(pred[sel], iou, w), true, index)
+         for w in IOU_WEIGHTS}
+  best = max(rho.values())
+  return min(w for w, r in rho.items() if r == best), rho
 
 
 def check_targets(by_kind: dict, sweeps: dict, failure_kinds) -> dict:
@@ -245,10 +271,14 @@ def markdown_table(oracle: dict) -> str:
   made = oracle.get("model_made") or {}
   if made:
     lines += [f"Model-made masks ({made['n']}, {made['n_band']} with Dice >= 0.8): the regressor "
-              "against the model's own IoU head.", "",
+              "against the model's own IoU head"
+              + (f", and their blend with iou_weight {made['iou_weight']:.1f} (chosen on the val "
+                 "split: evolve.Settings.iou_weight)" if "blend" in made else "") + ".", "",
               "| score | r | MAE | r (Dice >= 0.8) | median within-image Spearman |",
               "|---|---|---|---|---|"]
-    for name in ("regressor", "iou_head"):
+    for name in ("regressor", "iou_head", "blend"):
+      if name not in made:
+        continue
       a = made[name]
       lines.append(f"| {name} | {f(a['pearson_r'])} | {f(a['mae'])} | "
                    f"{f(a['band_pearson_r'])} | {f(a['median_within_image_spearman'])} |")
@@ -278,9 +308,14 @@ def evaluate_and_write(config: ml_collections.ConfigDict, variables: dict,
   sweeps = sweep_spearman(predict, variables, test, offsets)
   anatomy = anatomy_checks(predict, variables, test, offsets)
   targets = check_targets(by_kind, sweeps, failure_kinds)
+  iou_weight, val_rho = None, {}
+  if "val" in sets and (sets["val"].kinds == "model_box").any():
+    iou_weight, val_rho = choose_iou_weight(predict_candidates(predict, variables, sets["val"]),
+                                            sets["val"])
   oracle = {"split": "test", "num_images": len(test.ids), "num_candidates": len(test),
             "by_kind": by_kind, "sweeps": sweeps, "anatomy": anatomy, "targets": targets,
-            "model_made": model_made(pred, test),
+            "model_made": model_made(pred, test, iou_weight=iou_weight),
+            "iou_weight_val_spearman": val_rho,
             "all_targets_pass": all(t["pass"] for t in targets.values())}
   files.write_json(workdir / "oracle_eval.json", oracle)
   oracle = json.loads((workdir / "oracle_eval.json").read_text())  # NaN -> None, as on disk

@@ -271,3 +271,27 @@ def test_iou_objective_ranks_by_sam_iou():
   # The IoU peak (10, 40), not the score's (the target disk at TARGET).
   np.testing.assert_allclose(np.asarray(res.best_prompt[0]), [10.0, 40.0], atol=1.5)
   assert np.isfinite(np.asarray(res.best_score)).all()  # the regressor's score is still reported
+
+
+def test_iou_weight_blends_the_regressor_with_sam_iou():
+  """iou_weight w scores (1 - w) * regressor + w * IoU: recorded as such, and it moves the
+  ascent from the regressor's peak (w = 0) to the IoU head's (w = 1)."""
+  def iou_decoder(params, embeddings, prompts, frame, config, multimask_output=False):
+    logits, _ = disk_decoder(params, embeddings, prompts, frame, config, multimask_output)
+    iou = -jnp.sum((prompts - jnp.array([10.0, 40.0])) ** 2, axis=-1, keepdims=True) / 1000.0
+    return logits, jnp.repeat(iou, logits.shape[1], 1)
+
+  def run(steps, w):
+    settings = evolve.Settings(num_steps=steps, learning_rate=1.0, iou_weight=w)
+    return evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, disk_mask(TARGET),
+                                 jnp.zeros((1, 1, 1, 1)), DISK_FRAME, jnp.zeros((1, 48, 48)),
+                                 np.array([[20.0, 28.0]], np.float32), settings,
+                                 decode_fn=iou_decoder)
+  alone, blended = run(0, 0.0), run(0, 0.25)
+  score, iou = float(alone.scores[0, 0, 0]), float(alone.ious[0, 0, 0])
+  assert iou != 0 and score != 0
+  assert float(blended.scores[0, 0, 0]) == pytest.approx(0.75 * score + 0.25 * iou, rel=1e-6)
+  np.testing.assert_allclose(np.asarray(run(40, 0.0).best_prompt[0]), TARGET, atol=1.5)
+  np.testing.assert_allclose(np.asarray(run(40, 1.0).best_prompt[0]), [10.0, 40.0], atol=1.5)
+  with pytest.raises(ValueError, match="iou_weight"):
+    evolve.Settings(iou_weight=1.5)

@@ -296,3 +296,21 @@ def test_candidate_parts_are_cached_apart_and_train_val_may_differ(tmp_path, mon
                                                 zip(more.masks[~keep], more.image_index[~keep])])
   test, counts = model_count("test")
   assert counts == [2] * len(test.ids)
+
+
+def test_the_iou_weight_is_chosen_where_the_blend_orders_masks_best():
+  """Regressor and IoU head with independent errors: a blend orders each image's masks better
+  than either, and choose_iou_weight finds an inner weight; a perfect regressor gets 0."""
+  cands = synthetic_set(60, 2)
+  rng = np.random.default_rng(1)
+  iou = (cands.dice + rng.normal(0, 0.1, len(cands))).astype(np.float32)
+  pred = (cands.dice + rng.normal(0, 0.1, len(cands))).astype(np.float32)
+  cands = candidate_sets.CandidateSet(**{**cands.__dict__, "model_iou": iou,
+                                         "kinds": np.array(["model_box"] * len(cands))})
+  weight, rho = oracle_eval.choose_iou_weight(pred, cands)
+  assert 0 < weight < 1 and rho[weight] == max(rho.values())
+  assert rho[weight] > max(rho[0.0], rho[1.0])
+  made = oracle_eval.model_made(pred, cands, iou_weight=weight)
+  np.testing.assert_allclose(made["blend"]["pearson_r"], metrics.pearson(
+      (1 - weight) * pred + weight * iou, cands.dice), rtol=1e-6)
+  assert oracle_eval.choose_iou_weight(cands.dice.copy(), cands)[0] == 0.0
