@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.evolve.seed = 0
   config.evolve.num_snapshots = 4     # masks kept along the trajectory (Fig. 5)
   config.evolve.iou_weight = 0.0      # paper: the regressor alone (evolve.blend)
+  config.evolve.ascend_blend = True   # False: ascend the regressor, choose by the blend
 
   config.safeguards = defaults.safeguards()
 

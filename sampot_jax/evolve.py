@@ -61,6 +61,9 @@ class Settings:
     iou_weight: w in [0, 1]; the score is (1 - w) * regressor + w * SAM's IoU prediction
       (`blend`). 0: the paper's regressor alone. The two err apart on a trained model's
       masks, so a blend ranks them better (docs/sampot.md; w is chosen on the val split).
+    ascend_blend: Adam ascends the blended score (True) or the regressor's alone, the best
+      prompt still being chosen by the blend (False): the IoU head misleads the ascent from
+      far-off prompts (docs/sampot.md).
     min_box_size: smallest box side, pixels, a step may leave.
   """
   num_steps: int = 40
@@ -73,6 +76,7 @@ class Settings:
   num_snapshots: int = 4
   objective: str = "score"
   iou_weight: float = 0.0
+  ascend_blend: bool = True
   min_box_size: float = 2.0
 
   def __post_init__(self):
@@ -178,24 +182,20 @@ def _evolve_start(start, embedding, image_side, image_small, sam_params, score_v
       prompt_score, embedding=embedding, image_small=image_small, sam_params=sam_params,
       score_variables=score_variables, sam_config=sam_config, frame=frame, score_fn=score_fn,
       slope=settings.slope, decode_fn=decode_fn, image_side=image_side)
-  def blended(prompt):
-    score, iou = score_iou(prompt)
-    return blend(score, iou, settings.iou_weight), iou
-
-  if settings.objective == "iou":  # SAM's own IoU head as the objective; the score is recorded
-    def objective(prompt):
-      score, iou = blended(prompt)
-      return iou, score
-  else:
-    objective = blended
+  def objective(prompt):
+    """-> (what Adam ascends, (what the best prompt is chosen by, score, SAM IoU))."""
+    regressed, iou = score_iou(prompt)
+    score = blend(regressed, iou, settings.iou_weight)
+    if settings.objective == "iou":  # SAM's own IoU head ascended and chosen by; score recorded
+      return iou, (iou, score, iou)
+    return (score if settings.ascend_blend else regressed), (score, score, iou)
   value_and_grad = jax.value_and_grad(objective, has_aux=True)
   tx = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay)
 
   def step(carry, _):
     prompt, opt_state, alive = carry
-    (value, aux), grad = value_and_grad(prompt)
-    score, iou = (aux, value) if settings.objective == "iou" else (value, aux)
-    ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+    (ascended, (value, score, iou)), grad = value_and_grad(prompt)
+    ok = jnp.isfinite(value) & jnp.isfinite(ascended) & jnp.all(jnp.isfinite(grad))
     updates, new_state = tx.update(-grad, opt_state, prompt)  # ascent
     moving = alive & ok
     moved = predictor.constrain_prompts(prompt + updates, frame.original_size,

@@ -295,3 +295,27 @@ def test_iou_weight_blends_the_regressor_with_sam_iou():
   np.testing.assert_allclose(np.asarray(run(40, 1.0).best_prompt[0]), [10.0, 40.0], atol=1.5)
   with pytest.raises(ValueError, match="iou_weight"):
     evolve.Settings(iou_weight=1.5)
+
+
+def test_ascend_blend_false_ascends_the_regressor_and_chooses_by_the_blend():
+  """ascend_blend=False: the path is the regressor's own (w = 0), the scores on it and the
+  best prompt are the blend's."""
+  def iou_decoder(params, embeddings, prompts, frame, config, multimask_output=False):
+    logits, _ = disk_decoder(params, embeddings, prompts, frame, config, multimask_output)
+    iou = -jnp.sum((prompts - jnp.array([10.0, 40.0])) ** 2, axis=-1, keepdims=True) / 1000.0
+    return logits, jnp.repeat(iou, logits.shape[1], 1)
+
+  def run(**settings):
+    settings = evolve.Settings(num_steps=30, learning_rate=1.0, **settings)
+    return evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, disk_mask(TARGET),
+                                 jnp.zeros((1, 1, 1, 1)), DISK_FRAME, jnp.zeros((1, 48, 48)),
+                                 np.array([[20.0, 28.0]], np.float32), settings,
+                                 decode_fn=iou_decoder)
+  alone = run()
+  chosen = run(iou_weight=0.5, ascend_blend=False)
+  np.testing.assert_array_equal(np.asarray(chosen.prompts), np.asarray(alone.prompts))
+  want = 0.5 * np.asarray(alone.scores[0, 0]) + 0.5 * np.asarray(alone.ious[0, 0])
+  np.testing.assert_allclose(np.asarray(chosen.scores[0, 0]), want, rtol=1e-5, atol=1e-6)
+  assert int(chosen.best_step[0]) == int(np.argmax(want))
+  assert int(chosen.best_step[0]) != int(alone.best_step[0])  # the blend chose another step
+  assert not np.allclose(np.asarray(run(iou_weight=0.5).prompts), np.asarray(alone.prompts))
