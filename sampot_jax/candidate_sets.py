@@ -29,6 +29,7 @@ from sampot_jax import files
 
 CANDIDATE_CACHE_VERSION = 5  # 3: skipped bad examples; 4: model-made masks + IoU; 5: two parts.
 _PARTS = ("synthetic", "model")
+_PER_CANDIDATE = ("masks", "image_index", "dice", "kinds", "model_iou")  # fields of (M,) rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,15 +96,13 @@ def candidate_settings(config: ml_collections.ConfigDict, split: str) -> ml_coll
 
 
 def build_candidate_set(lungs, config: ml_collections.ConfigDict, split: str,
-                        part: str | None = None) -> CandidateSet:
-  """Candidates for every subject of a LungSet: one part (`_PARTS`) or both (None).
+                        part: str) -> CandidateSet:
+  """One part (`_PARTS`) of the candidates for every subject of a LungSet.
 
   Each subject gets its own generators, seeded by (config.seed, split, index) for the
   synthetic part and (config.seed, split, index, 1) for the model's masks, so a subset of
   subjects gets the same candidates as the full split and either part can be rebuilt alone.
   """
-  if part is None:
-    return concat([build_candidate_set(lungs, config, split, p) for p in _parts(config, split)])
   settings = candidate_settings(config, split)
   ids, images = _take_images(lungs, config.max_images_per_split)
   target_name = config.data.target
@@ -149,9 +148,13 @@ def concat(parts: list[CandidateSet]) -> CandidateSet:
   for other in parts[1:]:
     if list(other.ids) != list(first.ids):
       raise ValueError("candidate parts were built on different images; delete the cache.")
-  joined = {f: np.concatenate([getattr(p, f) for p in parts])
-            for f in ("masks", "image_index", "dice", "kinds", "model_iou")}
+  joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _PER_CANDIDATE}
   return dataclasses.replace(first, **joined)
+
+
+def select(cands: CandidateSet, rows: np.ndarray) -> CandidateSet:
+  """The candidates at `rows` (indices or a boolean mask), on the same images."""
+  return dataclasses.replace(cands, **{f: getattr(cands, f)[rows] for f in _PER_CANDIDATE})
 
 
 def _parts(config: ml_collections.ConfigDict, split: str) -> tuple[str, ...]:

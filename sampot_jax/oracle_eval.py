@@ -309,9 +309,10 @@ def evaluate_and_write(config: ml_collections.ConfigDict, variables: dict,
   anatomy = anatomy_checks(predict, variables, test, offsets)
   targets = check_targets(by_kind, sweeps, failure_kinds)
   iou_weight, val_rho = None, {}
-  if "val" in sets and (sets["val"].kinds == "model_box").any():
-    iou_weight, val_rho = choose_iou_weight(predict_candidates(predict, variables, sets["val"]),
-                                            sets["val"])
+  if "val" in sets:  # only the model-made masks are scored
+    made = candidate_sets.select(sets["val"], sets["val"].kinds == "model_box")
+    if len(made):
+      iou_weight, val_rho = choose_iou_weight(predict_candidates(predict, variables, made), made)
   oracle = {"split": "test", "num_images": len(test.ids), "num_candidates": len(test),
             "by_kind": by_kind, "sweeps": sweeps, "anatomy": anatomy, "targets": targets,
             "model_made": model_made(pred, test, iou_weight=iou_weight),
