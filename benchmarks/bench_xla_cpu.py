@@ -36,6 +36,9 @@ FLAG_SETS = {
     "onednn_dot": " ".join(runtime.ONEDNN_DOT),
     "ynn_eltwise": "--xla_cpu_experimental_ynn_fusion_type=+eltwise",
     "no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type=",
+    # YNNPACK for dots only: no reductions (and the elementwise work around them) in its fusions.
+    "ynn_dot": "--xla_cpu_experimental_ynn_fusion_type=dot",
+    "ynn_individual_dot": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
     "fast_math": "--xla_cpu_enable_fast_math=true",
 }
 WORKLOADS = ("matmul", "lite_encoder", "sampot_step", "vit_b_encoder")

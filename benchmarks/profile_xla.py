@@ -56,10 +56,10 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) .*?metadata=\{op_name=\
 
 
 def describe_ops(compiled_text: str) -> dict:
-  """{instruction name: "shape  jax op path"} of the entry computation's instructions."""
-  entry = compiled_text[compiled_text.find("ENTRY"):]
+  """{instruction name: "shape  jax op path"} of every computation's instructions (a loop's
+  body too: a scan's ops live there)."""
   out = {}
-  for line in entry.splitlines():
+  for line in compiled_text.splitlines():
     m = _INSTRUCTION.match(line)
     if m:
       name, shape, op = m.groups()
