@@ -106,7 +106,8 @@ class MaskDecoder(nn.Module):
     hyper_in = jnp.stack([hyper[i] for i in wanted], axis=1)  # (B, M, C/8)
     # Channels stay the minor axis of `up`: written (pixels, C/8) x (C/8, M), XLA:CPU runs one
     # matmul; written as "bmc,bhwpqrsc->bmhwpqrs" it first transposed all of `up` (2M values)
-    # channels-major, forward and backward (15-25 % of the upscaling's time in a SAMPOT step).
+    # channels-major, forward and backward: a quarter of the upscaling's time in a SAMPOT step
+    # (docs/benchmarks.md, "SAMPOT after the mask-product change").
     masks = jnp.einsum("bnc,bmc->bnm", up.reshape(b, -1, up.shape[-1]), hyper_in)
     masks = jnp.moveaxis(masks, -1, 1).reshape(b, len(wanted), *up.shape[1:-1])
     masks = interleave_phases(masks, 2)
