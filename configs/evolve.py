@@ -9,7 +9,7 @@ multimask choice only; configs/evaluate.py adds the grid search and the oracle.
 """
 import ml_collections
 
-from sampot_jax import defaults
+from sampot_jax.runtime import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_images = 0  # 0 = the whole split
   config.prompt = "click"  # 'click' (the paper) | 'box'
   # CSV id,x,y (clicks) or id,x0,y0,x1,y1 (boxes) in pixels of the evaluated images
-  # (data.image_size); empty: the ground-truth stand-ins (sampot_jax.prompts).
+  # (data.image_size); empty: the ground-truth stand-ins (sampot_jax.sampot.prompts).
   config.prompts_file = ""
   config.box_jitter = 0.15  # rough boxes: each coordinate moved by up to this x width/height
   config.box_seed = 0

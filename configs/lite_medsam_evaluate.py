@@ -11,7 +11,7 @@ outputs, the same ascent on the IoU head, a random search with as many decoder c
 true-Dice ascent (the bound), and the ground-truth box.
 """
 from configs import evolve
-from sampot_jax import defaults
+from sampot_jax.runtime import defaults
 
 
 def get_config():
@@ -30,7 +30,7 @@ def get_config():
   config.safeguards.rules = ("score_gain",)
   # The best box is chosen by 0.7 x regressor + 0.3 x LiteMedSAM's IoU head: they err apart on
   # LiteMedSAM's masks, and the blend orders one image's masks best. 0.3 is the weight the
-  # regressor run chooses on the val split (its oracle_eval.json, model_made.iou_weight). Adam
+  # regressor run chooses on the val split (its regressor_eval.json, model_made.iou_weight). Adam
   # ascends the regressor alone: the IoU head misled the ascent from far-off boxes
   # (docs/sampot.md, J = 0.15).
   config.evolve.iou_weight = 0.3

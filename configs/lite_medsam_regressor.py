@@ -14,7 +14,7 @@ and ports it to config.sam.checkpoint_dir.
 import ml_collections
 
 from configs import train_regressor_coord
-from sampot_jax import defaults
+from sampot_jax.runtime import defaults
 
 
 def get_config():

@@ -12,7 +12,7 @@ OUT/overlays/<name>.png, OUT/results.csv, OUT/summary.json (docs/refine.md).
 """
 import ml_collections
 
-from sampot_jax import defaults
+from sampot_jax.runtime import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ def get_config():
   config.sam.checkpoint_dir = ""
   # A tiny ViT SAM with LiteMedSAM's processing (area resize of the longest side, min-max
   # normalisation, one box scale, low-res logits at the input size: patch 4 at 64 px gives a
-  # 16 x 16 grid and 64 x 64 logits). Not the TinyViT encoder: models.random_like leaves
+  # 16 x 16 grid and 64 x 64 logits). Not the TinyViT encoder: frozen.random_like leaves
   # TinyViT's BatchNorm running_var at 0, so a random TinyViT overflows to NaN.
   config.sam.variant = "vit_b"
   config.sam.overrides = dict(

@@ -9,7 +9,7 @@ python main.py --config configs/train_regressor.py \
 """
 import ml_collections
 
-from sampot_jax import defaults
+from sampot_jax.runtime import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import train_regressor_tiny
-from sampot_jax import evolve
-from sampot_jax import metrics
-from sampot_jax.candidate_sets import CandidateSet
+from sampot_jax.regressor.candidate_sets import CandidateSet
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
+from sampot_jax.sampot import evolve
+from sampot_jax.sampot import metrics
 
 
 # ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import bench_sam  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import bench_sampot  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import torch_side  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sampot_jax import regressor  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sampot_jax.regressor import model as regressor  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _perturbed_regressor(model, seed=0):

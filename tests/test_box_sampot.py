@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from sampot_jax import baselines
-from sampot_jax import prompts
+from sampot_jax.sampot import baselines
+from sampot_jax.sampot import prompts
 from tests.conftest import MONTGOMERY
 
 
@@ -48,7 +48,7 @@ def test_a_prompts_file_with_boxes(tmp_path):
 @pytest.mark.needs_data
 def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
   from configs import lite_medsam_evaluate_tiny
-  from sampot_jax import evaluate
+  from sampot_jax.tasks import evaluate
   config = lite_medsam_evaluate_tiny.get_config()
   config.data.dir = str(MONTGOMERY)
   config.data.tfds_dir = str(tmp_path / "tfds")
@@ -73,7 +73,7 @@ def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
   # The initial boxes are the seeded rough boxes of the ground truth.
   json.loads((tmp_path / "run" / "config.json").read_text())
   # docs/sampot.md's table, from this run: one row per method with its counts.
-  from sampot_jax import summary_table
+  from sampot_jax.report import summary_table
   rows = summary_table.table([summary_table.read(tmp_path / "run")]).splitlines()
   evolved = next(r for r in rows if r.startswith("| 0.15 | evolved |"))
   v = summary["vs_initial"]["evolved"]
@@ -87,23 +87,23 @@ def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
 @pytest.mark.needs_data
 def test_lite_medsam_regressor_tiny_reports_model_made_masks(tmp_path):
   from configs import lite_medsam_regressor_tiny
-  from sampot_jax import train_regressor
+  from sampot_jax.regressor import train as train_regressor
   config = lite_medsam_regressor_tiny.get_config()
   config.data.dir = str(MONTGOMERY)
   config.data.tfds_dir = str(tmp_path / "tfds")
   train_regressor.run(config, str(tmp_path / "run"))
-  oracle = json.loads((tmp_path / "run" / "oracle_eval.json").read_text())
+  oracle = json.loads((tmp_path / "run" / "regressor_eval.json").read_text())
   made = oracle["model_made"]
   assert made["n"] == 3 * 3  # 3 test images x 3 boxes
   assert oracle["by_kind"]["model_box"]["n"] == made["n"]
   for name in ("regressor", "iou_head"):
     assert set(made[name]) >= {"pearson_r", "mae", "band_pearson_r",
                                "median_within_image_spearman"}
-  assert "Model-made masks" in (tmp_path / "run" / "oracle_eval.md").read_text()
+  assert "Model-made masks" in (tmp_path / "run" / "regressor_eval.md").read_text()
 
 
 def test_summary_table_rows_follow_the_summaries():
-  from sampot_jax import summary_table
+  from sampot_jax.report import summary_table
   counts = lambda i, d, s: {"improved": i, "degraded_by_more_than_0.02": d,
                             "significantly_improved": s}
   run = lambda j, mean: {"box_jitter": j, "num_images": 4, "seconds_per_image": {"all": 1.5},

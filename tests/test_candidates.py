@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sampot_jax import defaults
-from sampot_jax import candidates as cands
-from sampot_jax import metrics
+from sampot_jax.regressor import candidates as cands
+from sampot_jax.runtime import defaults
+from sampot_jax.sampot import metrics
 
 from tests.conftest import MONTGOMERY
 S = 128

@@ -1,4 +1,4 @@
-"""sampot_jax.checkpoints: download against a local HTTP server, Orbax I/O."""
+"""sampot_jax.storage.checkpoints: download against a local HTTP server, Orbax I/O."""
 import hashlib
 import http.server
 import json
@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sampot_jax import checkpoints
-from sampot_jax.checkpoints import (DownloadError, ParamsDirError, cache_dir,
+from sampot_jax import errors
+from sampot_jax.storage import checkpoints
+from sampot_jax.storage.checkpoints import (cache_dir,
                                     fetch_checkpoint, load_params, save_params,
                                     sha256_file)
 
@@ -81,7 +82,7 @@ def test_a_wrong_file_under_the_official_name_is_not_used(cache):
   """A file in the cache is hashed against the prefix in its name before it is handed out."""
   name = checkpoints.SAM_CHECKPOINTS["vit_b"][0]  # sam_vit_b_01ec64.pth
   (cache / name).write_bytes(PAYLOAD)  # not the official file
-  with pytest.raises(checkpoints.CachedFileMismatch) as error:
+  with pytest.raises(errors.CachedFileMismatch) as error:
     fetch_checkpoint("vit_b", cache=cache, progress=False)
   message = str(error.value)
   assert str(cache / name) in message and "01ec64" in message and SHA256 in message
@@ -92,13 +93,13 @@ def test_a_wrong_file_under_the_official_name_is_not_used(cache):
   assert fetch_checkpoint("vit_b", cache=cache, url=f"http://127.0.0.1:9/{GOOD_NAME}") == (
       cache / GOOD_NAME)
   (cache / WRONG_NAME).write_bytes(PAYLOAD)
-  with pytest.raises(checkpoints.CachedFileMismatch, match=WRONG_NAME[5:11]):
+  with pytest.raises(errors.CachedFileMismatch, match=WRONG_NAME[5:11]):
     fetch_checkpoint("vit_b", cache=cache, url=f"http://127.0.0.1:9/{WRONG_NAME}")
 
 
 def test_truncated_transfer_leaves_nothing(server, cache):
   url = f"{server}/short/{GOOD_NAME}"
-  with pytest.raises(DownloadError, match="cut short") as e:
+  with pytest.raises(errors.DownloadError, match="cut short") as e:
     fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
   assert f"{len(PAYLOAD) // 2} of {len(PAYLOAD) + 1000} bytes" in str(e.value)
   assert os.listdir(cache) == []
@@ -106,7 +107,7 @@ def test_truncated_transfer_leaves_nothing(server, cache):
 
 def test_wrong_hash_leaves_nothing(server, cache):
   url = f"{server}/full/{WRONG_NAME}"
-  with pytest.raises(DownloadError, match="does not start with") as e:
+  with pytest.raises(errors.DownloadError, match="does not start with") as e:
     fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
   assert SHA256 in str(e.value)
   assert os.listdir(cache) == []
@@ -114,7 +115,7 @@ def test_wrong_hash_leaves_nothing(server, cache):
 
 def test_http_error_leaves_nothing(server, cache):
   url = f"{server}/gone/{GOOD_NAME}"
-  with pytest.raises(DownloadError, match="HTTP 404"):
+  with pytest.raises(errors.DownloadError, match="HTTP 404"):
     fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
   assert os.listdir(cache) == []
 
@@ -124,7 +125,7 @@ def test_no_network_says_where_to_put_the_file(cache):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   url = f"http://127.0.0.1:{port}/segment_anything/{GOOD_NAME}"
-  with pytest.raises(DownloadError) as e:
+  with pytest.raises(errors.DownloadError) as e:
     fetch_checkpoint("vit_b", cache=cache, url=url, progress=False)
   message = str(e.value)
   assert f"could not be downloaded from {url}" in message
@@ -238,14 +239,14 @@ def _flip_largest_orbax_file(d):
 def test_damaged_directory_is_reported(tmp_path, damage):
   out = save_params(_params(), tmp_path / "p", MANIFEST)
   damage(out)
-  with pytest.raises(ParamsDirError) as e:
+  with pytest.raises(errors.ParamsDirError) as e:
     load_params(out)
   message = str(e.value)
-  assert str(out) in message and "python -m ports.sam" in message
+  assert str(out) in message and "python -m sampot_jax.sam.port.convert" in message
 
 
 def test_missing_directory_is_reported(tmp_path):
-  with pytest.raises(ParamsDirError, match="no such directory"):
+  with pytest.raises(errors.ParamsDirError, match="no such directory"):
     load_params(tmp_path / "never_written")
 
 

@@ -3,7 +3,7 @@ other encodings, and a run that evaluates only the first images of a split."""
 import numpy as np
 import pytest
 
-from sampot_jax import baselines
+from sampot_jax.sampot import baselines
 
 IDS = ["a", "b", "c"]
 SHAPE = (10, 10)

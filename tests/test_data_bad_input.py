@@ -5,9 +5,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sampot_jax import defaults
 from sampot_jax import data
+from sampot_jax import errors
 from sampot_jax.data import fake_data
+from sampot_jax.runtime import defaults
 
 
 def _subject_files(root, sid):
@@ -68,7 +69,7 @@ def _setup(tmp_path, case, source):
 @pytest.mark.parametrize("case", list(CASES))
 def test_error_names_file_and_problem(tmp_path, case, source):
   config, bad_file, problem = _setup(tmp_path, case, source)
-  with pytest.raises(data.BadExampleError) as info:
+  with pytest.raises(errors.BadInputError) as info:
     data.load_split(config, "train")
   assert str(bad_file) in str(info.value) and problem in str(info.value)
   assert info.value.path == str(bad_file)
@@ -96,7 +97,7 @@ def test_data_prepared_with_skips_refuses_error_policy(tmp_path):
   config.on_bad_example = "skip"
   data.load_split(config, "train")
   config.on_bad_example = "error"
-  with pytest.raises(data.BadExampleError, match="prepared with on_bad_example='skip'") as info:
+  with pytest.raises(errors.BadInputError, match="prepared with on_bad_example='skip'") as info:
     data.load_split(config, "train")
   assert str(bad_file) in str(info.value)
 
@@ -129,7 +130,7 @@ def test_lungs_on_the_wrong_side(tmp_path):
   left, right = files["left"].read_bytes(), files["right"].read_bytes()
   files["left"].write_bytes(right)
   files["right"].write_bytes(left)
-  with pytest.raises(data.BadExampleError, match="standard view") as info:
+  with pytest.raises(errors.BadInputError, match="standard view") as info:
     data.load_split(config, "val")
   assert str(files["left"]) in str(info.value)
 
@@ -142,9 +143,9 @@ def test_jsrt_truncated_image_and_full_size_mask(tmp_path):
   assert example["image"].shape == (2048, 2048) and example["left"].shape == (1024, 1024)
   # An SCR mask at the JSRT image's own size is not the SCR layout.
   fake_data.write_image(subject.left, np.zeros((2048, 2048), np.uint8))
-  with pytest.raises(data.BadExampleError, match="expected a 1024x1024 mask") as info:
+  with pytest.raises(errors.BadInputError, match="expected a 1024x1024 mask") as info:
     sources.read_subject(subject)
   assert info.value.path == str(subject.left)
   subject.image.write_bytes(subject.image.read_bytes()[:1000])
-  with pytest.raises(data.BadExampleError, match="has 1000 bytes; expected 8388608"):
+  with pytest.raises(errors.BadInputError, match="has 1000 bytes; expected 8388608"):
     sources.read_subject(subject)

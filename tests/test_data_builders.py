@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sampot_jax import defaults
 from sampot_jax import data
 from sampot_jax.data import fake_data
 from sampot_jax.data import splits as splits_lib
 from sampot_jax.data import tfds_builder
+from sampot_jax.runtime import defaults
 
 N = {"montgomery_team": 9, "montgomery_nlm": 9, "shenzhen": 9, "jsrt_scr": 3}
 DATASET_SOURCES = list(N)

@@ -3,10 +3,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sampot_jax import defaults
 from sampot_jax import data
 from sampot_jax.data import fake_data
 from sampot_jax.data import raw
+from sampot_jax.runtime import defaults
 
 
 def _config(root, **overrides):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from sampot_jax import data
+from sampot_jax import errors
 from sampot_jax.data import lungs
 
 
@@ -25,10 +26,10 @@ def test_split_lungs_by_x_and_drops_specks():
 def test_split_lungs_needs_two_lungs():
   merged = np.zeros((32, 32), bool)
   merged[5:25, 5:25] = True
-  with pytest.raises(data.BadExampleError, match="m.png: merged lung mask has 1 connected"):
+  with pytest.raises(errors.BadInputError, match="m.png: merged lung mask has 1 connected"):
     lungs.split_lungs(merged, "m.png")
   merged[28, 28] = True  # a speck is not a lung
-  with pytest.raises(data.BadExampleError, match="under 10% of the largest"):
+  with pytest.raises(errors.BadInputError, match="under 10% of the largest"):
     lungs.split_lungs(merged, "m.png")
 
 
@@ -36,7 +37,7 @@ def test_check_mask_accepts_0_1_and_0_255():
   raw = _two_lungs().astype(np.uint8)
   np.testing.assert_array_equal(lungs.check_mask(raw, "a"), raw > 0)
   np.testing.assert_array_equal(lungs.check_mask(raw * 255, "a"), raw > 0)
-  with pytest.raises(data.BadExampleError, match="values \\[7\\]"):
+  with pytest.raises(errors.BadInputError, match="values \\[7\\]"):
     lungs.check_mask(raw * 7, "a")
 
 

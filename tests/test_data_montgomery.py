@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from sampot_jax import defaults
 from sampot_jax import data
+from sampot_jax.runtime import defaults
 
 from tests.conftest import MONTGOMERY
 

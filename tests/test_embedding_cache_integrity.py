@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sampot_jax import checkpoints
-from sampot_jax import embedding_cache
 from sampot_jax.sam import model as sam_model
+from sampot_jax.storage import checkpoints
+from sampot_jax.storage import embedding_cache
 
 
 class Encoder:

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from configs import evolve as evolve_config
-from ports import sam as port_sam
-from sampot_jax import baselines
-from sampot_jax import candidates
-from sampot_jax import metrics
-from sampot_jax import embedding_cache
-from sampot_jax import evaluate
-from sampot_jax import models
+from sampot_jax import errors
+from sampot_jax.regressor import candidates
 from sampot_jax.sam import model as sam_model
+from sampot_jax.sam.port import convert as port_sam
+from sampot_jax.sampot import baselines
+from sampot_jax.sampot import metrics
+from sampot_jax.storage import embedding_cache
+from sampot_jax.tasks import evaluate
+from sampot_jax.tasks import models
 
 IDS = ["a", "b", "c"]
 
@@ -126,8 +127,8 @@ def test_judge_picks_methods_from_the_maps():
   # column or row 6. So the search keeps it although click 2 scores higher.
   assert dice["grid_search"][0] == 0.2
   np.testing.assert_array_equal(verdict["grid_prompt"][0], grid[0])
-  assert dice["oracle"][0] == 0.7
-  np.testing.assert_array_equal(verdict["oracle_prompt"][0], grid[1])
+  assert dice["true_dice_grid"][0] == 0.7
+  np.testing.assert_array_equal(verdict["true_dice_grid_prompt"][0], grid[1])
 
 
 # ---------------------------------------------------------------------------
@@ -191,9 +192,9 @@ def test_real_config_without_checkpoint_says_how_to_port(tmp_path):
   config.sam.checkpoint_dir = str(tmp_path / "no_sam")
   config.sam.fetch_if_missing = False
   with pytest.raises(SystemExit, match=r"(?s)No ported SAM checkpoint.*configs/port_sam.py.*"
-                                       r"python -m ports.sam --checkpoint sam_vit_b_01ec64.pth"):
+                                       r"python -m sampot_jax.sam.port.convert --checkpoint sam_vit_b_01ec64.pth"):
     evaluate.run(config, tmp_path / "run")
-  with pytest.raises(models.MissingCheckpointError):
+  with pytest.raises(errors.MissingCheckpointError):
     models.sam_from_config(config.sam)
 
 
@@ -236,16 +237,16 @@ def test_fetch_if_missing_hands_over_to_the_fetching_loader(tmp_path, monkeypatc
 
 
 def test_offline_fetch_says_where_to_put_the_file(tmp_path, monkeypatch):
-  from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from sampot_jax.storage import checkpoints  # pylint: disable=g-import-not-at-top
 
   def offline(variant):
-    raise checkpoints.DownloadError(f"could not download; put it at /cache/{variant}.pth")
+    raise errors.DownloadError(f"could not download; put it at /cache/{variant}.pth")
 
   monkeypatch.setattr(checkpoints, "fetch_checkpoint", offline)
   config = evolve_config.get_config()
   assert config.sam.fetch_if_missing  # the main job fetches by default
   config.sam.checkpoint_dir = str(tmp_path / "sam")
-  with pytest.raises(models.MissingCheckpointError,
-                     match=r"(?s)could not be fetched.*put it at /cache/vit_b.pth.*ports.sam"):
+  with pytest.raises(errors.MissingCheckpointError,
+                     match=r"(?s)could not be fetched.*put it at /cache/vit_b.pth.*sampot_jax.sam.port.convert"):
     models.sam_from_config(config.sam)
   assert not (tmp_path / "sam").exists()

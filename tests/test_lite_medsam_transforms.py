@@ -5,10 +5,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+from reference import official as sam_official
 from sampot_jax.sam import lite_medsam_transforms as lite
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor, processing, transforms
-from ports import official as sam_official
 from tests.conftest import MONTGOMERY
 
 cv2 = pytest.importorskip("cv2")

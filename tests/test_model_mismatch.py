@@ -3,10 +3,11 @@ import ml_collections
 import pytest
 
 from configs import train_regressor_tiny
-from sampot_jax import checkpoints
-from sampot_jax import models
-from sampot_jax import regressor
+from sampot_jax import errors
+from sampot_jax.regressor import model as regressor
 from sampot_jax.sam import model as sam_model
+from sampot_jax.storage import checkpoints
+from sampot_jax.tasks import models
 
 TINY = dict(img_size=32, embed_dim=16, depth=1, num_heads=1, global_attn_indexes=(0,),
             window_size=2, prompt_embed_dim=16, transformer_mlp_dim=16, iou_head_hidden_dim=16,
@@ -28,7 +29,7 @@ def sam_block(directory, variant):
 
 
 def test_sam_variant_other_than_the_port_is_refused(vit_b_port):
-  with pytest.raises(models.ModelMismatchError,
+  with pytest.raises(errors.ModelMismatchError,
                      match=rf"(?s)variant='vit_h'.*{vit_b_port} is 'vit_b'.*"
                            r"--config.sam.variant=vit_b.*a vit_h port"):
     models.sam_from_config(sam_block(vit_b_port, "vit_h"))
@@ -41,12 +42,12 @@ def left_regressor(tmp_path):
   config = train_regressor_tiny.get_config()
   assert config.data.target == "left"
   model = regressor.from_config(config.model)
-  regressor.save_oracle(tmp_path, config, models.random_regressor_variables(model))
+  store.save(tmp_path, config, models.random_regressor_variables(model))
   return ml_collections.ConfigDict(dict(random_init=False, workdir=str(tmp_path)))
 
 
 def test_regressor_trained_for_another_target_is_refused(left_regressor):
-  with pytest.raises(models.ModelMismatchError,
+  with pytest.raises(errors.ModelMismatchError,
                      match=r"(?s)target='right'.*trained for data.target='left'.*"
                            r"--config.data.target=left"):
     models.scorer_from_config(left_regressor, expected_target="right")

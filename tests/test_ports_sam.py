@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ports import sam as port_sam
+from sampot_jax import errors
 from sampot_jax.sam import model as sam_model
+from sampot_jax.sam.port import convert as port_sam
 
 
 def fake_state_dict(config):
@@ -36,7 +37,7 @@ def test_key_table_covers_every_parameter_once(variant):
 
 
 def test_official_vit_b_keys_and_sizes():
-  from ports import official as sam_official  # torch only here
+  from reference import official as sam_official  # torch only here
   config = sam_model.sam_config("vit_b")
   state = sam_official.official_sam(config, device="meta").state_dict()  # names and shapes only
   assert set(state) == {k for k, _, _ in port_sam.key_table(config)}
@@ -68,7 +69,7 @@ def test_port_places_and_transposes_values():
 
 def test_checkpoint_of_another_variant_names_the_variant_that_fits():
   state = fake_state_dict(sam_model.sam_config("vit_l"))
-  with pytest.raises(port_sam.PortError) as e:
+  with pytest.raises(errors.PortError) as e:
     port_sam.port_state_dict(state, sam_model.sam_config("vit_b"))
   message = str(e.value)
   assert "vit_l checkpoint" in message and "variant 'vit_l'" in message
@@ -81,7 +82,7 @@ def test_missing_unknown_and_misshaped_keys_are_listed_together():
   del state["mask_decoder.iou_token.weight"]
   state["extra.weight"] = np.zeros(3, np.float32)
   state["image_encoder.neck.0.weight"] = np.zeros((256, 768, 3, 3), np.float32)
-  with pytest.raises(port_sam.PortError) as e:
+  with pytest.raises(errors.PortError) as e:
     port_sam.port_state_dict(state, config)
   message = str(e.value)
   for part in ("1 missing key(s): mask_decoder.iou_token.weight", "1 unknown key(s): extra.weight",
@@ -90,7 +91,7 @@ def test_missing_unknown_and_misshaped_keys_are_listed_together():
 
 
 def test_non_sam_state_dict_is_called_out():
-  with pytest.raises(port_sam.PortError, match="matches no official variant"):
+  with pytest.raises(errors.PortError, match="matches no official variant"):
     port_sam.port_state_dict({"fc.weight": np.zeros((2, 2), np.float32)},
                              sam_model.sam_config("vit_b"))
 
@@ -123,7 +124,7 @@ def tiny_pth(tmp_path):
 
 def test_port_never_replaces_its_own_checkpoint(tiny_pth, capsys):
   data = tiny_pth.read_bytes()
-  with pytest.raises(port_sam.PortError, match="is the input checkpoint"):
+  with pytest.raises(errors.PortError, match="is the input checkpoint"):
     port_sam.port_checkpoint(tiny_pth, tiny_pth, overwrite=True, **TINY)
   assert port_sam.main(["--checkpoint", str(tiny_pth), "--out", str(tiny_pth),
                         "--overwrite"]) == 1
@@ -145,7 +146,7 @@ def test_port_never_replaces_a_folder_of_other_files(tiny_pth, monkeypatch, caps
 
 
 def test_port_replaces_a_previous_port_and_fills_an_empty_folder(tiny_pth):
-  from sampot_jax import checkpoints
+  from sampot_jax.storage import checkpoints
   empty = tiny_pth.parent / "empty"
   empty.mkdir()
   port_sam.port_checkpoint(tiny_pth, empty, **TINY)
@@ -162,7 +163,7 @@ def test_port_replaces_a_previous_port_and_fills_an_empty_folder(tiny_pth):
     ("lite_medsam", "vit_b"), ("vit_b", "lite_medsam"),
     ("lite_medsam", "mobile_sam"), ("mobile_sam", "lite_medsam")])
 def test_vit_and_tiny_vit_checkpoints_name_the_variant_that_fits(given, fits):
-  with pytest.raises(port_sam.PortError) as e:
+  with pytest.raises(errors.PortError) as e:
     port_sam.port_state_dict(fake_state_dict(sam_model.sam_config(fits)),
                              sam_model.sam_config(given))
   assert f"a {fits} checkpoint: select variant '{fits}'" in str(e.value), str(e.value)

@@ -20,10 +20,11 @@ from pydicom.dataset import Dataset
 from pydicom.dataset import FileMetaDataset
 import pytest
 
-from sampot_jax import refine
 from sampot_jax.data import images as images_lib
-from sampot_jax.data import prompt_table
+from sampot_jax.data import prompt_csv as prompt_table
+from sampot_jax.tasks import refine
 from tests.conftest import MONTGOMERY
+from sampot_jax import errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,15 +160,15 @@ def test_dicom_voi_lut_sequence_and_other_functions(tmp_path):
 
 def test_dicom_bad_files_name_the_file(tmp_path):
   multi = write_dicom(tmp_path / "multi.dcm", np.stack([ramp(8, 8, 9)] * 2), frames=2)
-  with pytest.raises(images_lib.ImageReadError, match=r"multi\.dcm.*multi-frame"):
+  with pytest.raises(errors.BadInputError, match=r"multi\.dcm.*multi-frame"):
     images_lib.read_image(multi)
   truncated = write_dicom(tmp_path / "trunc.dcm", ramp(8, 8, 9), truncate=True)
   assert images_lib.read_size(truncated) == (8, 8)  # the header is fine
-  with pytest.raises(images_lib.ImageReadError, match=r"trunc\.dcm"):
+  with pytest.raises(errors.BadInputError, match=r"trunc\.dcm"):
     images_lib.read_image(truncated)
   junk = tmp_path / "junk.dcm"
   junk.write_bytes(b"not a dicom file at all" * 10)
-  with pytest.raises(images_lib.ImageReadError, match=r"junk\.dcm"):
+  with pytest.raises(errors.BadInputError, match=r"junk\.dcm"):
     images_lib.read_size(junk)
 
 
@@ -252,7 +253,7 @@ def test_list_images_finds_images_below_a_folder(tmp_path):
 def test_evolve_soft_mask_is_aligned_with_the_padded_image():
   """A disk in SAM's low-res logits of a 40 x 100 image, through evolve.soft_mask with
   refine.regressor_frame, lands where to_square puts the same disk of the image."""
-  from sampot_jax import evolve  # pylint: disable=g-import-not-at-top
+  from sampot_jax.sampot import evolve  # pylint: disable=g-import-not-at-top
   from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
   h, w, img_size, side = 40, 100, 64, 32
   frame = predictor.frame_for((h, w), img_size)
@@ -276,7 +277,7 @@ def test_evolve_soft_mask_is_aligned_with_the_padded_image():
 
 
 def test_steps_scale_with_the_image():
-  from sampot_jax import evolve  # pylint: disable=g-import-not-at-top
+  from sampot_jax.sampot import evolve  # pylint: disable=g-import-not-at-top
   settings = evolve.Settings(learning_rate=10.0, restart_jitter=4.0, min_box_size=2.0)
   scaled = refine.scaled_settings(settings, (1024, 2048), 512)
   assert (scaled.learning_rate, scaled.restart_jitter, scaled.min_box_size) == (40.0, 16.0, 8.0)
@@ -387,7 +388,7 @@ def test_bad_inputs_stop_the_run_naming_file_and_line(user_folder, tmp_path, fak
   prompts.write_text("file,x0,y0,x1,y1\n" + GOOD_ROWS + "missing.png,1,1,5,5\n"
                      "junk.png,1,1,5,5\na.png,1,1,5,5\nc.dcm,1,1,24,30\n")
   fake_refiner.fail_on_init = True
-  with pytest.raises(refine.BadInputsError) as info:
+  with pytest.raises(errors.BadInputsError) as info:
     refine.run(tiny_config(user_folder, prompts), tmp_path / "out")
   text = str(info.value)
   assert "missing.png (prompts CSV line 5): no such image" in text
@@ -403,7 +404,7 @@ def test_prompt_outside_the_image_and_unparsable_rows(user_folder, tmp_path, fak
   prompts.write_text("file,x0,y0,x1,y1\na.png,5,6,30,45\nsub/b.png,2,3,forty,25\n"
                      "c.dcm,20,1,10,30\n")
   fake_refiner.fail_on_init = True
-  with pytest.raises(refine.BadInputsError) as info:
+  with pytest.raises(errors.BadInputsError) as info:
     refine.run(tiny_config(user_folder, prompts), tmp_path / "out")
   text = str(info.value)
   assert "a.png (prompts CSV line 2): 1 box(s) lie outside the 40x40 (W x H) image" in text
@@ -506,7 +507,7 @@ def test_one_image_file_and_clicks(user_folder, tmp_path, fake_refiner):
 
 def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
   from configs import score_tiny  # pylint: disable=g-import-not-at-top
-  from sampot_jax import models  # pylint: disable=g-import-not-at-top
+  from sampot_jax.tasks import models  # pylint: disable=g-import-not-at-top
   masks = tmp_path / "masks"
   masks.mkdir()
   (masks / "sub").mkdir()
@@ -533,7 +534,7 @@ def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
   Image.fromarray(np.zeros((5, 5), np.uint8)).save(masks / "stray.png")
   (masks / "c.png").unlink()
   Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "a.png")
-  with pytest.raises(refine.BadInputsError) as info:
+  with pytest.raises(errors.BadInputsError) as info:
     refine.score(config, tmp_path / "out2")
   assert "stray.png (masks line" not in str(info.value)
   assert "stray.png: a mask without an image" in str(info.value)
@@ -631,7 +632,7 @@ def test_montgomery_images_with_rough_boxes(tmp_path, record_figure):
   # regressor when $SAMPOT_REGRESSOR_WORKDIR names one, else a tiny random regressor (none is
   # trained here: it takes half an hour on a shared 2-core CPU). With a random regressor the
   # evolved box drifts at random: the Dice shows that everything runs, not that SAMPOT helps.
-  from sampot_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from sampot_jax.storage import checkpoints  # pylint: disable=g-import-not-at-top
   sam_dir = os.environ.get("SAMPOT_LITE_MEDSAM_DIR")
   cached = (checkpoints.cache_dir() / checkpoints.LITE_MEDSAM["name"]).is_file()
   regressor_dir = os.environ.get("SAMPOT_REGRESSOR_WORKDIR")

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sampot_jax import regressor
+from sampot_jax.regressor import model as regressor
 
 RES = 32
 

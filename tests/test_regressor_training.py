@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from configs import train_regressor_tiny
-from sampot_jax import candidate_sets
-from sampot_jax import metrics
-from sampot_jax import oracle_eval
-from sampot_jax import regressor
-from sampot_jax import train_regressor as tr
+from sampot_jax.regressor import candidate_sets
+from sampot_jax.regressor import evaluation
+from sampot_jax.regressor import model as regressor
+from sampot_jax.regressor import train as tr
+from sampot_jax.sampot import metrics
 from tests.helpers import SIZE, assert_trees_equal, disc, synthetic_config, synthetic_set
 
 from tests.conftest import MONTGOMERY as DATA
@@ -77,7 +77,7 @@ def test_too_few_candidates_for_a_batch_names_the_field(tmp_path):
 
 def test_sweep_masks_erode_and_dilate():
   target = disc(SIZE, 16, 16, 8)
-  masks = oracle_eval.sweep_masks(target, (-4, -2, 0, 2, 4))
+  masks = evaluation.sweep_masks(target, (-4, -2, 0, 2, 4))
   np.testing.assert_array_equal(masks[2], target)
   sizes = masks.sum(axis=(1, 2))
   assert np.all(np.diff(sizes) > 0)
@@ -92,19 +92,19 @@ def test_soft_dice_against_hard_reference_is_dice():
   assert got == pytest.approx(metrics.dice(a, b), rel=1e-6)
 
 
-def test_evaluate_oracle_groups_and_targets():
+def test_evaluate_predictions_groups_and_targets():
   cands = synthetic_set(4, 2)
   kinds = np.array(["shift", "leak_outside"] * (len(cands) // 2))
   cands = candidate_sets.CandidateSet(**{**cands.__dict__, "kinds": kinds})
   perfect = cands.dice.copy()
-  by_kind = oracle_eval.evaluate_oracle(perfect, perfect * 0.5, cands,
+  by_kind = evaluation.evaluate_predictions(perfect, perfect * 0.5, cands,
                                ("shift", "leak_outside"))
   assert set(by_kind) - {"true_dice>=0.8"} == {"all", "failure_modes",
                                                "shift", "leak_outside"}
   assert by_kind["all"]["regressor"]["pearson_r"] == pytest.approx(1.0)
   assert by_kind["all"]["regressor"]["mae"] == 0.0
   assert by_kind["shift"]["n"] + by_kind["leak_outside"]["n"] == len(cands)
-  targets = oracle_eval.check_targets(by_kind, {"median_spearman_rho": 0.5},
+  targets = evaluation.check_targets(by_kind, {"median_spearman_rho": 0.5},
                              ("shift", "leak_outside"))
   assert targets["all_pearson_r>=0.95"]["pass"]
   assert not targets["sweep_median_spearman_rho>=0.9"]["pass"]
@@ -139,7 +139,7 @@ def finite_numbers(obj):
 def test_real_run_writes_metrics_and_oracle_eval(real_run):
   config, workdir, _ = real_run
   summary = json.loads((workdir / "metrics.json").read_text())
-  oracle = json.loads((workdir / "oracle_eval.json").read_text())
+  oracle = json.loads((workdir / "regressor_eval.json").read_text())
   assert summary["epochs_run"] == config.num_epochs
   assert len(summary["history"]) == config.num_epochs
   assert finite_numbers(summary)
@@ -147,10 +147,10 @@ def test_real_run_writes_metrics_and_oracle_eval(real_run):
                "leak_outside"):
     assert finite_numbers(oracle["by_kind"][kind]), kind
   # The reported r is the one of the saved oracle's predictions on the test candidates.
-  score_fn, variables = regressor.load_oracle(workdir)
+  score_fn, variables = store.load(workdir)
   test = candidate_sets.load_or_build_candidates(config, workdir, "test")
-  predict = oracle_eval.make_predict(regressor.from_config(config.model), config.eval_batch_size)
-  pred = oracle_eval.predict_candidates(predict, variables, test)
+  predict = evaluation.make_predict(regressor.from_config(config.model), config.eval_batch_size)
+  pred = evaluation.predict_candidates(predict, variables, test)
   assert oracle["by_kind"]["all"]["regressor"]["pearson_r"] == pytest.approx(
       metrics.pearson(pred, test.dice), abs=1e-6)
   assert oracle["num_candidates"] == len(test)
@@ -163,9 +163,9 @@ def test_real_run_writes_metrics_and_oracle_eval(real_run):
   assert finite_numbers(anatomy)
   for check in anatomy.values():
     assert 0.0 <= check["outranks_better_sweep"] <= 1.0
-  table = (workdir / "oracle_eval.md").read_text()
+  table = (workdir / "regressor_eval.md").read_text()
   assert "| leak_other_lung |" in table and "| all_mae<=0.05 |" in table
-  png = (workdir / "oracle_scatter.png").read_bytes()
+  png = (workdir / "regressor_scatter.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
   # No temporary file is left behind.
   assert not list(workdir.glob(".*"))
@@ -185,13 +185,13 @@ def test_real_run_loss_decreases(real_run):
 @needs_data
 def test_load_oracle_reproduces_the_evaluation(real_run):
   config, workdir, _ = real_run
-  score_fn, variables = regressor.load_oracle(workdir)
+  score_fn, variables = store.load(workdir)
   test = candidate_sets.load_or_build_candidates(config, workdir, "test")
   idx = np.arange(8)
   images, masks, _ = candidate_sets.batch(test, idx)
   got = np.asarray(jax.jit(score_fn)(variables, images, masks))
   model = regressor.from_config(config.model)
-  want = oracle_eval.make_predict(model, config.eval_batch_size)(variables, images,
+  want = evaluation.make_predict(model, config.eval_batch_size)(variables, images,
                                                         masks)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert np.all((got >= 0) & (got <= 1))
@@ -211,7 +211,7 @@ def test_rerun_reuses_candidates_and_checkpoint(real_run):
 
 def test_load_oracle_without_training_says_how(tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
-    regressor.load_oracle(tmp_path)
+    store.load(tmp_path)
 
 
 def test_augment_moves_image_and_mask_together_and_keeps_dice():
@@ -244,13 +244,13 @@ def test_model_made_compares_the_regressor_with_the_iou_head():
   rng = np.random.default_rng(0)
   iou = cands.dice + rng.normal(0, 0.2, len(cands)).astype(np.float32)  # a noisy IoU head
   cands = candidate_sets.CandidateSet(**{**cands.__dict__, "kinds": kinds, "model_iou": iou})
-  made = oracle_eval.model_made(cands.dice.copy(), cands)  # a perfect regressor
+  made = evaluation.model_made(cands.dice.copy(), cands)  # a perfect regressor
   assert made["n"] == len(cands)
   assert made["regressor"]["pearson_r"] == pytest.approx(1.0)
   assert made["regressor"]["median_within_image_spearman"] == pytest.approx(1.0)
   assert made["iou_head"]["pearson_r"] < 0.99
   assert made["iou_head"]["pearson_r"] == pytest.approx(metrics.pearson(iou, cands.dice))
-  assert oracle_eval.model_made(cands.dice, candidate_sets.CandidateSet(
+  assert evaluation.model_made(cands.dice, candidate_sets.CandidateSet(
       **{**cands.__dict__, "kinds": np.array(["shift"] * len(cands))})) == {}
 
 
@@ -258,7 +258,7 @@ def test_candidate_parts_are_cached_apart_and_train_val_may_differ(tmp_path, mon
   """The model's masks are a part of their own: more boxes for train/val rebuild only that part,
   the test split keeps config.candidates (the benchmark), and the synthetic part is the same
   whatever the model part."""
-  from sampot_jax import defaults
+  from sampot_jax.runtime import defaults
   from sampot_jax.data import fake_data
   fake_data.write("montgomery_team", tmp_path / "raw", n=9)
   config = train_regressor_tiny.get_config()
@@ -307,10 +307,10 @@ def test_the_iou_weight_is_chosen_where_the_blend_orders_masks_best():
   pred = (cands.dice + rng.normal(0, 0.1, len(cands))).astype(np.float32)
   cands = candidate_sets.CandidateSet(**{**cands.__dict__, "model_iou": iou,
                                          "kinds": np.array(["model_box"] * len(cands))})
-  weight, rho = oracle_eval.choose_iou_weight(pred, cands)
+  weight, rho = evaluation.choose_iou_weight(pred, cands)
   assert 0 < weight < 1 and rho[weight] == max(rho.values())
   assert rho[weight] > max(rho[0.0], rho[1.0])
-  made = oracle_eval.model_made(pred, cands, iou_weight=weight)
+  made = evaluation.model_made(pred, cands, iou_weight=weight)
   np.testing.assert_allclose(made["blend"]["pearson_r"], metrics.pearson(
       (1 - weight) * pred + weight * iou, cands.dice), rtol=1e-6)
-  assert oracle_eval.choose_iou_weight(cands.dice.copy(), cands)[0] == 0.0
+  assert evaluation.choose_iou_weight(cands.dice.copy(), cands)[0] == 0.0

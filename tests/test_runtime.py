@@ -1,4 +1,4 @@
-"""sampot_jax.runtime: keep_freed_memory (a jitted function's scratch memory is reused, not faulted
+"""sampot_jax.runtime.cpu: keep_freed_memory (a jitted function's scratch memory is reused, not faulted
 in every call) and the XLA:CPU flags chosen per CPU (fake /proc/cpuinfo texts of AMD and Intel
 parts, the override, user XLA_FLAGS winning; subprocesses for what happens when JAX starts).
 """
@@ -10,14 +10,14 @@ import textwrap
 
 import pytest
 
-from sampot_jax import runtime
+from sampot_jax.runtime import cpu as runtime
 
 # A function whose XLA scratch buffer (16 MB intermediates) is above glibc's mmap threshold;
 # prints the median minor page faults per call once warm.
 PROGRAM = textwrap.dedent("""
     import resource, statistics, sys
     if sys.argv[1] == "keep":
-      from sampot_jax import runtime
+      from sampot_jax.runtime import cpu as runtime
       assert runtime.keep_freed_memory()
     import jax, jax.numpy as jnp
     f = jax.jit(lambda x: jnp.tanh(jnp.sin(x) @ x.T).sum() + jnp.cos(x @ x.T).sum())
@@ -189,7 +189,7 @@ def test_flag_existence_in_the_installed_jaxlib():
 
 # Subprocesses: XLA_FLAGS are read once per process, when JAX starts.
 APPLIED = textwrap.dedent("""
-    from sampot_jax import runtime
+    from sampot_jax.runtime import cpu as runtime
     runtime.configure_xla_cpu("auto")
     import jax, jax.numpy as jnp
     f = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile()

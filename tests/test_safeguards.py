@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from sampot_jax import defaults
-from sampot_jax import safeguards
+from sampot_jax.runtime import defaults
+from sampot_jax.sampot import safeguards
 
 
 def box(y0, y1, x0, x1, size=20):

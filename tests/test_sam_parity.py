@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
+from reference import official as sam_official
 from sampot_jax.sam import model as sam_model
-from ports import official as sam_official
 
 REL_TOL = 1e-4
 

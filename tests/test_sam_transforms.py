@@ -9,8 +9,8 @@ from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
+from reference import official as sam_official
 from sampot_jax.sam import transforms
-from ports import official as sam_official
 
 
 @pytest.mark.parametrize("shape", [(512, 512, 3), (300, 451, 3), (1500, 1203, 3), (77, 33, 3),

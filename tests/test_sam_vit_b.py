@@ -1,7 +1,7 @@
 """Full-size parity: the official vit_b SamPredictor against ours, on a real chest X-ray.
 
 The official model is built at seeded random init (plus seeded noise on every tensor, see
-sam_reference), saved as a real .pth, ported with the CLI `python -m ports.sam` into Orbax, and
+sam_reference), saved as a real .pth, ported with the CLI `python -m sampot_jax.sam.port.convert` into Orbax, and
 loaded back with `sam_model.load_ported`: the path a user's checkpoint takes.
 
 Tolerances (float32, CPU): measured errors are listed in the test output's "measured figures".
@@ -23,11 +23,11 @@ pytest.importorskip("segment_anything")
 
 pytestmark = pytest.mark.slow  # the full-size vit_b, built, ported and run twice
 
-from ports import sam as port_sam
-from sampot_jax import checkpoints
+from reference import official as sam_official
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
-from ports import official as sam_official
+from sampot_jax.sam.port import convert as port_sam
+from sampot_jax.storage import checkpoints
 from tests.conftest import MONTGOMERY
 
 REL_TOL = 1e-4
@@ -49,7 +49,7 @@ def vit_b(tmp_path_factory):
   official = sam_official.official_sam(config, seed=0)
   sam_official.save_pth(official, tmp / "sam_vit_b_random.pth")
   out = tmp / "ported"
-  proc = subprocess.run([sys.executable, "-m", "ports.sam", "--checkpoint",
+  proc = subprocess.run([sys.executable, "-m", "sampot_jax.sam.port.convert", "--checkpoint",
                          str(tmp / "sam_vit_b_random.pth"), "--out", str(out)],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from sampot_jax import sharding
+from sampot_jax.runtime import sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,9 @@ SCRIPT = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
 
-    from sampot_jax import baselines, evolve, sharding
+    from sampot_jax.sampot import baselines
+    from sampot_jax.sampot import evolve
+    from sampot_jax.runtime import sharding
     from tests import helpers as te
 
     assert jax.device_count() == 4, jax.devices()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # the whole pipeline through main.py
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("fig1_dice_heatmap.png", "fig4_score_vs_dice.png", "fig5_trajectory.png",
            "fig6_initial_vs_evolved.png")
-METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "oracle")
+METHODS = ("initial", "evolved", "safeguarded", "multimask", "grid_search", "true_dice_grid")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_results_csv_has_a_row_per_image(smoke_run):
   for row in rows:
     for method in METHODS:
       assert 0.0 <= float(row[f"dice_{method}"]) <= 1.0
-    for name in ("initial", "evolved", "safeguarded", "grid_search", "oracle"):
+    for name in ("initial", "evolved", "safeguarded", "grid_search", "true_dice_grid"):
       assert 0.0 <= float(row[f"{name}_x"]) <= 63.0 and 0.0 <= float(row[f"{name}_y"]) <= 63.0
     assert math.isfinite(float(row["score_evolved"]))
     # The safeguarded prompt is the evolved one when accepted, else the initial one.
@@ -104,7 +104,7 @@ def test_trajectories_are_saved(smoke_run):
   with open(smoke_run / "results.csv", newline="") as f:
     for row in csv.DictReader(f):
       # The oracle is the best true Dice over the grid.
-      assert float(row["dice_oracle"]) == pytest.approx(grid_best[row["id"]])
+      assert float(row["dice_true_dice_grid"]) == pytest.approx(grid_best[row["id"]])
       # The report's scores are the trajectory's: its first point and its maximum.
       assert float(row["score_evolved"]) == pytest.approx(best_score[row["id"]], rel=1e-6)
       assert float(row["score_initial"]) == pytest.approx(first_score[row["id"]], rel=1e-6)
@@ -112,7 +112,7 @@ def test_trajectories_are_saved(smoke_run):
 
 def test_heatmap_task_reuses_the_cached_embeddings(smoke_run, tmp_path, monkeypatch):
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from sampot_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sampot_jax.tasks import evaluate  # pylint: disable=g-import-not-at-top
   from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
 
   def no_encoding(*args, **kwargs):

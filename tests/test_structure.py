@@ -4,7 +4,7 @@
 - nothing imports the trainer (main.py names it in its task table, as a string);
 - the core model (`sampot_jax/sam`) imports nothing of the project outside itself but the
   checkpoint reader (a model module owns its weight loading; porting lives in `ports/`);
-- configs import only ml_collections, other configs and `sampot_jax.defaults`;
+- configs import only ml_collections, other configs and `sampot_jax.runtime.defaults`;
 - benchmarks never import tests; test modules import no other test module but `helpers`.
 """
 import ast
@@ -90,10 +90,10 @@ def test_graph_sees_a_cycle():
 def test_nothing_imports_the_trainer():
   edges = graph()
   importers = sorted(m for m, deps in edges.items()
-                     if "sampot_jax.train_regressor" in deps and not m.startswith("tests."))
+                     if "sampot_jax.regressor.train" in deps and not m.startswith("tests."))
   assert importers == [], importers
   main = (ROOT / "main.py").read_text()
-  assert '"sampot_jax.train_regressor:run"' in main
+  assert '"sampot_jax.regressor.train:run"' in main
 
 
 def test_the_trainer_is_only_the_training_loop():
@@ -104,7 +104,7 @@ def test_the_trainer_is_only_the_training_loop():
 def test_the_model_depends_on_nothing_above_it():
   for name, deps in graph().items():
     if name.startswith("sampot_jax.sam"):
-      outside = sorted(d for d in deps if d not in ("sampot_jax", "sampot_jax.checkpoints")
+      outside = sorted(d for d in deps if d not in ("sampot_jax", "sampot_jax.storage.checkpoints")
                        and not d.startswith("sampot_jax.sam"))
       assert outside == [], (name, outside)
 
@@ -113,7 +113,7 @@ def test_configs_are_plain_data():
   for name, deps in graph().items():
     if name.startswith("configs."):
       allowed = {d for d in deps if d.startswith("configs") or d in ("sampot_jax",
-                                                                     "sampot_jax.defaults")}
+                                                                     "sampot_jax.runtime.defaults")}
       assert deps == allowed, (name, sorted(deps - allowed))
 
 

@@ -17,11 +17,11 @@ torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
 
-from ports import sam as port_sam  # noqa: E402
-from ports import torch_pickle  # noqa: E402
+from reference import official as sam_official  # noqa: E402
+from reference import official_lite  # noqa: E402
 from sampot_jax.sam import model as sam_model  # noqa: E402
-from ports import official as sam_official  # noqa: E402
-from ports import official_lite  # noqa: E402
+from sampot_jax.sam.port import convert as port_sam  # noqa: E402
+from sampot_jax.sam.port import torch_pickle  # noqa: E402
 from tests.conftest import MONTGOMERY  # noqa: E402
 
 REL_TOL = 1e-4

@@ -1,4 +1,4 @@
-"""ports.torch_pickle against files written by the real torch.save."""
+"""sampot_jax.sam.port.torch_pickle against files written by the real torch.save."""
 import builtins
 import collections
 import io
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sampot_jax import errors
 
 torch = pytest.importorskip("torch")  # Only the reference writer.
 
-from ports.torch_pickle import CheckpointError, load_state_dict  # noqa: E402
+from sampot_jax.sam.port.torch_pickle import load_state_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +115,7 @@ def test_big_endian_archive(tmp_path):
 
 
 def test_missing_file(tmp_path):
-  with pytest.raises(CheckpointError, match="no such file") as e:
+  with pytest.raises(errors.CheckpointError, match="no such file") as e:
     load_state_dict(tmp_path / "absent.pth")
   assert "absent.pth" in str(e.value)
 
@@ -122,7 +123,7 @@ def test_missing_file(tmp_path):
 def test_non_zip_file(tmp_path):
   path = tmp_path / "notes.pth"
   path.write_text("these are not weights\n")
-  with pytest.raises(CheckpointError, match="not a zip archive") as e:
+  with pytest.raises(errors.CheckpointError, match="not a zip archive") as e:
     load_state_dict(path)
   assert str(path) in str(e.value)
 
@@ -130,14 +131,14 @@ def test_non_zip_file(tmp_path):
 def test_bare_pickle_is_not_read(tmp_path):
   path = tmp_path / "bare.pth"
   path.write_bytes(pickle.dumps({"w": [1.0]}))
-  with pytest.raises(CheckpointError, match="bare pickle"):
+  with pytest.raises(errors.CheckpointError, match="bare pickle"):
     load_state_dict(path)
 
 
 def test_legacy_format_says_resave(tmp_path):
   path = tmp_path / "legacy.pth"
   torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
-  with pytest.raises(CheckpointError, match="legacy.*Re-save"):
+  with pytest.raises(errors.CheckpointError, match="legacy.*Re-save"):
     load_state_dict(path)
 
 
@@ -147,7 +148,7 @@ def test_truncated_file(saved, tmp_path, fraction):
   data = path.read_bytes()
   cut = tmp_path / "cut.pth"
   cut.write_bytes(data[:int(len(data) * fraction)])
-  with pytest.raises(CheckpointError, match="truncated or damaged") as e:
+  with pytest.raises(errors.CheckpointError, match="truncated or damaged") as e:
     load_state_dict(cut)
   assert str(cut) in str(e.value)
 
@@ -164,7 +165,7 @@ def test_corrupted_record_fails_crc(saved, tmp_path):
   data[start] ^= 0xFF
   bad = tmp_path / "flipped.pth"
   bad.write_bytes(bytes(data))
-  with pytest.raises(CheckpointError, match="damaged"):
+  with pytest.raises(errors.CheckpointError, match="damaged"):
     load_state_dict(bad)
 
 
@@ -175,7 +176,7 @@ def test_missing_storage_record(saved, tmp_path):
     for info in src.infolist():
       if not info.filename.endswith("/data/3"):
         dst.writestr(info, src.read(info))
-  with pytest.raises(CheckpointError, match="data/3 is missing"):
+  with pytest.raises(errors.CheckpointError, match="data/3 is missing"):
     load_state_dict(partial)
 
 
@@ -235,7 +236,7 @@ def test_crafted_pickle_is_refused_and_not_run(tmp_path, kind):
   assert marker.exists()
   marker.unlink()
 
-  with pytest.raises(CheckpointError) as e:
+  with pytest.raises(errors.CheckpointError) as e:
     load_state_dict(evil)
   message = str(e.value)
   assert f"'{refused}'" in message, message
@@ -253,7 +254,7 @@ def test_payload_inside_real_torch_save_is_refused(tmp_path, kind):
   torch.load(evil, weights_only=False)  # Live under an unrestricted load too.
   assert marker.exists()
   marker.unlink()
-  with pytest.raises(CheckpointError, match=f"'{refused}'.*NOT executed"):
+  with pytest.raises(errors.CheckpointError, match=f"'{refused}'.*NOT executed"):
     load_state_dict(evil)
   assert not marker.exists()
 
@@ -274,13 +275,13 @@ def test_crafted_pickle_cannot_tamper_with_later_loads(saved, tmp_path):
 def test_refuses_non_tensor_state(tmp_path):
   path = tmp_path / "mixed.pth"
   torch.save({"w": torch.ones(1), "step": 7}, path)
-  with pytest.raises(CheckpointError, match=r"\['step'\].*flat state_dict"):
+  with pytest.raises(errors.CheckpointError, match=r"\['step'\].*flat state_dict"):
     load_state_dict(path)
 
 
 def test_reader_does_not_import_torch(saved):
   path, sd = saved
-  code = ("import sys; from ports.torch_pickle import load_state_dict; "
+  code = ("import sys; from sampot_jax.sam.port.torch_pickle import load_state_dict; "
           "d = load_state_dict(sys.argv[1]); "
           "assert 'torch' not in sys.modules, 'torch was imported'; "
           "print(len(d))")
@@ -350,15 +351,15 @@ def _crafted_pth(path, tensors, storages, numels=None):
 
 def _load_in_small_memory(path, headroom=1 << 30):
   """Loads `path` in a child whose address space may grow by `headroom` only;
-  returns its stdout: 'OK <names>' or the CheckpointError's message."""
+  returns its stdout: 'OK <names>' or the errors.CheckpointError's message."""
   code = (
       "import resource, sys\n"
-      "from ports.torch_pickle import CheckpointError, load_state_dict\n"
+      "from sampot_jax.sam.port.torch_pickle import load_state_dict\n"
       "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
       f"resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))\n"
       "try:\n"
       "  print('OK', sorted(load_state_dict(sys.argv[1])))\n"
-      "except CheckpointError as e:\n"
+      "except errors.CheckpointError as e:\n"
       "  print(e)\n")
   env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
   out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, env=env,
@@ -420,7 +421,7 @@ def test_legitimate_repeating_views_still_load(tmp_path):
 def test_sizes_and_strides_that_do_not_fit_the_storage(tmp_path, offset, size, stride, match):
   path = _crafted_pth(tmp_path / "bad.pth", {"w": ("0", offset, size, stride)},
                       {"0": [1.0, 2.0, 3.0, 4.0]})
-  with pytest.raises(CheckpointError, match=match):
+  with pytest.raises(errors.CheckpointError, match=match):
     load_state_dict(path)
 
 
@@ -428,7 +429,7 @@ def test_record_size_is_checked_before_reading(tmp_path):
   """A record whose zip entry is not the size the pickle declares is not read."""
   path = _crafted_pth(tmp_path / "short.pth", {"w": ("0", 0, (3,), (1,))}, {"0": [1.0] * 3},
                       numels={"0": 4})
-  with pytest.raises(CheckpointError, match="holds 12 bytes, the pickle expects 16"):
+  with pytest.raises(errors.CheckpointError, match="holds 12 bytes, the pickle expects 16"):
     load_state_dict(path)
 
 

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from configs import train_regressor_tiny
-from sampot_jax import metrics
-from sampot_jax import models
-from sampot_jax import regressor
-from sampot_jax import resume
-from sampot_jax import train_regressor as tr
 from sampot_jax.data import fake_data
 from sampot_jax.data import splits as splits_lib
+from sampot_jax.regressor import model as regressor
+from sampot_jax.regressor import resume
+from sampot_jax.regressor import train as tr
+from sampot_jax.sampot import metrics
+from sampot_jax.tasks import models
 from tests.helpers import synthetic_config, synthetic_set
+from sampot_jax import errors
 
 def small_config(num_epochs=4):
   config = synthetic_config(num_epochs=num_epochs, checkpoint_every=2)
@@ -72,14 +73,14 @@ def oracle_dir(tmp_path):
   config = train_regressor_tiny.get_config()
   model = regressor.from_config(config.model)
   variables = models.random_regressor_variables(model, seed=3)
-  regressor.save_oracle(tmp_path, config, variables)
+  store.save(tmp_path, config, variables)
   return tmp_path, variables
 
 
 def test_oracle_round_trip_is_exact(oracle_dir):
   workdir, variables = oracle_dir
   assert (workdir / "oracle_index.json").is_file()
-  _, loaded = regressor.load_oracle(workdir)
+  _, loaded = store.load(workdir)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, variables)
 
 
@@ -87,15 +88,15 @@ def test_oracle_with_a_flipped_bit_is_refused(oracle_dir):
   workdir, _ = oracle_dir
   biggest = max(data_files(workdir / "oracle"), key=lambda p: p.stat().st_size)
   flip_a_bit(biggest)
-  with pytest.raises(regressor.OracleError, match=rf"(?s){workdir / 'oracle'}.*Retrain.*restore"):
-    regressor.load_oracle(workdir)
+  with pytest.raises(errors.RegressorError, match=rf"(?s){workdir / 'oracle'}.*Retrain.*restore"):
+    store.load(workdir)
 
 
 def test_oracle_without_its_index_is_refused(oracle_dir):
   workdir, _ = oracle_dir
   (workdir / "oracle_index.json").unlink()
-  with pytest.raises(regressor.OracleError, match="oracle_index.json is missing"):
-    regressor.load_oracle(workdir)
+  with pytest.raises(errors.RegressorError, match="oracle_index.json is missing"):
+    store.load(workdir)
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def test_resume_with_other_settings_is_refused_and_lists_them(runs, tmp_path):
   config.data.target = "right"
   config.candidates.n_per_kind = 2
   config.model.features = (4, 4, 8, 8, 16)
-  with pytest.raises(resume.ResumeError) as caught:
+  with pytest.raises(errors.ResumeError) as caught:
     tr.train(config, workdir, *SETS)
   message = str(caught.value)
   for line in ("learning_rate: 0.001 -> 0.01", "max_images_per_split: 3 -> 5",
@@ -119,14 +120,14 @@ def test_resume_with_other_settings_is_refused_and_lists_them(runs, tmp_path):
     assert line in message, message
   assert "--workdir" in message and f"rm -r {workdir / 'checkpoints'}" in message
   # Through the task: refused before config.json is (re)written or any data is read.
-  with pytest.raises(resume.ResumeError, match="learning_rate"):
+  with pytest.raises(errors.ResumeError, match="learning_rate"):
     tr.run(config, str(workdir))
   assert not (workdir / "config.json").exists()
 
 
 def test_fewer_epochs_is_refused_by_name(runs, tmp_path):
   workdir = copy_run(runs, "two", tmp_path)
-  with pytest.raises(resume.ResumeError, match="num_epochs: 2 -> 1"):
+  with pytest.raises(errors.ResumeError, match="num_epochs: 2 -> 1"):
     tr.train(small_config(num_epochs=1), workdir, *SETS)
 
 
@@ -153,7 +154,7 @@ def test_harmless_settings_pass_the_check(tmp_path):
     changed[name] = value
   resume.check_settings(tmp_path, changed)
   changed.seed = 1
-  with pytest.raises(resume.ResumeError, match="seed: 0 -> 1"):
+  with pytest.raises(errors.ResumeError, match="seed: 0 -> 1"):
     resume.check_settings(tmp_path, changed)
 
 
@@ -189,7 +190,7 @@ def test_no_readable_step_is_one_error_listing_each(runs, tmp_path):
   workdir = copy_run(runs, "four", tmp_path)
   for step in ("2", "4"):
     (workdir / "checkpoints" / step / "default" / "manifest.ocdbt").unlink()
-  with pytest.raises(resume.ResumeError, match=r"(?s)can be restored:.*step 4: .*step 2: .*rm -r"):
+  with pytest.raises(errors.ResumeError, match=r"(?s)can be restored:.*step 4: .*step 2: .*rm -r"):
     tr.train(small_config(num_epochs=4), workdir, *SETS)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sampot_jax import errors
 from sampot_jax.data import raw
 from sampot_jax.data import splits as splits_lib
 
@@ -99,7 +100,7 @@ def write(source: str, root, n: int = 9, seed: int = 0, shape=(80, 64)) -> list[
         big = np.asarray(Image.fromarray(on(mask)).resize(half[::-1], Image.NEAREST))
         write_image(root / "scr" / "fold1" / "masks" / name / f"{sid}.gif", big)
     else:
-      raise ValueError(f"no fake layout for source {source!r}.")
+      raise errors.ConfigError(f"no fake layout for source {source!r}.")
     ids.append(sid)
   if source == "montgomery_team":
     write_splits(root / "splits.csv", rows)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from absl import logging
 
+from sampot_jax import errors
 from sampot_jax.data import lungs
 from sampot_jax.data import raw
 from sampot_jax.data import sources
@@ -29,14 +30,14 @@ def _files_by_stem(folder: Path, suffixes) -> dict:
 
 
 def _ambiguous(scan: sources.Scan, root: Path) -> dict:
-  """{id: BadExampleError} for subjects with two files that could be their image or a mask."""
+  """{id: errors.BadInputError} for subjects with two files that could be their image or a mask."""
   images = _files_by_stem(root / "images", raw.IMAGE_SUFFIXES)
   masks = {}  # mask folder -> {stem: [files]}
   found = {}
   for sid, subject in scan.subjects.items():
     if len(images.get(sid, [])) > 1:
       files = images[sid]
-      found[sid] = lungs.BadExampleError(files[0], (
+      found[sid] = errors.BadInputError(files[0], (
           f"{' and '.join(p.name for p in files)} in {files[0].parent} could each be image "
           f"{sid!r}; keep one of them (remove or rename the other)."))
       continue
@@ -47,7 +48,7 @@ def _ambiguous(scan: sources.Scan, root: Path) -> dict:
         masks[mask.parent] = _files_by_stem(mask.parent, raw.MASK_SUFFIXES)
       files = masks[mask.parent].get(sid, []) + masks[mask.parent].get(sid + "_mask", [])
       if len(files) > 1:
-        found[sid] = lungs.BadExampleError(files[0], (
+        found[sid] = errors.BadInputError(files[0], (
             f"{' and '.join(p.name for p in files)} in {files[0].parent} could each be the "
             f"mask of image {sid!r}; keep one of them (remove or rename the other)."))
         break
@@ -71,7 +72,7 @@ def read_split(root, split: str, size: int, on_bad_example: str = "error") -> tu
     if on_bad_example == "error":
       raise error
     logging.warning("Skipping bad example in %s: %s", split, error)
-    skipped.append((error.path, error.problem))
+    skipped.append((error.file, error.reason))
 
   for error in scan.absent.get(split, []):
     bad(error)
@@ -83,6 +84,6 @@ def read_split(root, split: str, size: int, on_bad_example: str = "error") -> tu
       continue
     try:
       examples.append(sources.resize_example(sources.read_subject(scan.subjects[sid]), size))
-    except lungs.BadExampleError as error:
+    except errors.BadInputError as error:
       bad(error)
   return examples, skipped

@@ -21,7 +21,7 @@ aspect ratio; how its intensities were mapped is said in `Image.intensity`:
   are read as RGB; multi-frame files are refused (one image per file).
 
 Coordinates are those of the stored pixel array (row 0 at the top); EXIF orientation tags are
-not applied. Unreadable, truncated or unsupported files raise ImageReadError naming the file.
+not applied. Unreadable, truncated or unsupported files raise errors.BadInputError naming the file.
 """
 import dataclasses
 from pathlib import Path
@@ -29,18 +29,10 @@ import warnings
 
 import numpy as np
 from PIL import Image as PILImage
+from sampot_jax import errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 DICOM_SUFFIXES = (".dcm", ".dicom")
-
-
-class ImageReadError(ValueError):
-  """A file that cannot be read as an image; the message names it."""
-
-  def __init__(self, path, reason: str):
-    self.path = Path(path)
-    self.reason = reason
-    super().__init__(f"{path}: {reason}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +90,7 @@ def list_images(path, exclude=()) -> dict[str, Path]:
   """
   path = Path(path).expanduser()
   if not path.exists():
-    raise FileNotFoundError(f"config.images={str(path)!r} does not exist; give a folder of "
+    raise errors.MissingInputError(f"config.images={str(path)!r} does not exist; give a folder of "
                             "images or one image file.")
   if path.is_file():
     return {path.name: path}
@@ -124,11 +116,11 @@ def _dcmread(path, stop_before_pixels: bool = False):
   try:
     import pydicom  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImageReadError(path, "is DICOM, which needs pydicom: pip install 'pydicom>=2.4'") from e
+    raise errors.BadInputError(path, "is DICOM, which needs pydicom: pip install 'pydicom>=2.4'") from e
   try:
     return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
   except Exception as e:  # pylint: disable=broad-except  # pydicom raises many kinds
-    raise ImageReadError(path, f"cannot be read as DICOM ({type(e).__name__}: {e})") from e
+    raise errors.BadInputError(path, f"cannot be read as DICOM ({type(e).__name__}: {e})") from e
 
 
 def read_size(path) -> tuple[int, int]:
@@ -139,12 +131,12 @@ def read_size(path) -> tuple[int, int]:
     try:
       return int(ds.Rows), int(ds.Columns)
     except AttributeError as e:
-      raise ImageReadError(path, "is DICOM without Rows/Columns: it holds no image") from e
+      raise errors.BadInputError(path, "is DICOM without Rows/Columns: it holds no image") from e
   try:
     with PILImage.open(path) as im:
       w, h = im.size
   except Exception as e:  # pylint: disable=broad-except  # PIL raises many kinds
-    raise ImageReadError(path, f"cannot be read as an image ({type(e).__name__}: {e})") from e
+    raise errors.BadInputError(path, f"cannot be read as an image ({type(e).__name__}: {e})") from e
   return int(h), int(w)
 
 
@@ -152,10 +144,10 @@ def read_image(path) -> Image:
   """The image at `path` (PNG/JPEG/TIFF/DICOM) as 8 bits; see the module docstring."""
   path = Path(path)
   if not path.is_file():
-    raise ImageReadError(path, "does not exist")
+    raise errors.BadInputError(path, "does not exist")
   pixels, intensity = _read_dicom(path) if is_dicom(path) else _read_pil(path)
   if pixels.shape[0] < 1 or pixels.shape[1] < 1:
-    raise ImageReadError(path, f"is empty ({pixels.shape[0]}x{pixels.shape[1]} pixels)")
+    raise errors.BadInputError(path, f"is empty ({pixels.shape[0]}x{pixels.shape[1]} pixels)")
   return Image(pixels, gray_of(pixels), intensity)
 
 
@@ -187,7 +179,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str]:
     with PILImage.open(path) as im:
       frames = getattr(im, "n_frames", 1)
       if frames > 1:
-        raise ImageReadError(path, f"holds {frames} frames/pages; give one image per file")
+        raise errors.BadInputError(path, f"holds {frames} frames/pages; give one image per file")
       im.load()
       mode = im.mode
       if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB",
@@ -202,12 +194,12 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str]:
         arr = np.asarray(im.convert("RGB"))
         return (arr[..., 0].copy(), "8-bit") if _is_gray(arr) else (arr, "8-bit")
       arr = np.asarray(im)  # I;16*, I (32-bit int), F (32-bit float)
-  except ImageReadError:
+  except errors.BadInputError:
     raise
   except Exception as e:  # pylint: disable=broad-except  # PIL raises many kinds
-    raise ImageReadError(path, f"cannot be read as an image ({type(e).__name__}: {e})") from e
+    raise errors.BadInputError(path, f"cannot be read as an image ({type(e).__name__}: {e})") from e
   if arr.ndim != 2:
-    raise ImageReadError(path, f"has PIL mode {mode} with shape {arr.shape}; expected a grey or "
+    raise errors.BadInputError(path, f"has PIL mode {mode} with shape {arr.shape}; expected a grey or "
                          "RGB image")
   return scale_to_uint8(arr)
 
@@ -282,32 +274,32 @@ def voi_lut(values: np.ndarray, item, ds=None) -> np.ndarray:
 def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
   ds = _dcmread(path)
   if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-    raise ImageReadError(path, "is DICOM without pixel data (not an image)")
+    raise errors.BadInputError(path, "is DICOM without pixel data (not an image)")
   frames = int(ds.get("NumberOfFrames", 1) or 1)
   if frames > 1:
-    raise ImageReadError(path, f"is a multi-frame DICOM ({frames} frames); give one image per "
+    raise errors.BadInputError(path, f"is a multi-frame DICOM ({frames} frames); give one image per "
                          "file")
   try:
     arr = ds.pixel_array
   except Exception as e:  # pylint: disable=broad-except
-    raise ImageReadError(path, f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e}); "
+    raise errors.BadInputError(path, f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e}); "
                          "compressed transfer syntaxes need pydicom's optional decoders "
                          "(e.g. pip install pylibjpeg pylibjpeg-libjpeg)") from e
   photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
   from pydicom import pixels as dcm_pixels  # pylint: disable=g-import-not-at-top
   if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
     if arr.ndim != 3 or arr.shape[-1] != 3:
-      raise ImageReadError(path, f"is {photometric} DICOM with pixel shape {arr.shape}")
+      raise errors.BadInputError(path, f"is {photometric} DICOM with pixel shape {arr.shape}")
     if photometric != "RGB":
       arr = dcm_pixels.convert_color_space(arr, photometric, "RGB")
     if arr.dtype == np.uint8:
       return arr, "8-bit RGB"
     return scale_to_uint8(arr)
   if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-    raise ImageReadError(path, f"has Photometric Interpretation {photometric}; readable are "
+    raise errors.BadInputError(path, f"has Photometric Interpretation {photometric}; readable are "
                          "MONOCHROME1, MONOCHROME2, RGB and YBR_FULL(_422)")
   if arr.ndim != 2:
-    raise ImageReadError(path, f"is {photometric} DICOM with pixel shape {arr.shape}; expected "
+    raise errors.BadInputError(path, f"is {photometric} DICOM with pixel shape {arr.shape}; expected "
                          "(rows, columns)")
   try:
     values = np.asarray(dcm_pixels.apply_modality_lut(arr, ds), np.float64)
@@ -326,10 +318,10 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
           how += f" {function}"
     else:
       unit, how = None, None
-  except ImageReadError:
+  except errors.BadInputError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise ImageReadError(path, f"DICOM intensity tags cannot be applied ({type(e).__name__}: "
+    raise errors.BadInputError(path, f"DICOM intensity tags cannot be applied ({type(e).__name__}: "
                          f"{e})") from e
   if unit is None:
     out, how = scale_to_uint8(values)
@@ -351,13 +343,13 @@ def read_mask(path) -> np.ndarray:
   are read through their luma; an all-zero mask is empty."""
   path = Path(path)
   if not path.is_file():
-    raise ImageReadError(path, "does not exist")
+    raise errors.BadInputError(path, "does not exist")
   if is_dicom(path):
     ds = _dcmread(path)
     try:
       arr = np.asarray(ds.pixel_array, np.float64)
     except Exception as e:  # pylint: disable=broad-except
-      raise ImageReadError(path, f"DICOM pixel data cannot be decoded ({e})") from e
+      raise errors.BadInputError(path, f"DICOM pixel data cannot be decoded ({e})") from e
   else:
     try:
       with PILImage.open(path) as im:
@@ -366,11 +358,11 @@ def read_mask(path) -> np.ndarray:
           im = im.convert("L")
         arr = np.asarray(im, np.float64)
     except Exception as e:  # pylint: disable=broad-except
-      raise ImageReadError(path, f"cannot be read as a mask ({type(e).__name__}: {e})") from e
+      raise errors.BadInputError(path, f"cannot be read as a mask ({type(e).__name__}: {e})") from e
   if arr.ndim == 3:
     arr = arr[..., 0]
   if arr.ndim != 2:
-    raise ImageReadError(path, f"has shape {arr.shape}; expected a 2-D mask")
+    raise errors.BadInputError(path, f"has shape {arr.shape}; expected a 2-D mask")
   top = arr.max() if arr.size else 0.0
   if top <= 0:
     return np.zeros(arr.shape, bool)

@@ -10,19 +10,11 @@ import numpy as np
 from scipy import ndimage
 from skimage import transform
 
-from sampot_jax import defaults
+from sampot_jax import errors
+from sampot_jax.runtime import defaults
 
 TARGETS = ("left", "right", "both")
 ON_BAD_EXAMPLE = defaults.ON_BAD_EXAMPLE
-
-
-class BadExampleError(ValueError):
-  """One raw example (a file or a subject) cannot be used; names the file."""
-
-  def __init__(self, path, problem: str):
-    self.path = str(path)
-    self.problem = problem
-    super().__init__(f"{self.path}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +53,9 @@ class LungSet:
   def target(self, name: str = "left") -> np.ndarray:
     """The target masks: 'left' (the paper's task) | 'right' | 'both'. (N, S, S) bool."""
     if name not in TARGETS:
-      raise ValueError(f"target={name!r} is not one of {TARGETS}.")
+      raise errors.ConfigError(f"target={name!r} is not one of {TARGETS}.")
     if self.target_only is not None and name != self.target_only:
-      raise ValueError(
+      raise errors.ConfigError(
           f"target={name!r} asked of a LungSet read from a single masks/ folder that holds "
           f"the {self.target_only!r} target only; set target={self.target_only!r} or give "
           "masks/left and masks/right.")
@@ -90,24 +82,24 @@ def check_mask(raw: np.ndarray, path, shape=None, image_shape=None) -> np.ndarra
     image_shape: (H, W) of its image when that differs from `shape` (JSRT/SCR).
 
   Raises:
-    BadExampleError: wrong size, values other than 0/1/255, or an empty mask.
+    errors.BadInputError: wrong size, values other than 0/1/255, or an empty mask.
   """
   if raw.ndim != 2:
-    raise BadExampleError(path, f"mask has shape {raw.shape}; expected a 2-D grayscale mask.")
+    raise errors.BadInputError(path, f"mask has shape {raw.shape}; expected a 2-D grayscale mask.")
   if shape is not None and tuple(raw.shape) != tuple(shape):
     image_shape = shape if image_shape is None else image_shape
-    raise BadExampleError(
+    raise errors.BadInputError(
         path, f"mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
         f"{image_shape[1]}x{image_shape[0]}; expected a {shape[1]}x{shape[0]} mask.")
   values = np.unique(raw)
   bad = values[~np.isin(values, (0, 1, 255))]
   if bad.size:
-    raise BadExampleError(
+    raise errors.BadInputError(
         path, f"mask has values {bad[:5].tolist()} besides 0/1/255; save it as a binary "
         "0/255 (or 0/1) image, without antialiasing or lossy compression.")
   mask = raw > 0
   if not mask.any():
-    raise BadExampleError(path, "mask is empty (no foreground pixel).")
+    raise errors.BadInputError(path, "mask is empty (no foreground pixel).")
   return mask
 
 
@@ -116,7 +108,7 @@ def check_sides(left: np.ndarray, right: np.ndarray, path) -> None:
   lx = np.nonzero(left)[1].mean()
   rx = np.nonzero(right)[1].mean()
   if lx <= rx:
-    raise BadExampleError(
+    raise errors.BadInputError(
         path, f"left-lung mask centroid x={lx:.0f} is not right of the right-lung centroid "
         f"x={rx:.0f}; expected the standard view (patient's left lung on the image's right "
         "side). Swap the masks or flip the image.")
@@ -135,13 +127,13 @@ def split_lungs(merged: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:
   """
   labels, n = ndimage.label(merged)
   if n < 2:
-    raise BadExampleError(
+    raise errors.BadInputError(
         path, f"merged lung mask has {n} connected component(s); need two (one per lung) "
         "to separate left from right. Give masks/left and masks/right instead.")
   sizes = np.bincount(labels.ravel())[1:]
   a, b = np.argsort(sizes)[::-1][:2] + 1
   if sizes[b - 1] < 0.1 * sizes[a - 1]:
-    raise BadExampleError(
+    raise errors.BadInputError(
         path, f"merged lung mask's second-largest component has {sizes[b - 1]} pixels, under "
         f"10% of the largest ({sizes[a - 1]}); the lungs touch or one is missing.")
   mask_a, mask_b = labels == a, labels == b

@@ -2,6 +2,7 @@
 from absl import logging
 import numpy as np
 
+from sampot_jax import errors
 from sampot_jax.data import folder
 from sampot_jax.data import lungs
 from sampot_jax.data import sources
@@ -12,7 +13,7 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   """Loads one split of `data_config.source` into memory.
 
   Args:
-    data_config: config.data, see sampot_jax.defaults.data.
+    data_config: config.data, see sampot_jax.runtime.defaults.data.
     split: 'train' | 'val' | 'test'.
 
   Returns:
@@ -23,18 +24,18 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   on_bad = data_config.get("on_bad_example", "error")
   target = data_config.get("target", "left")
   if split not in splits_lib.SPLITS:
-    raise ValueError(f"split={split!r} is not one of {splits_lib.SPLITS}.")
+    raise errors.ConfigError(f"split={split!r} is not one of {splits_lib.SPLITS}.")
   if source not in sources.SOURCES:
-    raise ValueError(f"config.data.source={source!r} is not one of {sources.SOURCES}.")
+    raise errors.ConfigError(f"config.data.source={source!r} is not one of {sources.SOURCES}.")
   if on_bad not in lungs.ON_BAD_EXAMPLE:
-    raise ValueError(f"config.data.on_bad_example={on_bad!r} is not one of "
+    raise errors.ConfigError(f"config.data.on_bad_example={on_bad!r} is not one of "
                      f"{lungs.ON_BAD_EXAMPLE}.")
   if target not in lungs.TARGETS:
-    raise ValueError(f"config.data.target={target!r} is not one of {lungs.TARGETS}.")
+    raise errors.ConfigError(f"config.data.target={target!r} is not one of {lungs.TARGETS}.")
   if size < 8:
-    raise ValueError(f"config.data.image_size={size} is too small; use e.g. 256.")
+    raise errors.ConfigError(f"config.data.image_size={size} is too small; use e.g. 256.")
   if not data_config.get("dir"):
-    raise ValueError("config.data.dir is not set; point it at the raw data folder.")
+    raise errors.ConfigError("config.data.dir is not set; point it at the raw data folder.")
 
   if source == "folder":
     examples, skipped = folder.read_split(data_config.dir, split, size, on_bad)
@@ -48,7 +49,7 @@ def load_split(data_config, split: str) -> lungs.LungSet:
     logging.warning("%s/%s: %d bad example(s) skipped, %d loaded.", source, split,
                     len(skipped), len(examples))
   if not examples:
-    raise ValueError(f"split {split!r} of source {source!r} in {data_config.dir} has no "
+    raise errors.ConfigError(f"split {split!r} of source {source!r} in {data_config.dir} has no "
                      "usable example.")
   stacked = sources.stack_examples(examples)
   skipped = tuple((str(path), str(problem)) for path, problem in skipped)
@@ -67,7 +68,7 @@ def _prepared_skips(builder, split, on_bad) -> list:
   meta = builder.info.metadata or {}
   skipped = (meta.get("skipped") or {}).get(split, [])
   if skipped and on_bad == "error":
-    raise lungs.BadExampleError(
+    raise errors.BadInputError(
         skipped[0][0], f"{skipped[0][1]} (this and {len(skipped) - 1} more were skipped when "
         f"{builder.data_dir} was prepared with on_bad_example='skip'; fix the files and delete "
         "that folder, or set on_bad_example='skip').")

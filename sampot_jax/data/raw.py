@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from sampot_jax.data.lungs import BadExampleError
+from sampot_jax import errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
@@ -22,7 +21,7 @@ def read_image(path) -> np.ndarray:
   """Reads a grayscale radiograph (PNG/JPEG/TIFF, 8/16-bit, or JSRT .IMG). -> (H, W) uint8."""
   path = Path(path)
   if not path.is_file():
-    raise BadExampleError(path, "image file does not exist.")
+    raise errors.BadInputError(path, "image file does not exist.")
   if path.suffix.lower() == ".img":
     return read_jsrt_img(path)
   arr = _decode(path, "image")
@@ -53,13 +52,13 @@ def read_jsrt_img(path) -> np.ndarray:
   expected = JSRT_SHAPE[0] * JSRT_SHAPE[1] * 2
   size = path.stat().st_size
   if size != expected:
-    raise BadExampleError(
+    raise errors.BadInputError(
         path, f"JSRT .IMG file has {size} bytes; expected {expected} (2048x2048 pixels, "
         "16-bit big-endian words). The file is truncated or not a JSRT image.")
   raw = np.fromfile(path, dtype=">u2").reshape(JSRT_SHAPE)
   top = (1 << JSRT_BITS) - 1
   if raw.max() > top:
-    raise BadExampleError(path, f"JSRT .IMG has values up to {raw.max()}, over 12 bits.")
+    raise errors.BadInputError(path, f"JSRT .IMG has values up to {raw.max()}, over 12 bits.")
   scaled = np.rint(raw.astype(np.float32) * (255.0 / top)).astype(np.uint8)
   return 255 - scaled
 
@@ -68,12 +67,12 @@ def read_mask_values(path) -> np.ndarray:
   """Reads a mask file's raw values (palette images as gray levels). -> (H, W) integer."""
   path = Path(path)
   if not path.is_file():
-    raise BadExampleError(path, "mask file does not exist; every image needs its mask "
+    raise errors.BadInputError(path, "mask file does not exist; every image needs its mask "
                           "(same file name) or set on_bad_example='skip'.")
   arr = _decode(path, "mask")
   if arr.ndim == 3:
     if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(3, arr.shape[-1]))):
-      raise BadExampleError(path, "mask is a colour image with differing channels; save it "
+      raise errors.BadInputError(path, "mask is a colour image with differing channels; save it "
                             "as a single-channel 0/255 image.")
     arr = arr[..., 0]
   if arr.dtype == bool:
@@ -96,7 +95,7 @@ def _decode(path: Path, what: str) -> np.ndarray:
         im = im.convert("RGB")
       return np.array(im)
   except (OSError, ValueError, SyntaxError) as e:
-    raise BadExampleError(path, f"cannot be decoded as an {what} ({type(e).__name__}: {e}); "
+    raise errors.BadInputError(path, f"cannot be decoded as an {what} ({type(e).__name__}: {e}); "
                           "the file is corrupt or not a PNG/JPEG/TIFF/GIF.") from e
 
 

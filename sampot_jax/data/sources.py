@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sampot_jax import errors
 from sampot_jax.data import lungs
 from sampot_jax.data import raw
 from sampot_jax.data import splits as splits_lib
@@ -52,7 +53,7 @@ class Scan:
     subjects: {id: Subject} for every image found.
     splits: {id: split} for every id the split file names (or all, if derived).
     split_file: the split file used, or None for a deterministic split.
-    absent: {split: [BadExampleError]} for ids the split file names without an image.
+    absent: {split: [errors.BadInputError]} for ids the split file names without an image.
     unlisted: ids with an image that the split file does not name (not used).
   """
   subjects: dict
@@ -69,9 +70,9 @@ def scan(source: str, root) -> Scan:
   """Lists the subjects of `source` under `root` (no decoding)."""
   root = Path(root).expanduser()
   if source not in SOURCES:
-    raise ValueError(f"data source {source!r} is not one of {SOURCES}.")
+    raise errors.ConfigError(f"data source {source!r} is not one of {SOURCES}.")
   if not root.is_dir():
-    raise FileNotFoundError(f"data directory {str(root)!r} for source {source!r} does not "
+    raise errors.MissingInputError(f"data directory {str(root)!r} for source {source!r} does not "
                             "exist; set config.data.dir to the raw data folder.")
   subjects = {
       "montgomery_team": _scan_folder, "folder": _scan_folder,
@@ -79,12 +80,12 @@ def scan(source: str, root) -> Scan:
       "jsrt_scr": _scan_jsrt_scr,
   }[source](root, source)
   if not subjects:
-    raise FileNotFoundError(f"no images found for source {source!r} under {str(root)!r}; "
+    raise errors.MissingInputError(f"no images found for source {source!r} under {str(root)!r}; "
                             f"see the layout in {__name__}'s docstring.")
   split_file = root / SPLIT_FILE
   if not split_file.is_file():
     if source == "montgomery_team":
-      raise FileNotFoundError(f"{split_file} does not exist; the team layout carries a fixed "
+      raise errors.MissingInputError(f"{split_file} does not exist; the team layout carries a fixed "
                               "split file (id,split,finding).")
     table = splits_lib.deterministic_split({s.id: s.finding for s in subjects.values()})
     return Scan(subjects, table, None, {}, [])
@@ -92,7 +93,7 @@ def scan(source: str, root) -> Scan:
   absent = {}
   for sid, (split, _) in rows.items():
     if sid not in subjects:
-      absent.setdefault(split, []).append(lungs.BadExampleError(
+      absent.setdefault(split, []).append(errors.BadInputError(
           split_file, f"names id {sid!r} ({split}), which has no image file; remove the row "
           "or restore the image."))
   for sid, (_, finding) in rows.items():
@@ -113,11 +114,11 @@ def read_subject(subject: Subject) -> dict:
     size, except JSRT/SCR masks which are half of it (1024 for 2048).
 
   Raises:
-    lungs.BadExampleError naming the offending file.
+    errors.BadInputError naming the offending file.
   """
   image = raw.read_image(subject.image)
   if image.size == 0:
-    raise lungs.BadExampleError(subject.image, "image has no pixels.")
+    raise errors.BadInputError(subject.image, "image has no pixels.")
   mask_shape = image.shape
   if subject.dataset == "jsrt_scr":
     # SCR masks are drawn at 1024x1024 on the 2048x2048 JSRT images.
@@ -136,7 +137,7 @@ def read_subject(subject: Subject) -> dict:
     right = lungs.check_mask(raw.read_mask_values(subject.right), subject.right, mask_shape,
                              image.shape)
     if (left & right).any():
-      raise lungs.BadExampleError(subject.left, f"left and right lung masks overlap "
+      raise errors.BadInputError(subject.left, f"left and right lung masks overlap "
                                   f"({int((left & right).sum())} pixels; see {subject.right}).")
     lungs.check_sides(left, right, subject.left)
   return {"id": subject.id, "image": image, "left": left, "right": right, "single": single,
@@ -153,7 +154,7 @@ def resize_example(example: dict, size: int) -> dict:
     if example[key] is not None:
       out[key] = lungs.resize_mask(example[key], size)
       if not out[key].any():
-        raise lungs.BadExampleError(example["file"], f"{key} mask vanishes when resized to "
+        raise errors.BadInputError(example["file"], f"{key} mask vanishes when resized to "
                                     f"{size}x{size}; it is too small to use.")
   return out
 
@@ -165,15 +166,15 @@ def _nlm_finding(stem: str) -> str:
 def _scan_folder(root: Path, source: str) -> dict:
   images_dir = root / "images"
   if not images_dir.is_dir():
-    raise FileNotFoundError(f"{images_dir} does not exist; the {source!r} layout is "
+    raise errors.MissingInputError(f"{images_dir} does not exist; the {source!r} layout is "
                             "images/ + masks/left/ + masks/right/ (or masks/).")
   suffixes = (".png",) if source == "montgomery_team" else raw.IMAGE_SUFFIXES
   masks_dir = root / "masks"
   two = (masks_dir / "left").is_dir() or (masks_dir / "right").is_dir()
   if source == "montgomery_team" and not two:
-    raise FileNotFoundError(f"{masks_dir}/left and {masks_dir}/right do not exist.")
+    raise errors.MissingInputError(f"{masks_dir}/left and {masks_dir}/right do not exist.")
   if not masks_dir.is_dir():
-    raise FileNotFoundError(f"{masks_dir} does not exist; put masks with the images' file "
+    raise errors.MissingInputError(f"{masks_dir} does not exist; put masks with the images' file "
                             "names in masks/left/ and masks/right/ (or masks/ for the "
                             "target only).")
   subjects = {}
@@ -201,7 +202,7 @@ def _scan_montgomery_nlm(root: Path, source: str) -> dict:
     root = root / "MontgomerySet"
   cxr = root / "CXR_png"
   if not cxr.is_dir():
-    raise FileNotFoundError(f"{cxr} does not exist; the NLM Montgomery layout is CXR_png/ + "
+    raise errors.MissingInputError(f"{cxr} does not exist; the NLM Montgomery layout is CXR_png/ + "
                             "ManualMask/leftMask/ + ManualMask/rightMask/.")
   return {p.stem: Subject(p.stem, p, left=_mask_path(root / "ManualMask" / "leftMask", p.stem, p),
                           right=_mask_path(root / "ManualMask" / "rightMask", p.stem, p),
@@ -212,10 +213,10 @@ def _scan_montgomery_nlm(root: Path, source: str) -> dict:
 def _scan_shenzhen(root: Path, source: str) -> dict:
   cxr = root / "CXR_png"
   if not cxr.is_dir():
-    raise FileNotFoundError(f"{cxr} does not exist; the Shenzhen layout is CXR_png/ + mask/.")
+    raise errors.MissingInputError(f"{cxr} does not exist; the Shenzhen layout is CXR_png/ + mask/.")
   mask_dirs = [root / d for d in ("mask", "masks", "ManualMask") if (root / d).is_dir()]
   if not mask_dirs:
-    raise FileNotFoundError(f"no lung-mask folder (mask/, masks/ or ManualMask/) in {root}.")
+    raise errors.MissingInputError(f"no lung-mask folder (mask/, masks/ or ManualMask/) in {root}.")
   return {p.stem: Subject(p.stem, p, merged=_mask_path(mask_dirs[0], p.stem, p),
                           finding=_nlm_finding(p.stem), dataset=source)
           for p in raw.list_images(cxr, (".png",)) if p.stem.startswith("CHNCXR_")}
@@ -227,7 +228,7 @@ def _scan_jsrt_scr(root: Path, source: str) -> dict:
   for side in ("left lung", "right lung"):
     side_dirs[side] = sorted(p for p in root.rglob("*") if p.is_dir() and p.name.lower() == side)
     if not side_dirs[side]:
-      raise FileNotFoundError(f"no '{side}/' folder of SCR masks under {root}.")
+      raise errors.MissingInputError(f"no '{side}/' folder of SCR masks under {root}.")
   index = {side: {p.stem: p for d in dirs for p in d.iterdir() if p.suffix.lower() == ".gif"}
            for side, dirs in side_dirs.items()}
   subjects = {}

@@ -7,6 +7,7 @@ split does not depend on file listing order or on any random state.
 """
 import csv
 import hashlib
+from sampot_jax import errors
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
@@ -20,16 +21,16 @@ def read_splits_csv(path) -> dict[str, tuple[str, str]]:
     reader = csv.DictReader(f)
     missing = {"id", "split"} - set(reader.fieldnames or ())
     if missing:
-      raise ValueError(f"{path}: split file lacks column(s) {sorted(missing)}; expected a "
+      raise errors.ConfigError(f"{path}: split file lacks column(s) {sorted(missing)}; expected a "
                        "header 'id,split[,finding]'.")
     out = {}
     for lineno, row in enumerate(reader, start=2):
       sid, split = (row["id"] or "").strip(), (row["split"] or "").strip()
       if split not in SPLITS:
-        raise ValueError(f"{path}:{lineno}: split {split!r} for id {sid!r} is not one of "
+        raise errors.ConfigError(f"{path}:{lineno}: split {split!r} for id {sid!r} is not one of "
                          f"{SPLITS}.")
       if sid in out:
-        raise ValueError(f"{path}:{lineno}: id {sid!r} appears twice.")
+        raise errors.ConfigError(f"{path}:{lineno}: id {sid!r} appears twice.")
       out[sid] = (split, (row.get("finding") or "").strip())
   return out
 

@@ -24,6 +24,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sampot_jax import errors
 from sampot_jax.data import lungs
 from sampot_jax.data import sources
 from sampot_jax.data import splits as splits_lib
@@ -77,7 +78,7 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, on_bad_example: str = "error", **kwargs):
     if on_bad_example not in ON_BAD_EXAMPLE:
-      raise ValueError(f"on_bad_example={on_bad_example!r} is not one of {ON_BAD_EXAMPLE}.")
+      raise errors.ConfigError(f"on_bad_example={on_bad_example!r} is not one of {ON_BAD_EXAMPLE}.")
     self._on_bad_example = on_bad_example
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
@@ -125,7 +126,7 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     for sid in scan.ids(split):
       try:
         ex = sources.resize_example(sources.read_subject(scan.subjects[sid]), STORED_SIZE)
-      except lungs.BadExampleError as error:
+      except errors.BadInputError as error:
         self._bad(error, split, skipped)
         continue
       yield sid, {
@@ -143,7 +144,7 @@ class ChestXrayLungs(tfds.core.GeneratorBasedBuilder):
     if self._on_bad_example == "error":
       raise error
     logging.warning("Skipping bad example in %s: %s", split, error)
-    skipped.append([error.path, error.problem])
+    skipped.append([error.file, error.reason])
 
 
 def _content_hash(path) -> str:

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sampot_jax import errors
 from sampot_jax.sam import tiny_vit
 from sampot_jax.sam.image_encoder import ImageEncoderViT
-from sampot_jax.sam.mask_decoder import MaskDecoder
 from sampot_jax.sam.mask_decoder import image_side_projections
+from sampot_jax.sam.mask_decoder import MaskDecoder
 from sampot_jax.sam.prompt_encoder import PromptEncoder
 
 # Encoder sizes of the three official checkpoints (build_sam.py).
@@ -43,7 +44,7 @@ VARIANTS.update({
 def sam_config(variant: str = "vit_b", **overrides) -> ml_collections.ConfigDict:
   """Every size of the model; `overrides` make tiny test models (e.g. img_size=64, depth=2)."""
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown SAM variant {variant!r}; choose one of {sorted(VARIANTS)}.")
+    raise errors.ConfigError(f"Unknown SAM variant {variant!r}; choose one of {sorted(VARIANTS)}.")
   config = ml_collections.ConfigDict({**dict(
       variant=variant, encoder="vit", img_size=1024, patch_size=16, mlp_ratio=4.0, window_size=14,
       prompt_embed_dim=256, mask_in_chans=16, num_multimask_outputs=3, iou_head_depth=3,
@@ -172,14 +173,14 @@ def encode_jit(params, pixels, config):
 
 
 def load_ported(directory) -> tuple[dict, ml_collections.ConfigDict]:
-  """Params and config of a checkpoint written by `python -m ports.sam` (or configs/port_sam.py)."""
-  from sampot_jax import checkpoints
+  """Params and config of a checkpoint written by `python -m sampot_jax.sam.port.convert` (or configs/port_sam.py)."""
+  from sampot_jax.storage import checkpoints
 
   params, manifest = checkpoints.load_params(directory)
   if "sam_config" not in manifest:
-    raise checkpoints.ParamsDirError(
-        f"{directory} holds no SAM config in its manifest.json: it was not written by ports.sam. "
-        "Port the official checkpoint with `python -m ports.sam --checkpoint FILE.pth --out DIR`.")
+    raise errors.ParamsDirError(
+        f"{directory} holds no SAM config in its manifest.json: it was not written by sampot_jax.sam.port.convert. "
+        "Port the official checkpoint with `python -m sampot_jax.sam.port.convert --checkpoint FILE.pth --out DIR`.")
   sam = manifest["sam_config"]
   config = sam_config(sam["variant"], **{k: v for k, v in sam.items() if k != "variant"})
   return params, config

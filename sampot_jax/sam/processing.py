@@ -13,6 +13,7 @@ at 256). Every function takes the same arguments in both, so callers do not bran
 import dataclasses
 from typing import Callable
 
+from sampot_jax import errors
 from sampot_jax.sam import lite_medsam_transforms
 from sampot_jax.sam import transforms
 
@@ -48,10 +49,10 @@ def processing_for(config) -> Processing:
   if name is None:
     variant = config.get("variant", None) if hasattr(config, "get") else None
     if variant not in VARIANT_PROCESSING:
-      raise ValueError(f"No pre/post-processing known for variant {variant!r}; set "
+      raise errors.ConfigError(f"No pre/post-processing known for variant {variant!r}; set "
                        f"config.preprocess to one of {sorted(PROCESSINGS)} or use a variant of "
                        f"{sorted(VARIANT_PROCESSING)}.")
     name = VARIANT_PROCESSING[variant]
   if name not in PROCESSINGS:
-    raise ValueError(f"config.preprocess={name!r} is not one of {sorted(PROCESSINGS)}.")
+    raise errors.ConfigError(f"config.preprocess={name!r} is not one of {sorted(PROCESSINGS)}.")
   return PROCESSINGS[name]

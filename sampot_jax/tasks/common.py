@@ -1,0 +1,88 @@
+"""What every task does the same way: its workdir, its CSV files, its two frozen models."""
+import csv
+import io
+from pathlib import Path
+
+from absl import logging
+
+from sampot_jax import errors
+from sampot_jax.regressor import store
+from sampot_jax.runtime import defaults
+from sampot_jax.sam import frozen
+from sampot_jax.sampot.scorer import Scorer
+from sampot_jax.storage import files
+
+
+def workdir(path) -> Path:
+  """--workdir as a Path ('~' expanded), created if absent."""
+  if not path:
+    raise errors.ConfigError("--workdir is required: the task writes its outputs there.")
+  path = Path(path).expanduser()
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+  """rows as CSV (atomically): the columns in order of first appearance, missing cells empty."""
+  fields = []
+  for row in rows:
+    fields += [k for k in row if k not in fields]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_text(path, buffer.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+  """A CSV this project wrote, as rows; [] (with a warning) when absent or unreadable."""
+  if not path.is_file():
+    return []
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      return list(csv.DictReader(f))
+  except (OSError, csv.Error, UnicodeDecodeError) as e:
+    logging.warning("%s cannot be read (%s); it is rewritten from this run's rows.", path, e)
+    return []
+
+
+def load_sam(config) -> frozen.Sam:
+  """The run's SAM (config.sam); a missing checkpoint stops it with the commands that make it."""
+  return frozen.from_config(config.sam)
+
+
+def load_scorer(config, check_target: bool = False) -> Scorer:
+  """The run's regressor (config.regressor); with check_target, it must have been trained for
+  config.data.target."""
+  return store.from_config(config.regressor,
+                           expected_target=config.data.target if check_target else None)
+
+
+def output_name(name: str) -> str:
+  """'sub/a.dcm' -> 'sub/a': an image's relative path without its suffix (its outputs' name)."""
+  path = Path(name)
+  return (path.parent / path.stem).as_posix() if path.suffix else path.as_posix()
+
+
+def check_mode(config) -> str:
+  """config.on_bad_example, checked: 'error' or 'skip'."""
+  mode = config.on_bad_example
+  if mode not in defaults.ON_BAD_EXAMPLE:
+    raise errors.ConfigError(f"config.on_bad_example={mode!r}; choose one of "
+                             f"{defaults.ON_BAD_EXAMPLE}.")
+  return mode
+
+
+def settle(problems: list[errors.BadInputError], mode: str) -> None:
+  """Bad inputs found: 'error' raises them all together; 'skip' logs each."""
+  if not problems:
+    return
+  if mode == "error":
+    raise errors.BadInputsError(problems)
+  for p in problems:
+    logging.warning("Skipping %s", p)
+
+
+def sort_problems(problems: list[errors.BadInputError]) -> list[errors.BadInputError]:
+  """By CSV line (those without one last), then file."""
+  return sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.file))

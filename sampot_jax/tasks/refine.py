@@ -1,0 +1,363 @@
+"""SAMPOT on a user's own, unlabelled images (task 'refine'; tasks/score.py scores existing
+masks).
+
+    python main.py --config configs/refine.py --config.images=PATH \
+        --config.prompts=prompts.csv --workdir OUT
+
+refine, per image (one compiled call per image; programs are cached per image size, so a
+folder of one size compiles once and every new size compiles again):
+
+  read (data/images.py) -> SAM encoder -> evolve_prompts (the user's prompt moved by gradient
+  ascent on the regressor's score) -> masks of both prompts at the original size ->
+  safeguards (keep the evolved prompt or fall back to the user's) ->
+  OUT/masks/<name>.png (the kept prompt's mask, 0/255), OUT/overlays/<name>.png, a row of
+  OUT/results.csv; OUT/summary.json at the end. With config.save_initial_masks also
+  OUT/initial_masks/<name>.png, the mask of the user's own prompt.
+
+<name> is the image's path relative to config.images without its suffix. Outputs are written
+to temporary names and renamed; an image whose mask, overlay and results row (for the same
+prompt) exist is skipped on a rerun unless config.overwrite.
+
+What the regressor sees: the image in grey in [0, 1], zero padded at the bottom and right to a
+max(H, W) square and resized to the regressor's resolution S (data/images.to_square), so the
+aspect ratio is kept. SAM pads the same way, so its low-res logits over the whole padded model
+frame are that square: `regressor_frame` gives evolve_prompts a frame whose valid region is the
+whole model frame, and evolve's soft mask is then SAM's mask of the padded square, aligned with
+the image. The final masks are decoded again with the true frame (evolve_prompts' own masks,
+made with the regressor's frame, are not used).
+
+Bad inputs (config.on_bad_example): an image without a prompt row, a row without an image, a
+row that does not parse or repeats an image, a prompt outside its image, an unreadable or
+corrupt file. 'error' stops with every problem found, each naming the file and the CSV line;
+'skip' logs and skips them and lists them in summary.json. Problems visible from the CSV and
+the file headers are found before any model is loaded.
+"""
+import dataclasses
+from pathlib import Path
+import time
+import zlib
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from sampot_jax import errors
+from sampot_jax.data import images as images_lib
+from sampot_jax.data import prompt_csv
+from sampot_jax.report import overlay
+from sampot_jax.sam import predictor
+from sampot_jax.sampot import evolve
+from sampot_jax.sampot import metrics
+from sampot_jax.sampot import safeguards
+from sampot_jax.storage import embedding_cache
+from sampot_jax.storage import files
+from sampot_jax.tasks import common
+
+
+def regressor_frame(frame: predictor.ImageFrame, img_size: int) -> predictor.ImageFrame:
+  """The frame handed to evolve_prompts: the true original size (prompts, clipping), and the
+  whole img_size model frame as the valid region, so that evolve's soft mask covers the image
+  padded to a square, as `images.to_square` pads the image the regressor sees."""
+  return predictor.ImageFrame((int(img_size), int(img_size)), tuple(frame.original_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# refine: planning (no models).
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One image to refine."""
+  name: str        # relative to config.images, as in the CSV
+  path: Path
+  line: int        # its row in the prompts CSV
+  prompt: np.ndarray  # (D,) float64 original pixels
+  out: str         # output name: masks/<out>.png, overlays/<out>.png
+
+
+def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputError], int]:
+  """The images and prompts of a run, checked against each other and against the image headers.
+
+  Returns (D, items, problems, number of images found); nothing is decoded but headers.
+  """
+  found = images_lib.list_images(config.images, exclude=[workdir])
+  dim, rows, bad_rows = prompt_csv.read_prompts(config.prompts)
+  pairs, problems = prompt_csv.match(found, rows, bad_rows)
+  by_out: dict[str, list[str]] = {}
+  for name, _ in pairs:
+    by_out.setdefault(common.output_name(name), []).append(name)
+  items = []
+  for name, row in pairs:
+    out = common.output_name(name)
+    if len(by_out[out]) > 1:
+      others = [n for n in by_out[out] if n != name]
+      problems.append(errors.BadInputError(name, line=row.line, reason=f"its outputs masks/{out}.png would overwrite "
+                                    f"those of {others}; rename one of the files"))
+      continue
+    try:
+      size = images_lib.read_size(found[name])
+    except errors.BadInputError as e:
+      problems.append(errors.BadInputError(name, line=row.line, reason=e.reason))
+      continue
+    try:
+      predictor.check_prompts(row.prompt[None], size, ids=[name])
+    except ValueError as e:
+      problems.append(errors.BadInputError(name, line=row.line, reason=str(e)))
+      continue
+    items.append(Item(name, found[name], row.line, row.prompt, out))
+  return dim, items, common.sort_problems(problems), len(found)
+
+
+def _same_prompt(row: dict, prompt: np.ndarray, dim: int) -> bool:
+  try:
+    old = np.array([float(row[f"initial_{f}"]) for f in predictor.PROMPT_FIELDS[dim]])
+  except (KeyError, ValueError, TypeError):
+    return False
+  return bool(np.allclose(old, prompt, atol=1e-3, rtol=0))
+
+
+def is_done(workdir: Path, item: Item, previous: dict, dim: int) -> bool:
+  """Its mask, overlay and a results row for the same prompt exist."""
+  row = previous.get(item.name)
+  return (row is not None and row.get("kind") == predictor.PROMPT_KINDS[dim]
+          and _same_prompt(row, item.prompt, dim)
+          and (workdir / "masks" / f"{item.out}.png").is_file()
+          and (workdir / "overlays" / f"{item.out}.png").is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# refine: one image.
+# ---------------------------------------------------------------------------------------------
+
+def scaled_settings(settings: evolve.Settings, size: tuple[int, int],
+                    reference_side: float) -> evolve.Settings:
+  """Step size, restart jitter and smallest box side given for a `reference_side` image, scaled
+  to this one's longest side (0 = the pixels as given)."""
+  if not reference_side or reference_side <= 0:
+    return settings
+  factor = max(size) / float(reference_side)
+  return dataclasses.replace(settings, learning_rate=settings.learning_rate * factor,
+                             restart_jitter=settings.restart_jitter * factor,
+                             min_box_size=settings.min_box_size * factor)
+
+
+class Refiner:
+  """The frozen models of a run and what it needs per image."""
+
+  def __init__(self, config, workdir: Path):
+    t0 = time.time()
+    self.sam = common.load_sam(config)
+    self.scorer = common.load_scorer(config)
+    self.side = self.scorer.resolution
+    self.settings = evolve.settings_from_config(config.evolve)
+    self.reference_side = float(config.reference_side)
+    self.safeguards = config.safeguards
+    self.key = jax.random.key(int(config.seed))
+    self.cache = (embedding_cache.EmbeddingCache(config.embedding_cache_dir, self.sam.key,
+                                                 self.sam.config)
+                  if config.embedding_cache_dir else None)
+    self.compiled: set = set()
+    self.seconds_loading = time.time() - t0
+    logging.info("Models loaded in %.1f s: SAM %s (%s), regressor at %d x %d.",
+                 self.seconds_loading, self.sam.config.variant, self.sam.key, self.side,
+                 self.side)
+
+  def encode(self, pixels: np.ndarray):
+    if self.cache is not None:
+      embeddings, frame, _ = self.cache.embeddings(self.sam.params, [pixels], 1)
+      return jnp.asarray(embeddings), frame
+    return predictor.encode_images(self.sam.params, pixels[None], self.sam.config)
+
+  def refine(self, item: Item, image: images_lib.Image) -> dict:
+    """Evolves one image's prompt; returns host arrays and timings."""
+    seconds = {}
+    t0 = time.time()
+    embeddings, frame = self.encode(image.pixels)
+    embeddings = jax.block_until_ready(embeddings)
+    seconds["encode"] = time.time() - t0
+    t0 = time.time()
+    small = images_lib.to_square(image.gray, self.side)[None]
+    settings = scaled_settings(self.settings, image.size, self.reference_side)
+    rng = jax.random.fold_in(self.key, zlib.crc32(item.name.encode()) & 0x7FFFFFFF)
+    batch = evolve.Batch(embeddings, regressor_frame(frame, self.sam.config.img_size),
+                         jnp.asarray(small), item.prompt[None].astype(np.float32))
+    result = evolve.evolve_prompts(self.sam, self.scorer, batch, settings, rng=rng)
+    initial = np.asarray(result.initial_prompt)[0]
+    best = np.asarray(result.best_prompt)[0]
+    masks, ious = predictor.prompt_masks(self.sam.params, self.sam.config, embeddings, frame,
+                                         np.stack([initial, best])[None])
+    masks, ious = np.asarray(masks)[0], np.asarray(ious)[0]
+    seconds["evolve"] = time.time() - t0
+    first = (image.size, settings) not in self.compiled
+    self.compiled.add((image.size, settings))
+    return dict(initial=initial, best=best, initial_score=float(result.initial_score[0]),
+                best_score=float(result.best_score[0]), initial_mask=masks[0],
+                best_mask=masks[1], initial_iou=float(ious[0]), best_iou=float(ious[1]),
+                best_step=int(result.best_step[0]),
+                nan_step=int(np.asarray(result.nan_step)[0].min()), seconds=seconds,
+                compiled=first)
+
+
+def _prompt_text(prompt) -> str:
+  return "(" + ", ".join(f"{v:.1f}" for v in np.asarray(prompt)) + ")"
+
+
+def judge(config, out: dict) -> dict:
+  """The safeguards' verdict on one image: accepted, the rules that rejected, the kept prompt."""
+  passed = safeguards.check(config.safeguards, np.array([out["initial_score"]]),
+                            np.array([out["best_score"]]), out["initial_mask"][None],
+                            out["best_mask"][None], out["best"][None])
+  passed = {rule: bool(ok[0]) for rule, ok in passed.items()}
+  accepted = all(passed.values())
+  return dict(passed=passed, accepted=accepted,
+              rejected_by=[rule for rule, ok in passed.items() if not ok],
+              kept="evolved" if accepted else "initial")
+
+
+def results_row(item: Item, image: images_lib.Image, dim: int, out: dict, verdict: dict,
+                seconds: float) -> dict:
+  fields = predictor.PROMPT_FIELDS[dim]
+  h, w = image.size
+  kept = out["best"] if verdict["accepted"] else out["initial"]
+  row = {"file": item.name, "line": item.line, "width": w, "height": h,
+         "intensity": image.intensity, "kind": predictor.PROMPT_KINDS[dim]}
+  for name, prompt in (("initial", out["initial"]), ("evolved", out["best"]), ("kept", kept)):
+    row.update({f"{name}_{f}": round(float(v), 3) for f, v in zip(fields, prompt)})
+  score_kept = out["best_score"] if verdict["accepted"] else out["initial_score"]
+  row.update(score_initial=out["initial_score"], score_evolved=out["best_score"],
+             score_kept=score_kept, score_gain=out["best_score"] - out["initial_score"],
+             iou_initial=out["initial_iou"], iou_evolved=out["best_iou"],
+             mask_overlap=float(metrics.dice(out["initial_mask"], out["best_mask"])),
+             accepted=verdict["accepted"], kept=verdict["kept"],
+             rejected_by=";".join(verdict["rejected_by"]))
+  row.update({f"rule_{rule}": ok for rule, ok in verdict["passed"].items()})
+  kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
+  row.update(mask_pixels=int(kept_mask.sum()), best_step=out["best_step"],
+             nan_step=out["nan_step"], seconds=round(seconds, 3),
+             mask=f"masks/{item.out}.png", overlay=f"overlays/{item.out}.png")
+  return row
+
+
+def _caption(item: Item, out: dict, verdict: dict) -> str:
+  kept = verdict["kept"]
+  why = "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})"
+  return (f"{item.name}   score {out['initial_score']:.3f} -> {out['best_score']:.3f}   "
+          f"kept: {kept}{why}\n"
+          f"initial {_prompt_text(out['initial'])}   refined {_prompt_text(out['best'])}")
+
+
+# ---------------------------------------------------------------------------------------------
+# refine: the task.
+# ---------------------------------------------------------------------------------------------
+
+def run(config, workdir) -> dict:
+  """Task 'refine' (see the module docstring); returns the summary."""
+  t_start = time.time()
+  workdir = common.workdir(workdir)
+  mode = common.check_mode(config)
+  if not config.images or not config.prompts:
+    raise errors.ConfigError("give the images and the prompts: --config.images=FOLDER_OR_FILE "
+                     "--config.prompts=prompts.csv")
+  dim, items, problems, found = plan(config, workdir)
+  common.settle(problems, mode)
+  kind = predictor.PROMPT_KINDS[dim]
+  logging.info("%d image(s) found, %d with a %s prompt; %d bad input(s) skipped.", found,
+               len(items), kind, len(problems))
+  results_path = workdir / "results.csv"
+  previous = {row["file"]: row for row in common.read_csv(results_path) if row.get("file")}
+  if config.overwrite:
+    todo, done = items, []
+  else:
+    todo = [it for it in items if not is_done(workdir, it, previous, dim)]
+    done = [it for it in items if it not in todo]
+  if done:
+    logging.info("%d image(s) already done (mask, overlay and results row exist): skipped; "
+                 "--config.overwrite=True redoes them.", len(done))
+  rows = dict(previous)
+  new_rows, late_problems = [], []
+  refiner = Refiner(config, workdir) if todo else None
+  last_write = time.time()
+  for item in tqdm(todo, desc="refine", unit="image"):
+    t0 = time.time()
+    try:
+      image = images_lib.read_image(item.path)
+      predictor.check_prompts(item.prompt[None], image.size, ids=[item.name])
+    except (errors.BadInputError, ValueError) as e:
+      problem = errors.BadInputError(item.name, line=item.line, reason=getattr(e, "reason", str(e)))
+      if mode == "error":
+        if rows:  # what this run finished stays done
+          common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+        raise errors.BadInputsError([problem]) from e
+      logging.warning("Skipping %s", problem)
+      late_problems.append(problem)
+      rows.pop(item.name, None)
+      continue
+    t_read = time.time() - t0
+    out = refiner.refine(item, image)
+    verdict = judge(config, out)
+    t1 = time.time()
+    kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
+    overlay.write_mask(workdir / "masks" / f"{item.out}.png", kept_mask)
+    if config.save_initial_masks:
+      overlay.write_mask(workdir / "initial_masks" / f"{item.out}.png", out["initial_mask"])
+    picture = overlay.draw(image.pixels, out["initial_mask"], out["best_mask"], out["initial"],
+                           out["best"], _caption(item, out, verdict),
+                           int(config.overlay_max_side))
+    overlay.write_png(workdir / "overlays" / f"{item.out}.png", picture)
+    t_write = time.time() - t1
+    seconds = time.time() - t0
+    row = results_row(item, image, dim, out, verdict, seconds)
+    rows[item.name] = row
+    new_rows.append(row)
+    h, w = image.size
+    logging.info(
+        "%s (%dx%d): %.2f s = read %.2f, encode %.2f, evolve %.2f%s, write %.2f; score %.3f -> "
+        "%.3f, kept %s%s", item.name, w, h, seconds, t_read, out["seconds"]["encode"],
+        out["seconds"]["evolve"], f" (compiling for {w}x{h})" if out["compiled"] else "",
+        t_write, out["initial_score"], out["best_score"], verdict["kept"],
+        "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})")
+    if time.time() - last_write > 10.0:  # a killed run keeps what it finished
+      common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+      last_write = time.time()
+  if rows:
+    common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+  problems = common.sort_problems(problems + late_problems)
+  summary = summarize(config, kind, found, items, done, new_rows, problems, refiner,
+                      time.time() - t_start)
+  files.write_json(workdir / "summary.json", summary)
+  logging.info("refine: %d processed, %d already done, %d skipped as bad input; %d of %d "
+               "evolved prompts kept. Outputs in %s", len(new_rows), len(done), len(problems),
+               summary["accepted"], len(new_rows), workdir)
+  return summary
+
+
+def summarize(config, kind, found, items, done, new_rows, problems, refiner, seconds) -> dict:
+  rejected = {}
+  for row in new_rows:
+    for rule in filter(None, row["rejected_by"].split(";")):
+      rejected[rule] = rejected.get(rule, 0) + 1
+  mean = lambda key: float(np.mean([r[key] for r in new_rows])) if new_rows else None
+  sizes = {}
+  for row in new_rows:
+    sizes[f"{row['width']}x{row['height']}"] = sizes.get(f"{row['width']}x{row['height']}", 0) + 1
+  return {
+      "task": "refine",
+      "images": str(config.images), "prompts": str(config.prompts), "prompt_kind": kind,
+      "images_found": found, "images_with_prompt": len(items),
+      "processed": len(new_rows), "already_done": len(done),
+      "skipped": len(problems), "bad_inputs": [p.record() for p in problems],
+      "accepted": sum(bool(r["accepted"]) for r in new_rows),
+      "rejected_by": rejected,
+      "mean_score": {"initial": mean("score_initial"), "evolved": mean("score_evolved"),
+                     "kept": mean("score_kept")},
+      "sizes": sizes,
+      "compiled_programs": len(refiner.compiled) if refiner else 0,
+      "regressor_side": refiner.side if refiner else None,
+      "sam_variant": refiner.sam.config.variant if refiner else None,
+      "seconds": {"total": seconds,
+                  "models": refiner.seconds_loading if refiner else 0.0,
+                  "per_image_mean": mean("seconds")},
+      "config": config.to_dict(),
+  }
