@@ -10,11 +10,13 @@ import numpy as np
 
 from configs import train_regressor_tiny
 from sampot_jax.regressor.candidate_sets import CandidateSet
+from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
 from sampot_jax.sampot import evolve
 from sampot_jax.sampot import metrics
+from sampot_jax.sampot.scorer import Scorer
 
 
 # ---------------------------------------------------------------------------
@@ -69,6 +71,25 @@ def box_decoder(params, embeddings, prompts, frame, config, multimask_output=Fal
 
 # ---------------------------------------------------------------------------
 # Synthetic candidate sets for training tests: discs on noise, moved / resized discs.
+
+def disk_sam(decode=disk_decoder) -> frozen.Sam:
+  """An analytic segmenter on DISK_CONFIG (no weights)."""
+  return frozen.Sam({}, DISK_CONFIG, decode=decode)
+
+
+def target_scorer(fn=soft_dice, target=None) -> Scorer:
+  """A score that knows the answer: fn(target, image, mask) (target=None: fn compares the mask
+  with the image it is given)."""
+  return Scorer(fn, target, 48)
+
+
+def disk_batch(prompts, images_small=None) -> evolve.Batch:
+  """prompts (B, D) on 48 x 48 images of the DISK_FRAME (zeros unless images_small)."""
+  prompts = np.asarray(prompts, np.float32)
+  n = len(prompts)
+  small = jnp.zeros((n, 48, 48)) if images_small is None else images_small
+  return evolve.Batch(jnp.zeros((n, 1, 1, 1)), DISK_FRAME, small, prompts)
+
 
 SIZE = 32
 

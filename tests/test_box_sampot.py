@@ -31,19 +31,6 @@ def test_rough_boxes_move_each_coordinate_within_the_jitter():
     prompts.bounding_boxes(np.zeros((1, 4, 4), bool), ids=["b"])
 
 
-def test_a_prompts_file_with_boxes(tmp_path):
-  path = tmp_path / "boxes.csv"
-  path.write_text("id,x0,y0,x1,y1\nb,1,2,6,7\na,0,0,3,3\n")
-  np.testing.assert_array_equal(baselines.read_clicks(path, ["a", "b"], (10, 10)),
-                                [[0, 0, 3, 3], [1, 2, 6, 7]])
-  path.write_text("id,x0,y0,x1,y1\na,5,0,3,3\n")
-  with pytest.raises(ValueError, match="image 'a' .* x0 < x1"):
-    baselines.read_clicks(path, ["a"], (10, 10))
-  path.write_text("id,x0,y0\na,5,0\n")
-  with pytest.raises(ValueError, match="id,x0,y0,x1,y1"):
-    baselines.read_clicks(path, ["a"], (10, 10))
-
-
 @pytest.mark.slow
 @pytest.mark.needs_data
 def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
@@ -87,7 +74,7 @@ def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
 @pytest.mark.needs_data
 def test_lite_medsam_regressor_tiny_reports_model_made_masks(tmp_path):
   from configs import lite_medsam_regressor_tiny
-  from sampot_jax.regressor import train as train_regressor
+  from sampot_jax.tasks import train_regressor  # pylint: disable=g-import-not-at-top
   config = lite_medsam_regressor_tiny.get_config()
   config.data.dir = str(MONTGOMERY)
   config.data.tfds_dir = str(tmp_path / "tfds")

@@ -242,7 +242,7 @@ def test_damaged_directory_is_reported(tmp_path, damage):
   with pytest.raises(errors.ParamsDirError) as e:
     load_params(out)
   message = str(e.value)
-  assert str(out) in message and "python -m sampot_jax.sam.port.convert" in message
+  assert str(out) in message and "python -m ports.sam" in message
 
 
 def test_missing_directory_is_reported(tmp_path):

@@ -11,16 +11,15 @@ from sampot_jax.storage import embedding_cache
 
 
 class Encoder:
-  """Stands in for predictor.encode_images: a distinct (2, 2, 3) embedding per image."""
+  """Stands in for the image encoder: a distinct (2, 2, 3) embedding per image."""
 
   def __init__(self):
     self.images = 0
 
-  def __call__(self, params, images, config):
-    del params, config
+  def __call__(self, images):
     self.images += len(images)
     means = jnp.asarray(images, jnp.float32).mean((1, 2))
-    return means[:, None, None, None] + jnp.arange(12.0).reshape(1, 2, 2, 3), None
+    return means[:, None, None, None] + jnp.arange(12.0).reshape(1, 2, 2, 3)
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def cached(tmp_path):
   config = sam_model.sam_config("vit_b", img_size=32)
   images = np.random.default_rng(0).integers(0, 256, (3, 12, 12), dtype=np.uint8)
   cache = embedding_cache.EmbeddingCache(tmp_path, "ckpt", config)
-  first, _, encoded = cache.embeddings(None, images, encode_fn=Encoder())
+  first, encoded = cache.embeddings(images, Encoder())
   assert encoded == 3
   return cache, images, first
 
@@ -37,7 +36,7 @@ def cached(tmp_path):
 def _rerun(cache, images, caplog):
   encoder = Encoder()
   with caplog.at_level(logging.WARNING):
-    got, _, encoded = cache.embeddings(None, images, encode_fn=encoder)
+    got, encoded = cache.embeddings(images, encoder)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   return got, encoded, warnings
 

@@ -7,14 +7,17 @@ import pytest
 
 from configs import evolve as evolve_config
 from sampot_jax import errors
+from sampot_jax.data import prompt_csv
 from sampot_jax.regressor import candidates
+from sampot_jax.regressor import store
+from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam.port import convert as port_sam
 from sampot_jax.sampot import baselines
 from sampot_jax.sampot import metrics
+from sampot_jax.sampot import prompts
 from sampot_jax.storage import embedding_cache
 from sampot_jax.tasks import evaluate
-from sampot_jax.tasks import models
 
 IDS = ["a", "b", "c"]
 
@@ -32,15 +35,15 @@ def test_centroid_clicks_are_x_y_means():
   targets = np.zeros((2, 10, 12), bool)
   targets[0, 2:5, 6:10] = True  # rows 2..4, columns 6..9
   targets[1, 7, 1] = True
-  np.testing.assert_allclose(baselines.centroid_clicks(targets), [[7.5, 3.0], [1.0, 7.0]])
+  np.testing.assert_allclose(prompts.centroid_clicks(targets), [[7.5, 3.0], [1.0, 7.0]])
   targets[1] = False
   with pytest.raises(ValueError, match="image 'b' is empty"):
-    baselines.centroid_clicks(targets, ids=["a", "b"])
+    prompts.centroid_clicks(targets, ids=["a", "b"])
 
 
 def test_clicks_file_is_read_in_id_order(tmp_path):
   path = write(tmp_path / "clicks.csv", "id,x,y\nc,1,2\na,3.5,4\nb,0,9\n")
-  np.testing.assert_array_equal(baselines.read_clicks(path, IDS, (10, 10)),
+  np.testing.assert_array_equal(prompt_csv.prompts_for_ids(path, IDS, (10, 10)),
                                 [[3.5, 4], [0, 9], [1, 2]])
 
 
@@ -48,21 +51,21 @@ def test_clicks_file_is_read_in_id_order(tmp_path):
     ("id,x,y\na,1,1\nb,2,2\nzz,3,3\nc,1,1\n", r"line 4: image id 'zz' is not in the evaluated"),
     ("id,x,y\na,1,1\nb,2,2\nc,10,3\n", r"outside the 10x10 .* image 'c' at \(x, y\) = \[10.0, 3.0\]"),
     ("id,x,y\na,1,1\nb,2,-1\nc,1,1\n", r"image 'b'"),
-    ("id,x,y\na,1,1\nb,2,2\n", r"no click for 1 image\(s\), e.g. \['c'\]"),
-    ("id,x,y\na,1,1\na,2,2\nb,1,1\nc,1,1\n", r"line 3: image id 'a' already has a click on line 2"),
-    ("id,col,row\na,1,1\n", r"expected columns id,x,y"),
+    ("id,x,y\na,1,1\nb,2,2\n", r"no prompt for 1 image\(s\), e.g. \['c'\]"),
+    ("id,x,y\na,1,1\na,2,2\nb,1,1\nc,1,1\n", r"line 3: image id 'a' already has a prompt on line 2"),
+    ("id,col,row\na,1,1\n", r"expected id,x0,y0,x1,y1 \(boxes\), id,x,y \(clicks\)"),
     ("id,x,y\na,one,1\n", r"line 2: x='one'"),
     ("id,x,y\na,nan,1\nb,1,1\nc,1,1\n", r"finite"),
 ])
 def test_bad_clicks_files_name_the_problem(tmp_path, text, match):
   path = write(tmp_path / "clicks.csv", text)
   with pytest.raises(ValueError, match=match):
-    baselines.read_clicks(path, IDS, (10, 10))
+    prompt_csv.prompts_for_ids(path, IDS, (10, 10))
 
 
 def test_missing_clicks_file(tmp_path):
-  with pytest.raises(FileNotFoundError, match="id,x,y"):
-    baselines.read_clicks(tmp_path / "none.csv", IDS, (10, 10))
+  with pytest.raises(errors.BadInputError, match="is not a file.*id,x,y"):
+    prompt_csv.prompts_for_ids(tmp_path / "none.csv", IDS, (10, 10))
 
 
 # ---------------------------------------------------------------------------
@@ -136,16 +139,15 @@ def test_judge_picks_methods_from_the_maps():
 
 
 class CountingEncoder:
-  """Stands in for predictor.encode_images: counts images, returns their mean as embedding."""
+  """Stands in for the image encoder: counts images, returns their mean as embedding."""
 
   def __init__(self):
     self.images = 0
 
-  def __call__(self, params, images, config):
-    del params
+  def __call__(self, images):
     self.images += len(images)
     return jnp.asarray(images, jnp.float32).mean((1, 2))[:, None, None, None] * jnp.ones(
-        (1, 2, 2, 3)), None
+        (1, 2, 2, 3))
 
 
 def test_cache_encodes_each_image_once(tmp_path):
@@ -153,25 +155,24 @@ def test_cache_encodes_each_image_once(tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (5, 12, 12), dtype=np.uint8)
   encoder = CountingEncoder()
   cache = embedding_cache.EmbeddingCache(tmp_path, "ckpt-a", config)
-  first, frame, encoded = cache.embeddings(None, images, batch_size=2, encode_fn=encoder)
+  first, encoded = cache.embeddings(images, encoder, batch_size=2)
   assert encoded == 5 and encoder.images == 6  # 2 + 2 + (1 padded to 2)
-  assert frame.original_size == (12, 12) and frame.input_size == (32, 32)
   # A later run (a new cache object) reads every embedding back.
   again = embedding_cache.EmbeddingCache(tmp_path, "ckpt-a", config)
-  second, _, encoded = again.embeddings(None, images[::-1], batch_size=2, encode_fn=encoder)
+  second, encoded = again.embeddings(images[::-1], encoder, batch_size=2)
   assert encoded == 0 and encoder.images == 6
   np.testing.assert_array_equal(second, first[::-1])
   # Another checkpoint or SAM config never meets these embeddings.
-  _, _, encoded = embedding_cache.EmbeddingCache(tmp_path, "ckpt-b", config).embeddings(
-      None, images[:1], encode_fn=encoder)
+  _, encoded = embedding_cache.EmbeddingCache(tmp_path, "ckpt-b", config).embeddings(
+      images[:1], encoder)
   assert encoded == 1
   other = sam_model.sam_config("vit_b", img_size=64)
-  _, _, encoded = embedding_cache.EmbeddingCache(tmp_path, "ckpt-a", other).embeddings(
-      None, images[:1], encode_fn=encoder)
+  _, encoded = embedding_cache.EmbeddingCache(tmp_path, "ckpt-a", other).embeddings(
+      images[:1], encoder)
   assert encoded == 1
   # A damaged file is encoded again.
   cache.path(images[2]).write_bytes(b"not npy")
-  _, _, encoded = cache.embeddings(None, images, encode_fn=encoder)
+  _, encoded = cache.embeddings(images, encoder)
   assert encoded == 1
   assert not list(tmp_path.rglob(".*"))  # no temporary files left
 
@@ -179,8 +180,8 @@ def test_cache_encodes_each_image_once(tmp_path):
 def test_cache_refuses_mixed_sizes(tmp_path):
   cache = embedding_cache.EmbeddingCache(tmp_path, "k", sam_model.sam_config("vit_b"))
   with pytest.raises(ValueError, match="mixes sizes"):
-    cache.embeddings(None, [np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8)],
-                     encode_fn=CountingEncoder())
+    cache.embeddings([np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8)],
+                     CountingEncoder())
 
 
 # ---------------------------------------------------------------------------
@@ -191,22 +192,22 @@ def test_real_config_without_checkpoint_says_how_to_port(tmp_path):
   config = evolve_config.get_config()
   config.sam.checkpoint_dir = str(tmp_path / "no_sam")
   config.sam.fetch_if_missing = False
-  with pytest.raises(SystemExit, match=r"(?s)No ported SAM checkpoint.*configs/port_sam.py.*"
-                                       r"python -m sampot_jax.sam.port.convert --checkpoint sam_vit_b_01ec64.pth"):
+  with pytest.raises(errors.MissingCheckpointError,
+                     match=r"(?s)No ported SAM checkpoint.*configs/port_sam.py.*"
+                     r"python -m ports.sam --checkpoint sam_vit_b_01ec64.pth"):
     evaluate.run(config, tmp_path / "run")
-  with pytest.raises(errors.MissingCheckpointError):
-    models.sam_from_config(config.sam)
 
 
 def test_random_models_from_config(tmp_path):
   from configs import smoke  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  params, sam_config, key = models.sam_from_config(config.sam)
+  sam = frozen.from_config(config.sam)
+  params, sam_config, key = sam.params, sam.config, sam.key
   assert sam_config.img_size == 64 and key.startswith("random-")
-  assert models.sam_from_config(config.sam)[2] == key  # same seed, same weights, same key
-  score_fn, variables = models.scorer_from_config(config.regressor)
+  assert frozen.from_config(config.sam).key == key  # same seed, same weights, same key
+  scorer = store.from_config(config.regressor)
   image = jnp.zeros((2, 64, 64))
-  score = score_fn(variables, image, image)
+  score = scorer(image, image)
   assert score.shape == (2,) and np.isfinite(np.asarray(score)).all()
   # The random params have exactly the model's tree and shapes.
   assert jax_shapes(params) == jax_shapes(sam_model.param_shapes(sam_config))
@@ -225,13 +226,14 @@ def test_fetch_if_missing_hands_over_to_the_fetching_loader(tmp_path, monkeypatc
     calls.append((directory, variant))
     directory.mkdir()
     (directory / "manifest.json").write_text(json.dumps({"source_sha256": "ab" * 32}))
-    return models.random_sam_params(tiny), tiny
+    return frozen.random_sam_params(tiny), tiny
 
   monkeypatch.setattr(port_sam, "fetch_and_port", fake_fetch_and_port)
   config = evolve_config.get_config()
   config.sam.checkpoint_dir = str(tmp_path / "sam")
   config.sam.fetch_if_missing = True
-  _, loaded_config, key = models.sam_from_config(config.sam)
+  sam = frozen.from_config(config.sam)
+  loaded_config, key = sam.config, sam.key
   assert calls == [(tmp_path / "sam", "vit_b")]
   assert loaded_config.img_size == 32 and key == "vit_b-" + "ab" * 8
 
@@ -247,6 +249,6 @@ def test_offline_fetch_says_where_to_put_the_file(tmp_path, monkeypatch):
   assert config.sam.fetch_if_missing  # the main job fetches by default
   config.sam.checkpoint_dir = str(tmp_path / "sam")
   with pytest.raises(errors.MissingCheckpointError,
-                     match=r"(?s)could not be fetched.*put it at /cache/vit_b.pth.*sampot_jax.sam.port.convert"):
-    models.sam_from_config(config.sam)
+                     match=r"(?s)could not be fetched.*put it at /cache/vit_b.pth.*ports.sam"):
+    frozen.from_config(config.sam)
   assert not (tmp_path / "sam").exists()

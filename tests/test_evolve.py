@@ -4,25 +4,28 @@ Two segmenters: an analytic one (a disk of logits centred on the click, so the
 landscape is known) for the optimisation's behaviour, and a tiny random SAM with a
 tiny random regressor for the real code path.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sampot_jax.regressor import model as regressor
+from sampot_jax.regressor import store
+from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 from sampot_jax.sam import transforms
 from sampot_jax.sampot import evolve
-from sampot_jax.tasks import models
-from tests.helpers import (DISK_CONFIG, DISK_FRAME, RADIUS, TARGET, dice_with_image,
-                           box_decoder, disk_decoder, disk_mask, soft_dice)
+from tests.helpers import (DISK_CONFIG, DISK_FRAME, RADIUS, TARGET, box_decoder,
+                           dice_with_image, disk_batch, disk_decoder, disk_mask, disk_sam,
+                           soft_dice, target_scorer)
 
 def evolve_disk(start, score_fn=soft_dice, target=TARGET, **settings):
   settings = evolve.Settings(**{"num_steps": 30, "learning_rate": 1.0, **settings})
-  return evolve.evolve_prompts(
-      {}, DISK_CONFIG, score_fn, disk_mask(target), jnp.zeros((1, 1, 1, 1)), DISK_FRAME,
-      jnp.zeros((1, 48, 48)), np.array([start], np.float32), settings, decode_fn=disk_decoder)
+  return evolve.evolve_prompts(disk_sam(), target_scorer(score_fn, disk_mask(target)),
+                               disk_batch([start]), settings)
 
 
 def test_score_increases_on_a_controlled_case():
@@ -118,19 +121,19 @@ SETTINGS = evolve.Settings(num_steps=4, num_starts=2, restart_jitter=3.0)
 @pytest.fixture(scope="module")
 def tiny():
   config = sam_model.sam_config("vit_b", **TINY_SAM)
-  params = models.random_sam_params(config, seed=1)
+  params = frozen.random_sam_params(config, seed=1)
   model = regressor.DiceRegressor(features=(4, 4, 4, 4, 4), resolution=16)
-  variables = models.random_regressor_variables(model, seed=0)
-  score_fn = regressor.make_scorer(model)
+  variables = store.random_variables(model, seed=0)
+  sam, scorer = frozen.Sam(params, config), store.scorer_of(model, variables)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (3, 24, 24), dtype=np.uint8)
   emb, frame = predictor.encode_images(params, images, config)
   clicks = np.array([[5.0, 6.0], [12.0, 12.0], [20.0, 3.0]], np.float32)
   small = jnp.asarray(images / 255.0, jnp.float32)
   run = lambda emb_, small_, clicks_, rng_=None: evolve.evolve_prompts(
-      params, config, score_fn, variables, emb_, frame, small_, clicks_, SETTINGS, rng=rng_)
+      sam, scorer, evolve.Batch(emb_, frame, small_, clicks_), SETTINGS, rng=rng_)
   return dict(run=run, emb=emb, small=small, clicks=clicks, params=params, config=config,
-              frame=frame, variables=variables)
+              frame=frame, variables=variables, sam=sam, scorer=scorer)
 
 
 def test_vmapped_batch_equals_per_image_runs():
@@ -140,8 +143,8 @@ def test_vmapped_batch_equals_per_image_runs():
   settings = evolve.Settings(num_steps=12, learning_rate=1.0)
   # Each image's "image" is its target disk; the scorer compares the mask with it.
   run = lambda rows: evolve.evolve_prompts(
-      {}, DISK_CONFIG, dice_with_image, None, jnp.zeros((len(rows), 1, 1, 1)), DISK_FRAME,
-      targets[rows], starts[rows], settings, decode_fn=disk_decoder)
+      disk_sam(), target_scorer(dice_with_image), disk_batch(starts[rows], targets[rows]),
+      settings)
   batch = run(np.arange(3))
   for i in range(3):
     alone = run(np.array([i]))
@@ -179,9 +182,8 @@ def test_image_side_once_per_image_leaves_the_trajectories_unchanged(tiny):
   key = jax.random.key(3)
   once = tiny["run"](tiny["emb"], tiny["small"], tiny["clicks"], key)
   every_step = evolve.evolve_prompts(
-      tiny["params"], tiny["config"], regressor.make_scorer(regressor.DiceRegressor(
-          features=(4, 4, 4, 4, 4), resolution=16)), tiny["variables"], tiny["emb"],
-      tiny["frame"], tiny["small"], tiny["clicks"], SETTINGS, rng=key, decode_fn=plain)
+      dataclasses.replace(tiny["sam"], decode=plain), tiny["scorer"],
+      evolve.Batch(tiny["emb"], tiny["frame"], tiny["small"], tiny["clicks"]), SETTINGS, rng=key)
   np.testing.assert_allclose(np.asarray(once.scores), np.asarray(every_step.scores),
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(once.prompts), np.asarray(every_step.prompts), atol=1e-3)
@@ -244,9 +246,8 @@ def test_a_box_moves_to_the_box_that_scores_best():
   target = evolve.soft_mask(low[:, 0], DISK_FRAME, 64, (48, 48), 5.0)
   start = np.array([[6.0, 10.0, 30.0, 38.0]], np.float32)
   settings = evolve.Settings(num_steps=40, learning_rate=1.0, num_starts=3, restart_jitter=2.0)
-  res = evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, target, jnp.zeros((1, 1, 1, 1)),
-                              DISK_FRAME, jnp.zeros((1, 48, 48)), start, settings,
-                              decode_fn=box_decoder)
+  res = evolve.evolve_prompts(disk_sam(box_decoder), target_scorer(soft_dice, target),
+                              disk_batch(start), settings)
   assert res.prompts.shape == (1, 3, 41, 4)
   np.testing.assert_array_equal(np.asarray(res.initial_prompt), start)
   assert float(res.best_score[0]) > float(res.initial_score[0]) + 0.1
@@ -264,10 +265,8 @@ def test_iou_objective_ranks_by_sam_iou():
     return logits, jnp.repeat(iou, logits.shape[1], 1)
 
   settings = evolve.Settings(num_steps=30, learning_rate=1.0, objective="iou")
-  res = evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, disk_mask(TARGET),
-                              jnp.zeros((1, 1, 1, 1)), DISK_FRAME, jnp.zeros((1, 48, 48)),
-                              np.array([[20.0, 28.0]], np.float32), settings,
-                              decode_fn=iou_decoder)
+  res = evolve.evolve_prompts(disk_sam(iou_decoder), target_scorer(soft_dice, disk_mask(TARGET)),
+                              disk_batch([[20.0, 28.0]]), settings)
   # The IoU peak (10, 40), not the score's (the target disk at TARGET).
   np.testing.assert_allclose(np.asarray(res.best_prompt[0]), [10.0, 40.0], atol=1.5)
   assert np.isfinite(np.asarray(res.best_score)).all()  # the regressor's score is still reported
@@ -283,10 +282,8 @@ def test_iou_weight_blends_the_regressor_with_sam_iou():
 
   def run(steps, w):
     settings = evolve.Settings(num_steps=steps, learning_rate=1.0, iou_weight=w)
-    return evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, disk_mask(TARGET),
-                                 jnp.zeros((1, 1, 1, 1)), DISK_FRAME, jnp.zeros((1, 48, 48)),
-                                 np.array([[20.0, 28.0]], np.float32), settings,
-                                 decode_fn=iou_decoder)
+    return evolve.evolve_prompts(disk_sam(iou_decoder), target_scorer(soft_dice, disk_mask(TARGET)),
+                              disk_batch([[20.0, 28.0]]), settings)
   alone, blended = run(0, 0.0), run(0, 0.25)
   score, iou = float(alone.scores[0, 0, 0]), float(alone.ious[0, 0, 0])
   assert iou != 0 and score != 0
@@ -307,10 +304,8 @@ def test_ascend_blend_false_ascends_the_regressor_and_chooses_by_the_blend():
 
   def run(**settings):
     settings = evolve.Settings(num_steps=30, learning_rate=1.0, **settings)
-    return evolve.evolve_prompts({}, DISK_CONFIG, soft_dice, disk_mask(TARGET),
-                                 jnp.zeros((1, 1, 1, 1)), DISK_FRAME, jnp.zeros((1, 48, 48)),
-                                 np.array([[20.0, 28.0]], np.float32), settings,
-                                 decode_fn=iou_decoder)
+    return evolve.evolve_prompts(disk_sam(iou_decoder), target_scorer(soft_dice, disk_mask(TARGET)),
+                              disk_batch([[20.0, 28.0]]), settings)
   alone = run()
   chosen = run(iou_weight=0.5, ascend_blend=False)
   np.testing.assert_array_equal(np.asarray(chosen.prompts), np.asarray(alone.prompts))

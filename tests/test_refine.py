@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 import subprocess
 import sys
+import types
 
 import ml_collections
 import numpy as np
@@ -20,11 +21,13 @@ from pydicom.dataset import Dataset
 from pydicom.dataset import FileMetaDataset
 import pytest
 
-from sampot_jax.data import images as images_lib
-from sampot_jax.data import prompt_csv as prompt_table
-from sampot_jax.tasks import refine
-from tests.conftest import MONTGOMERY
 from sampot_jax import errors
+from sampot_jax.data import images as images_lib
+from sampot_jax.regressor import store
+from sampot_jax.tasks import common
+from sampot_jax.tasks import refine
+from sampot_jax.tasks import score
+from tests.conftest import MONTGOMERY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -300,7 +303,7 @@ class FakeRefiner:
     self.side = 32
     self.compiled = {"one"}
     self.seconds_loading = 0.0
-    self.sam_config = ml_collections.ConfigDict({"variant": "fake"})
+    self.sam = types.SimpleNamespace(config=ml_collections.ConfigDict({"variant": "fake"}))
 
   def refine(self, item, image):
     FakeRefiner.calls.append(item.name)
@@ -368,19 +371,6 @@ def user_folder(tmp_path):
 GOOD_ROWS = "a.png,5,6,30,33\nsub/b.png,2,3,40,25\nc.dcm,1,1,20,30\n"
 
 
-def test_prompt_header_decides_the_kind(tmp_path):
-  path = tmp_path / "p.csv"
-  path.write_text(" y , x ,file\n# a comment\n\n3, 4 ,a.png\n")
-  dim, rows, bad = prompt_table.read_prompts(path)
-  assert dim == 2 and not bad
-  assert rows[0].file == "a.png" and rows[0].line == 4 and rows[0].prompt.tolist() == [4.0, 3.0]
-  path.write_text("file,x0,y0,x1,y1,x,y\na.png,1,2,3,4,2,3\n")
-  assert prompt_table.read_prompts(path)[0] == 6
-  path.write_text("file,x0,y0,x1\na.png,1,2,3\n")
-  with pytest.raises(ValueError, match=r"line 1: the header is file,x0,y0,x1"):
-    prompt_table.read_prompts(path)
-
-
 def test_bad_inputs_stop_the_run_naming_file_and_line(user_folder, tmp_path, fake_refiner):
   (user_folder / "orphan.png").write_bytes((user_folder / "a.png").read_bytes())
   (user_folder / "junk.png").write_bytes(b"\x89PNG not really")
@@ -408,7 +398,8 @@ def test_prompt_outside_the_image_and_unparsable_rows(user_folder, tmp_path, fak
     refine.run(tiny_config(user_folder, prompts), tmp_path / "out")
   text = str(info.value)
   assert "a.png (prompts CSV line 2): 1 box(s) lie outside the 40x40 (W x H) image" in text
-  assert "sub/b.png (prompts CSV line 3): the prompt (2,3,forty,25) is not 4 numbers" in text
+  assert ("sub/b.png (prompts CSV line 3): x0='2', y0='3', x1='forty', y1='25': not 4 numbers"
+          in text)
   assert "c.dcm (prompts CSV line 4): the box of image 'c.dcm'" in text and "x0 < x1" in text
 
 
@@ -430,7 +421,7 @@ def test_skip_mode_runs_the_good_images_and_counts_the_bad(user_folder, tmp_path
   rows = {r["file"]: r for r in read_rows(out / "results.csv")}
   assert sorted(rows) == ["a.png", "c.dcm", "sub/b.png"]
   for name, (h, w) in (("a.png", (40, 40)), ("sub/b.png", (30, 50)), ("c.dcm", (36, 24))):
-    stem = refine.output_name(name)
+    stem = common.output_name(name)
     mask = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
     assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}  # the original size
     assert Image.open(out / "overlays" / f"{stem}.png").mode == "RGB"
@@ -507,7 +498,6 @@ def test_one_image_file_and_clicks(user_folder, tmp_path, fake_refiner):
 
 def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
   from configs import score_tiny  # pylint: disable=g-import-not-at-top
-  from sampot_jax.tasks import models  # pylint: disable=g-import-not-at-top
   masks = tmp_path / "masks"
   masks.mkdir()
   (masks / "sub").mkdir()
@@ -517,15 +507,15 @@ def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
     Image.fromarray(m).save(masks / name)
   config = score_tiny.get_config()
   config.images, config.masks = str(user_folder), str(masks)
-  summary = refine.score(config, tmp_path / "out")
+  summary = score.run(config, tmp_path / "out")
   rows = {r["file"]: r for r in read_rows(tmp_path / "out" / "scores.csv")}
   assert sorted(rows) == ["a.png", "c.dcm", "sub/b.png"] and summary["scored"] == 3
   assert rows["c.dcm"]["mask"] == "c.png"  # matched by name, suffix ignored
   # The score is the regressor's on the padded, resized image and mask.
-  score_fn, variables = models.scorer_from_config(config.regressor)
+  scorer = store.from_config(config.regressor)
   image = images_lib.read_image(user_folder / "sub" / "b.png")
   mask = images_lib.read_mask(masks / "sub" / "b.png")
-  direct = score_fn(variables, images_lib.to_square(image.gray, 32)[None],
+  direct = scorer(images_lib.to_square(image.gray, 32)[None],
                     images_lib.to_square(mask.astype(np.float32), 32)[None])
   assert float(rows["sub/b.png"]["score"]) == pytest.approx(float(direct[0]), abs=1e-5)
   for row in rows.values():
@@ -535,12 +525,12 @@ def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
   (masks / "c.png").unlink()
   Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "a.png")
   with pytest.raises(errors.BadInputsError) as info:
-    refine.score(config, tmp_path / "out2")
+    score.run(config, tmp_path / "out2")
   assert "stray.png (masks line" not in str(info.value)
   assert "stray.png: a mask without an image" in str(info.value)
   assert "c.dcm: no mask named c.*" in str(info.value)
   config.on_bad_example = "skip"
-  summary = refine.score(config, tmp_path / "out3")
+  summary = score.run(config, tmp_path / "out3")
   assert summary["scored"] == 1 and summary["skipped"] == 3
   assert any("the mask is 10x10" in b["reason"] for b in summary["bad_inputs"])
 

@@ -10,8 +10,10 @@ import pytest
 from configs import train_regressor_tiny
 from sampot_jax.regressor import candidate_sets
 from sampot_jax.regressor import evaluation
+from sampot_jax.regressor import store
 from sampot_jax.regressor import model as regressor
 from sampot_jax.regressor import train as tr
+from sampot_jax.tasks import train_regressor
 from sampot_jax.sampot import metrics
 from tests.helpers import SIZE, assert_trees_equal, disc, synthetic_config, synthetic_set
 
@@ -118,7 +120,7 @@ def real_run(tmp_path_factory):
   config = train_regressor_tiny.get_config()
   config.data.dir = str(DATA)
   config.num_epochs = 6
-  summary = tr.run(config, str(workdir))
+  summary = train_regressor.run(config, str(workdir))
   return config, workdir, summary
 
 
@@ -147,7 +149,8 @@ def test_real_run_writes_metrics_and_oracle_eval(real_run):
                "leak_outside"):
     assert finite_numbers(oracle["by_kind"][kind]), kind
   # The reported r is the one of the saved oracle's predictions on the test candidates.
-  score_fn, variables = store.load(workdir)
+  scorer = store.load(workdir)
+  score_fn, variables = scorer.fn, scorer.variables
   test = candidate_sets.load_or_build_candidates(config, workdir, "test")
   predict = evaluation.make_predict(regressor.from_config(config.model), config.eval_batch_size)
   pred = evaluation.predict_candidates(predict, variables, test)
@@ -185,7 +188,8 @@ def test_real_run_loss_decreases(real_run):
 @needs_data
 def test_load_oracle_reproduces_the_evaluation(real_run):
   config, workdir, _ = real_run
-  score_fn, variables = store.load(workdir)
+  scorer = store.load(workdir)
+  score_fn, variables = scorer.fn, scorer.variables
   test = candidate_sets.load_or_build_candidates(config, workdir, "test")
   idx = np.arange(8)
   images, masks, _ = candidate_sets.batch(test, idx)
@@ -203,7 +207,7 @@ def test_rerun_reuses_candidates_and_checkpoint(real_run):
   caches = sorted((workdir / "candidates").glob("*.npz"))
   assert len(caches) == 3
   stamps = [p.stat().st_mtime_ns for p in caches]
-  again = tr.run(config, str(workdir))
+  again = train_regressor.run(config, str(workdir))
   assert [p.stat().st_mtime_ns for p in caches] == stamps
   assert again["history"] == summary["history"]
   assert again["test_pearson_r"] == pytest.approx(summary["test_pearson_r"])

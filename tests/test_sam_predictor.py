@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
-from sampot_jax.tasks import models
 
 TINY = dict(img_size=128, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
             window_size=3, prompt_embed_dim=32, transformer_mlp_dim=64, iou_head_hidden_dim=32)
@@ -19,7 +19,7 @@ def tiny():
   # constant, so perturb them all: every term shapes the output.
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda x: jnp.asarray(x + 0.05 * rng.standard_normal(x.shape), jnp.float32),
-                        models.random_sam_params(config, seed=0))
+                        frozen.random_sam_params(config, seed=0))
   images = np.random.default_rng(0).integers(0, 256, (3, 90, 120), dtype=np.uint8)
   embeddings, frame = predictor.encode_images(params, images, config)
   return config, params, images, embeddings, frame

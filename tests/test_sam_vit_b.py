@@ -1,7 +1,7 @@
 """Full-size parity: the official vit_b SamPredictor against ours, on a real chest X-ray.
 
 The official model is built at seeded random init (plus seeded noise on every tensor, see
-sam_reference), saved as a real .pth, ported with the CLI `python -m sampot_jax.sam.port.convert` into Orbax, and
+sam_reference), saved as a real .pth, ported with the CLI `python -m ports.sam` into Orbax, and
 loaded back with `sam_model.load_ported`: the path a user's checkpoint takes.
 
 Tolerances (float32, CPU): measured errors are listed in the test output's "measured figures".

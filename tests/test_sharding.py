@@ -35,12 +35,11 @@ SCRIPT = textwrap.dedent("""
     key = jax.random.key(0)
 
     def run(batch):
-      res = evolve.evolve_prompts({}, te.DISK_CONFIG, te.dice_with_image, None, batch["emb"],
-                                  te.DISK_FRAME, batch["small"], batch["clicks"], settings,
-                                  rng=key, decode_fn=te.disk_decoder)
-      mask, iou, which = baselines.multimask_choice({}, te.DISK_CONFIG, batch["emb"],
-                                                    te.DISK_FRAME, batch["clicks"],
-                                                    decode_fn=te.disk_decoder)
+      work = evolve.Batch(batch["emb"], te.DISK_FRAME, batch["small"], batch["clicks"])
+      res = evolve.evolve_prompts(te.disk_sam(), te.target_scorer(te.dice_with_image), work,
+                                  settings, rng=key)
+      mask, iou, which = baselines.multimask_choice(te.disk_sam(), batch["emb"], te.DISK_FRAME,
+                                                    batch["clicks"])
       return res, dict(mask=mask, iou=iou, which=which)
 
     mesh = sharding.batch_mesh()

@@ -113,6 +113,7 @@ def test_trajectories_are_saved(smoke_run):
 def test_heatmap_task_reuses_the_cached_embeddings(smoke_run, tmp_path, monkeypatch):
   from configs import smoke  # pylint: disable=g-import-not-at-top
   from sampot_jax.tasks import evaluate  # pylint: disable=g-import-not-at-top
+  from sampot_jax.tasks import heatmap  # pylint: disable=g-import-not-at-top
   from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
 
   def no_encoding(*args, **kwargs):
@@ -124,11 +125,11 @@ def test_heatmap_task_reuses_the_cached_embeddings(smoke_run, tmp_path, monkeypa
   config.data.dir = str(smoke_run / "data")
   config.embedding_cache_dir = str(smoke_run / "embeddings")
   config.heatmap = dict(ids=("MCUCXR_0005_0",), num_images=1, grid_size=4)
-  written = evaluate.heatmap(config, tmp_path)
+  written = heatmap.run(config, tmp_path)
   assert written == ["heatmap_MCUCXR_0005_0.png"]
   assert (tmp_path / written[0]).stat().st_size > 10_000
   with np.load(tmp_path / "heatmap_MCUCXR_0005_0.npz") as z:
     assert z["dice"].shape == (16,) and np.all((z["dice"] >= 0) & (z["dice"] <= 1))
   config.heatmap.ids = ("nobody",)
   with pytest.raises(ValueError, match="'nobody'"):
-    evaluate.heatmap(config, tmp_path)
+    heatmap.run(config, tmp_path)

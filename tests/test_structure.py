@@ -1,17 +1,24 @@
 """The layout's rules, checked on the source: dependencies point one way.
 
-- no import cycle among the project's modules (function-level imports included);
-- nothing imports the trainer (main.py names it in its task table, as a string);
-- the core model (`sampot_jax/sam`) imports nothing of the project outside itself but the
-  checkpoint reader (a model module owns its weight loading; porting lives in `ports/`);
+- the packages of sampot_jax form layers (LAYERS, lowest first): a package imports only
+  packages below it, never one above (function-level imports included);
+- no import cycle among the project's modules;
+- only main.py imports the tasks (its task table names them as strings), and only the
+  training task imports the trainer;
+- `sampot_jax/` holds at most 10 entries (the tree shows the design);
 - configs import only ml_collections, other configs and `sampot_jax.runtime.defaults`;
-- benchmarks never import tests; test modules import no other test module but `helpers`.
+- benchmarks never import tests; test modules import no other test module but `helpers`;
+  the PyTorch reference (`reference/`) is not installed and nothing installed imports it.
 """
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("sampot_jax", "ports", "configs", "benchmarks", "tests")
+PACKAGES = ("sampot_jax", "ports", "configs", "benchmarks", "tests", "reference")
+# sampot_jax's packages, lowest first: data, storage, report and runtime serve the models and
+# the method; sam is the frozen model; sampot the method; regressor is trained on the masks the
+# method sees; tasks put them together for main.py.
+LAYERS = ("errors", "runtime", "storage", "report", "sam", "data", "sampot", "regressor", "tasks")
 
 
 def module_name(path: Path) -> str:
@@ -87,26 +94,77 @@ def test_graph_sees_a_cycle():
   assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_nothing_imports_the_trainer():
+def layer_of(module: str):
+  """The LAYERS index of a sampot_jax module, None outside sampot_jax."""
+  parts = module.split(".")
+  if parts[0] != "sampot_jax" or len(parts) < 2:
+    return None
+  return LAYERS.index(parts[1])
+
+
+def upward_imports(edges) -> list[tuple[str, str]]:
+  """(importer, imported) pairs where a sampot_jax package imports one above it."""
+  return sorted((m, d) for m, deps in edges.items() for d in deps
+                if layer_of(m) is not None and layer_of(d) is not None
+                and layer_of(d) > layer_of(m))
+
+
+def test_every_package_has_a_layer():
+  packages = {p.name for p in (ROOT / "sampot_jax").iterdir()
+              if p.is_dir() and p.name != "__pycache__"}
+  packages |= {p.stem for p in (ROOT / "sampot_jax").glob("*.py") if p.stem != "__init__"}
+  assert packages == set(LAYERS), sorted(packages ^ set(LAYERS))
+
+
+def test_layers_point_one_way():
+  assert upward_imports(graph()) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+  """The checker itself: the model importing the method, or storage a task, is caught."""
+  edges = {"sampot_jax.sam.predictor": {"sampot_jax.sampot.evolve"},
+           "sampot_jax.storage.files": {"sampot_jax.tasks.common"},
+           "sampot_jax.tasks.refine": {"sampot_jax.sam.predictor"}}
+  assert upward_imports(edges) == [("sampot_jax.sam.predictor", "sampot_jax.sampot.evolve"),
+                                   ("sampot_jax.storage.files", "sampot_jax.tasks.common")]
+
+
+def test_only_main_imports_the_tasks():
+  edges = graph()
+  importers = sorted(m for m, deps in edges.items()
+                     if any(d.startswith("sampot_jax.tasks") for d in deps)
+                     and not m.startswith(("tests.", "sampot_jax.tasks")))
+  assert importers == [], importers
+  main = (ROOT / "main.py").read_text()
+  tasks = sorted(p.stem for p in (ROOT / "sampot_jax" / "tasks").glob("*.py")
+                 if p.stem not in ("__init__", "common"))
+  for task in tasks:
+    assert f'"sampot_jax.tasks.{task}:run"' in main, task
+
+
+def test_only_the_training_task_imports_the_trainer():
   edges = graph()
   importers = sorted(m for m, deps in edges.items()
                      if "sampot_jax.regressor.train" in deps and not m.startswith("tests."))
-  assert importers == [], importers
-  main = (ROOT / "main.py").read_text()
-  assert '"sampot_jax.regressor.train:run"' in main
+  assert importers == ["sampot_jax.tasks.train_regressor"], importers
 
 
 def test_the_trainer_is_only_the_training_loop():
-  lines = (ROOT / "sampot_jax" / "train_regressor.py").read_text().count("\n")
+  lines = (ROOT / "sampot_jax" / "regressor" / "train.py").read_text().count("\n")
   assert lines < 400, lines
 
 
-def test_the_model_depends_on_nothing_above_it():
+def test_the_package_shows_the_design():
+  tracked = {p.name for p in (ROOT / "sampot_jax").iterdir() if p.name != "__pycache__"}
+  assert len(tracked) <= 10, sorted(tracked)
+
+
+def test_the_reference_is_not_installed():
+  setup = (ROOT / "setup.cfg").read_text()
+  assert "reference" not in setup.split("[options.packages.find]")[1].split("[")[0]
   for name, deps in graph().items():
-    if name.startswith("sampot_jax.sam"):
-      outside = sorted(d for d in deps if d not in ("sampot_jax", "sampot_jax.storage.checkpoints")
-                       and not d.startswith("sampot_jax.sam"))
-      assert outside == [], (name, outside)
+    if name.startswith(("sampot_jax", "ports")) or name == "main":
+      assert not any(d.startswith("reference") for d in deps), name
 
 
 def test_configs_are_plain_data():

@@ -1,4 +1,4 @@
-"""What train_regressor reads back is checked: the oracle, the training checkpoints, the
+"""What train_regressor reads back is checked: the trained regressor, the training checkpoints, the
 settings a run is resumed with; and what it skipped is recorded."""
 import json
 import logging
@@ -14,10 +14,11 @@ from configs import train_regressor_tiny
 from sampot_jax.data import fake_data
 from sampot_jax.data import splits as splits_lib
 from sampot_jax.regressor import model as regressor
+from sampot_jax.regressor import store
 from sampot_jax.regressor import resume
 from sampot_jax.regressor import train as tr
+from sampot_jax.tasks import train_regressor
 from sampot_jax.sampot import metrics
-from sampot_jax.tasks import models
 from tests.helpers import synthetic_config, synthetic_set
 from sampot_jax import errors
 
@@ -65,37 +66,37 @@ def data_files(directory: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------
-# The oracle.
+# The trained regressor.
 
 
 @pytest.fixture
-def oracle_dir(tmp_path):
+def regressor_dir(tmp_path):
   config = train_regressor_tiny.get_config()
   model = regressor.from_config(config.model)
-  variables = models.random_regressor_variables(model, seed=3)
+  variables = store.random_variables(model, seed=3)
   store.save(tmp_path, config, variables)
   return tmp_path, variables
 
 
-def test_oracle_round_trip_is_exact(oracle_dir):
-  workdir, variables = oracle_dir
-  assert (workdir / "oracle_index.json").is_file()
-  _, loaded = store.load(workdir)
+def test_regressor_round_trip_is_exact(regressor_dir):
+  workdir, variables = regressor_dir
+  assert (workdir / "regressor_index.json").is_file()
+  loaded = store.load(workdir).variables
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, variables)
 
 
-def test_oracle_with_a_flipped_bit_is_refused(oracle_dir):
-  workdir, _ = oracle_dir
-  biggest = max(data_files(workdir / "oracle"), key=lambda p: p.stat().st_size)
+def test_regressor_with_a_flipped_bit_is_refused(regressor_dir):
+  workdir, _ = regressor_dir
+  biggest = max(data_files(workdir / "regressor"), key=lambda p: p.stat().st_size)
   flip_a_bit(biggest)
-  with pytest.raises(errors.RegressorError, match=rf"(?s){workdir / 'oracle'}.*Retrain.*restore"):
+  with pytest.raises(errors.RegressorError, match=rf"(?s){workdir / 'regressor'}.*Retrain.*restore"):
     store.load(workdir)
 
 
-def test_oracle_without_its_index_is_refused(oracle_dir):
-  workdir, _ = oracle_dir
-  (workdir / "oracle_index.json").unlink()
-  with pytest.raises(errors.RegressorError, match="oracle_index.json is missing"):
+def test_regressor_without_its_index_is_refused(regressor_dir):
+  workdir, _ = regressor_dir
+  (workdir / "regressor_index.json").unlink()
+  with pytest.raises(errors.RegressorError, match="regressor_index.json is missing"):
     store.load(workdir)
 
 
@@ -121,7 +122,7 @@ def test_resume_with_other_settings_is_refused_and_lists_them(runs, tmp_path):
   assert "--workdir" in message and f"rm -r {workdir / 'checkpoints'}" in message
   # Through the task: refused before config.json is (re)written or any data is read.
   with pytest.raises(errors.ResumeError, match="learning_rate"):
-    tr.run(config, str(workdir))
+    train_regressor.run(config, str(workdir))
   assert not (workdir / "config.json").exists()
 
 
@@ -212,7 +213,7 @@ def test_skipped_bad_examples_are_in_metrics_json(tmp_path):
   config.num_epochs = 1
   config.batch_size = 4
   config.sweep_offsets = (-2, 0, 2)
-  tr.run(config, str(tmp_path / "run"))
+  train_regressor.run(config, str(tmp_path / "run"))
   skipped = json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_examples"]
   assert skipped["val"] == skipped["test"] == {"count": 0, "examples": []}
   assert skipped["train"]["count"] == 1
@@ -224,5 +225,5 @@ def test_bad_settings_are_named_before_any_work(tmp_path):
   config = small_config()
   config.batch_size = 0
   with pytest.raises(ValueError, match=r"config\.batch_size=0"):
-    tr.run(config, str(tmp_path / "run"))
+    train_regressor.run(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()

@@ -50,7 +50,7 @@ def safeguards() -> ml_collections.ConfigDict:
 def sam(variant: str = "vit_b", checkpoint_dir: str = "checkpoints/sam_vit_b") -> ml_collections.ConfigDict:
   """config.sam: which frozen model (sam.frozen.from_config)."""
   config = ml_collections.ConfigDict()
-  config.checkpoint_dir = checkpoint_dir  # python -m sampot_jax.sam.port.convert ... --out DIR
+  config.checkpoint_dir = checkpoint_dir  # python -m ports.sam ... --out DIR
   config.variant = variant
   # Missing checkpoint_dir: False stops with the porting commands; True fetches the
   # source file (online) and ports it there (sampot_jax.sam.port.convert.fetch_and_port).

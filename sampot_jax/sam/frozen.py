@@ -51,7 +51,7 @@ def how_to_port(directory, variant: str = "vit_b") -> str:
           f"--config.out={directory}\n"
           f"(downloads {name} from the official URL into the cache when online), or with the "
           f"file at hand:\n"
-          f"  python -m sampot_jax.sam.port.convert --checkpoint {name} --out {directory} --variant {variant}")
+          f"  python -m ports.sam --checkpoint {name} --out {directory} --variant {variant}")
 
 
 def random_like(shapes, seed: int = 0):

@@ -173,14 +173,14 @@ def encode_jit(params, pixels, config):
 
 
 def load_ported(directory) -> tuple[dict, ml_collections.ConfigDict]:
-  """Params and config of a checkpoint written by `python -m sampot_jax.sam.port.convert` (or configs/port_sam.py)."""
+  """Params and config of a checkpoint written by `python -m ports.sam` (or configs/port_sam.py)."""
   from sampot_jax.storage import checkpoints
 
   params, manifest = checkpoints.load_params(directory)
   if "sam_config" not in manifest:
     raise errors.ParamsDirError(
         f"{directory} holds no SAM config in its manifest.json: it was not written by sampot_jax.sam.port.convert. "
-        "Port the official checkpoint with `python -m sampot_jax.sam.port.convert --checkpoint FILE.pth --out DIR`.")
+        "Port the official checkpoint with `python -m ports.sam --checkpoint FILE.pth --out DIR`.")
   sam = manifest["sam_config"]
   config = sam_config(sam["variant"], **{k: v for k, v in sam.items() if k != "variant"})
   return params, config

@@ -482,7 +482,7 @@ def check_params_target(directory, *, overwrite=False):
   if not overwrite:
     raise errors.OutputExistsError(
         f"{directory} already exists (a previous port); pass overwrite=True "
-        "(python -m sampot_jax.sam.port.convert ... --overwrite, or --config.overwrite=True) to "
+        "(python -m ports.sam ... --overwrite, or --config.overwrite=True) to "
         "replace it, or choose another output directory.")
 
 
@@ -554,7 +554,7 @@ def load_params(directory):
   def fail(problem):
     return errors.ParamsDirError(
         f"{directory}: {problem}. The params directory is incomplete or "
-        "damaged; re-run the port to rebuild it: python -m sampot_jax.sam.port.convert "
+        "damaged; re-run the port to rebuild it: python -m ports.sam "
         f"--checkpoint {source} --out {directory}")
 
   if not directory.is_dir():

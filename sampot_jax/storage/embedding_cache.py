@@ -1,7 +1,10 @@
-"""SAM image embeddings on disk, written once per (image, checkpoint) and reused.
+"""Image embeddings on disk, written once per (image, model) and reused.
 
-    cache = EmbeddingCache(directory, model_key, sam_config)
-    embeddings, frame, encoded = cache.embeddings(params, images)
+    cache = EmbeddingCache(directory, sam.key, sam.config)
+    embeddings, encoded = cache.embeddings(images, encode)  # encode: (B, H, W[, 3]) -> (B, g, g, C)
+
+The cache knows nothing of the model but its key and config (what it hashes): the caller
+hands it the encoder, so storage stays below the models.
 
 Layout: DIRECTORY/<model>/<image>.npz holding `embedding`, float32 (g, g, C),
 and `crc32`, the checksum of its bytes (checkpoints.array_crc32, as kept for
@@ -32,7 +35,6 @@ import numpy as np
 from tqdm import tqdm
 
 from sampot_jax.runtime import sharding
-from sampot_jax.sam import predictor
 from sampot_jax.storage import checkpoints
 
 
@@ -52,11 +54,10 @@ def model_key(checkpoint_key: str, sam_config) -> str:
 
 
 class EmbeddingCache:
-  """Embeddings of one SAM (checkpoint + config) under `directory`."""
+  """Embeddings of one model (its weights' key + its config) under `directory`."""
 
-  def __init__(self, directory, checkpoint_key: str, sam_config):
-    self.sam_config = sam_config
-    self.directory = Path(directory).expanduser() / model_key(checkpoint_key, sam_config)
+  def __init__(self, directory, checkpoint_key: str, model_config):
+    self.directory = Path(directory).expanduser() / model_key(checkpoint_key, model_config)
 
   def path(self, image: np.ndarray) -> Path:
     return self.directory / f"{image_key(image)}.npz"
@@ -97,20 +98,18 @@ class EmbeddingCache:
                     path, problem)
     return None
 
-  def embeddings(self, params, images, batch_size: int = 8,
-                 encode_fn: Callable | None = None):
+  def embeddings(self, images, encode: Callable, batch_size: int = 8):
     """Embeddings of a batch, encoding only the images not on disk yet.
 
     Args:
-      params: SAM params matching the cache's checkpoint (not checked: the key is).
       images: (N, H, W[, 3]) uint8/uint16 of one size, or a list of such images.
+      encode: (B, H, W[, 3]) -> (B, g, g, C): the model the cache is keyed by (not checked:
+        the key is), e.g. lambda batch: predictor.encode_images(params, batch, config)[0].
       batch_size: images per encoder call (the last call is padded to it).
-      encode_fn: a stand-in with predictor.encode_images' signature; default that.
 
     Returns:
-      (embeddings (N, g, g, C) float32 numpy, ImageFrame, number encoded now).
+      (embeddings (N, g, g, C) float32 numpy, number encoded now).
     """
-    encode_fn = encode_fn or predictor.encode_images
     images = [np.asarray(im) for im in images]
     if not images:
       raise ValueError("images is an empty batch; pass at least one image.")
@@ -127,14 +126,13 @@ class EmbeddingCache:
       if out[i] is None:
         missing.append(i)  # Absent, unreadable or damaged: encode (again) and write.
     step = min(batch_size, len(missing)) or 1
-    for start in tqdm(range(0, len(missing), step), desc="SAM image encoder", unit="batch",
+    for start in tqdm(range(0, len(missing), step), desc="image encoder", unit="batch",
                       disable=len(missing) <= step):
       chunk = missing[start:start + step]
       # Full batches only: the encoder compiles once per run.
       batch, _ = sharding.pad_batch(np.stack([images[i] for i in chunk]), step)
-      encoded, _ = encode_fn(params, batch, self.sam_config)
+      encoded = encode(batch)
       for i, emb in zip(chunk, np.asarray(encoded)):
         self._write(paths[i], emb)
         out[i] = emb
-    frame = predictor.frame_for(sizes[0], self.sam_config.img_size)
-    return np.stack(out).astype(np.float32), frame, len(missing)
+    return np.stack(out).astype(np.float32), len(missing)

@@ -299,7 +299,10 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
 def embed(config, sam: frozen.Sam, images):
   """Embeddings through the cache -> ((N, g, g, C) float32, ImageFrame, number encoded now)."""
   cache = embedding_cache.EmbeddingCache(cache_dir(config), sam.key, sam.config)
-  embeddings, frame, encoded = cache.embeddings(sam.params, images, config.encode_batch_size)
+  embeddings, encoded = cache.embeddings(
+      images, lambda batch: predictor.encode_images(sam.params, batch, sam.config)[0],
+      config.encode_batch_size)
+  frame = predictor.frame_for(images.shape[1:3], sam.config.img_size)
   logging.info("Embeddings: %d encoded, %d from the cache %s", encoded, len(images) - encoded,
                cache.directory)
   return embeddings, frame, encoded

@@ -166,8 +166,11 @@ class Refiner:
 
   def encode(self, pixels: np.ndarray):
     if self.cache is not None:
-      embeddings, frame, _ = self.cache.embeddings(self.sam.params, [pixels], 1)
-      return jnp.asarray(embeddings), frame
+      embeddings, _ = self.cache.embeddings(
+          [pixels], lambda batch: predictor.encode_images(self.sam.params, batch,
+                                                          self.sam.config)[0], 1)
+      return jnp.asarray(embeddings), predictor.frame_for(pixels.shape[:2],
+                                                          self.sam.config.img_size)
     return predictor.encode_images(self.sam.params, pixels[None], self.sam.config)
 
   def refine(self, item: Item, image: images_lib.Image) -> dict:

@@ -296,7 +296,7 @@ def fetch_source(variant: str) -> Path:
   if variant in NO_SOURCE or variant in sam_model.VARIANTS:
     raise errors.DownloadError(
         f"This project knows no download for the weights of variant {variant!r}; pass the "
-        f"checkpoint file you have: python -m sampot_jax.sam.port.convert --checkpoint FILE --variant {variant} "
+        f"checkpoint file you have: python -m ports.sam --checkpoint FILE --variant {variant} "
         "--out DIR (or --config.checkpoint=FILE), then load DIR.")
   raise errors.ConfigError(f"variant={variant!r} is not a known variant; fetchable ones: "
                    f"{sorted(checkpoints.SAM_CHECKPOINTS) + ['lite_medsam']}")
@@ -316,7 +316,7 @@ def fetch_and_port(directory=None, variant: str = "vit_b") -> tuple[dict, "ml_co
     if directory.exists() and any(directory.iterdir()):
       raise errors.ParamsDirError(
           f"{directory} exists but holds no manifest.json: it is not a complete port. Remove it, "
-          f"or port again: python -m sampot_jax.sam.port.convert --checkpoint {source_name(variant)} "
+          f"or port again: python -m ports.sam --checkpoint {source_name(variant)} "
           f"--variant {variant} --out {directory}")
     port_checkpoint(fetch_source(variant), directory, variant)
   return sam_model.load_ported(directory)
