@@ -80,6 +80,8 @@ def main(argv):
                          exitcode=USAGE_EXIT)
   from sampot_jax import errors  # pylint: disable=g-import-not-at-top
   from sampot_jax.runtime import cpu  # pylint: disable=g-import-not-at-top
+  from sampot_jax.runtime import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries(FLAGS.verbosity)  # Orbax's and TFDS's INFO lines with --verbosity=1
   if FLAGS.keep_freed_memory:
     cpu.keep_freed_memory()  # before the task's first JAX computation
   cpu.configure_xla_cpu(FLAGS.cpu_tuning)  # likewise: XLA reads XLA_FLAGS when it starts

@@ -10,6 +10,12 @@
   any test imports TFDS), never to the user's ~/tensorflow_datasets: a copy prepared there by
   another version of the code, or from another copy of the data, must not decide a test.
   Preparing Montgomery takes about 5 s. SAMPOT_TEST_TFDS_DIR names a folder to keep between runs.
+- Compilation is most of the suite's time, so (as flax's train_test.py) XLA's optimisations are
+  off (JAX_DISABLE_MOST_OPTIMIZATIONS=1, inherited by the main.py and benchmark subprocesses)
+  except for tests marked `parity`: those compare numbers with a reference (the official
+  PyTorch code, a finite difference, a measured figure) and run as users run. Compiled programs
+  go to a persistent cache of this session (JAX_COMPILATION_CACHE_DIR, also inherited), so a
+  subprocess reuses what the session compiled; SAMPOT_TEST_JAX_CACHE names one to keep.
 
 Parity figures measured by tests are printed at the end of the run.
 """
@@ -29,17 +35,41 @@ _KEEP_TFDS = os.environ.get("SAMPOT_TEST_TFDS_DIR")
 TFDS_DIR = _KEEP_TFDS or tempfile.mkdtemp(prefix="sampot-test-tfds-")
 os.environ["TFDS_DATA_DIR"] = TFDS_DIR
 
+_KEEP_JAX_CACHE = os.environ.get("SAMPOT_TEST_JAX_CACHE")
+JAX_CACHE = _KEEP_JAX_CACHE or tempfile.mkdtemp(prefix="sampot-test-jax-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = JAX_CACHE
+# Cache what takes a tenth of a second or more to compile (most tiny programs do, unoptimised).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if not _KEEP_TFDS:
     shutil.rmtree(TFDS_DIR, ignore_errors=True)
+  if not _KEEP_JAX_CACHE:
+    shutil.rmtree(JAX_CACHE, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
   if item.get_closest_marker("needs_data") and not (MONTGOMERY / "splits.csv").exists():
     pytest.skip(f"real data not found at {MONTGOMERY}")
+
+
+@pytest.fixture(autouse=True)
+def xla_optimizations(request, monkeypatch):
+  """XLA's optimisations on for `parity` tests (here and in their subprocesses), off else."""
+  if request.node.get_closest_marker("parity") is None:
+    yield
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture

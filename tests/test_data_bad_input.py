@@ -72,7 +72,7 @@ def test_error_names_file_and_problem(tmp_path, case, source):
   with pytest.raises(errors.BadInputError) as info:
     data.load_split(config, "train")
   assert str(bad_file) in str(info.value) and problem in str(info.value)
-  assert info.value.path == str(bad_file)
+  assert info.value.file == str(bad_file)
 
 
 @pytest.mark.parametrize("source", ["folder", "montgomery_team"])
@@ -145,7 +145,7 @@ def test_jsrt_truncated_image_and_full_size_mask(tmp_path):
   fake_data.write_image(subject.left, np.zeros((2048, 2048), np.uint8))
   with pytest.raises(errors.BadInputError, match="expected a 1024x1024 mask") as info:
     sources.read_subject(subject)
-  assert info.value.path == str(subject.left)
+  assert info.value.file == str(subject.left)
   subject.image.write_bytes(subject.image.read_bytes()[:1000])
   with pytest.raises(errors.BadInputError, match="has 1000 bytes; expected 8388608"):
     sources.read_subject(subject)

@@ -6,6 +6,8 @@ import pytest
 
 from sampot_jax.sam.mask_decoder import ConvTranspose2x2, interleave_phases
 
+pytestmark = pytest.mark.parity  # compares with torch's ConvTranspose2d
+
 
 def conv_transpose_2x2_loops(x, kernel, bias):
   """(N, h, w, c), (2, 2, c, o) -> (N, 2h, 2w, o), one output patch per input pixel."""

@@ -11,6 +11,7 @@ from flax import traverse_util
 
 from sampot_jax import errors
 from sampot_jax.sam import model as sam_model
+from ports import sam as ports_cli
 from sampot_jax.sam.port import convert as port_sam
 
 
@@ -99,7 +100,7 @@ def test_non_sam_state_dict_is_called_out():
 def test_cli_reports_a_clear_error_for_a_non_checkpoint(tmp_path, capsys):
   bad = tmp_path / "sam_vit_b_01ec64.pth"
   bad.write_bytes(b"not a zip archive")
-  assert port_sam.main(["--checkpoint", str(bad), "--out", str(tmp_path / "out")]) == 1
+  assert ports_cli.main(["--checkpoint", str(bad), "--out", str(tmp_path / "out")]) == 1
   assert "sam_vit_b_01ec64.pth" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
@@ -126,7 +127,7 @@ def test_port_never_replaces_its_own_checkpoint(tiny_pth, capsys):
   data = tiny_pth.read_bytes()
   with pytest.raises(errors.PortError, match="is the input checkpoint"):
     port_sam.port_checkpoint(tiny_pth, tiny_pth, overwrite=True, **TINY)
-  assert port_sam.main(["--checkpoint", str(tiny_pth), "--out", str(tiny_pth),
+  assert ports_cli.main(["--checkpoint", str(tiny_pth), "--out", str(tiny_pth),
                         "--overwrite"]) == 1
   assert "is the input checkpoint" in capsys.readouterr().err
   assert tiny_pth.read_bytes() == data
@@ -139,7 +140,7 @@ def test_port_never_replaces_a_folder_of_other_files(tiny_pth, monkeypatch, caps
   monkeypatch.chdir(folder)
   with pytest.raises(FileExistsError, match="not a params directory"):
     port_sam.port_checkpoint(tiny_pth, ".", overwrite=True, **TINY)
-  assert port_sam.main(["--checkpoint", tiny_pth.name, "--out", ".", "--overwrite"]) == 1
+  assert ports_cli.main(["--checkpoint", tiny_pth.name, "--out", ".", "--overwrite"]) == 1
   err = capsys.readouterr().err
   assert str(folder) in err and "not even with overwrite" in err
   assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", tiny_pth.name]

@@ -138,7 +138,7 @@ def finite_numbers(obj):
 
 
 @needs_data
-def test_real_run_writes_metrics_and_oracle_eval(real_run):
+def test_real_run_writes_metrics_and_regressor_eval(real_run):
   config, workdir, _ = real_run
   summary = json.loads((workdir / "metrics.json").read_text())
   oracle = json.loads((workdir / "regressor_eval.json").read_text())
@@ -186,7 +186,7 @@ def test_real_run_loss_decreases(real_run):
 
 
 @needs_data
-def test_load_oracle_reproduces_the_evaluation(real_run):
+def test_load_reproduces_the_evaluation(real_run):
   config, workdir, _ = real_run
   scorer = store.load(workdir)
   score_fn, variables = scorer.fn, scorer.variables
@@ -213,8 +213,8 @@ def test_rerun_reuses_candidates_and_checkpoint(real_run):
   assert again["test_pearson_r"] == pytest.approx(summary["test_pearson_r"])
 
 
-def test_load_oracle_without_training_says_how(tmp_path):
-  with pytest.raises(FileNotFoundError, match="train first"):
+def test_load_without_training_says_how(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no regressor was trained there. Train one"):
     store.load(tmp_path)
 
 

@@ -15,6 +15,8 @@ pytest.importorskip("segment_anything")
 from reference import official as sam_official
 from sampot_jax.sam import model as sam_model
 
+pytestmark = pytest.mark.parity  # compares with the official PyTorch SAM
+
 REL_TOL = 1e-4
 
 # Windowed blocks on a grid of 8 with window 3 need padding (8 -> 9); block 1 is global.

@@ -21,7 +21,8 @@ from skimage import io
 pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
-pytestmark = pytest.mark.slow  # the full-size vit_b, built, ported and run twice
+# The full-size vit_b, built, ported and run twice, against the official code.
+pytestmark = [pytest.mark.slow, pytest.mark.parity]
 
 from reference import official as sam_official
 from sampot_jax.sam import model as sam_model

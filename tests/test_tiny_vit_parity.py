@@ -24,6 +24,8 @@ from sampot_jax.sam.port import convert as port_sam  # noqa: E402
 from sampot_jax.sam.port import torch_pickle  # noqa: E402
 from tests.conftest import MONTGOMERY  # noqa: E402
 
+pytestmark = pytest.mark.parity  # compares with the wheel's PyTorch TinyViT
+
 REL_TOL = 1e-4
 
 # Stage grids 64, 32, 16, 16 (lite stem) or 32, 16, 8, 8 (MobileSAM stem at 128 px): windows

@@ -354,6 +354,7 @@ def _load_in_small_memory(path, headroom=1 << 30):
   returns its stdout: 'OK <names>' or the errors.CheckpointError's message."""
   code = (
       "import resource, sys\n"
+      "from sampot_jax import errors\n"
       "from sampot_jax.sam.port.torch_pickle import load_state_dict\n"
       "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
       f"resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))\n"

@@ -22,6 +22,7 @@ import time
 from absl import logging
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
 from sampot_jax import data
 from sampot_jax import errors
@@ -112,7 +113,8 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict, split: str,
   split_code = {"train": 0, "val": 1, "test": 2}[split]
   segment_boxes = _box_segmenter(config) if part == "model" else None
   masks, index, dice, kinds, ious = [], [], [], [], []
-  for i in range(len(ids)):
+  what = f"{config.sam.variant}'s masks" if part == "model" else "synthetic masks"
+  for i in tqdm(range(len(ids)), desc=f"candidates {split}: {what}", unit="image"):
     if part == "model":
       made = candidates.model_box_candidates(
           targets[i], functools.partial(segment_boxes, images[i]),
