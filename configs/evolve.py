@@ -9,7 +9,7 @@ multimask choice only; configs/evaluate.py adds the grid search and the oracle.
 """
 import ml_collections
 
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,11 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.task = "evaluate"
   config.seed = 0
 
-  config.data = defaults.data()
-  config.data.dir = "../shared/data/montgomery"
   # SAM sees the team set at its native 512 x 512 (the regressor resizes to its own 256 inside);
   # Dice and clicks are in these pixels.
-  config.data.image_size = 512
+  config.data = settings.block(settings.Data(image_size=512))
   config.split = "test"
   config.max_images = 0  # 0 = the whole split
   config.prompt = "click"  # 'click' (the paper) | 'box'
@@ -31,36 +29,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.box_jitter = 0.15  # rough boxes: each coordinate moved by up to this x width/height
   config.box_seed = 0
 
-  config.sam = defaults.sam("vit_b", "checkpoints/sam_vit_b")  # the paper's model
-  config.regressor = ml_collections.ConfigDict()
+  config.sam = settings.block(settings.Sam())  # vit_b, the paper's model
   # A train_regressor workdir; SAMPOT uses the coord variant by default (docs/regressor.md):
   #   python main.py --config configs/train_regressor_coord.py --workdir runs/regressor
-  config.regressor.workdir = "runs/regressor"
-  config.regressor.random_init = False
-  config.regressor.model = ml_collections.ConfigDict()  # random models only
-  config.regressor.seed = 0
-
-  config.evolve = ml_collections.ConfigDict()
-  config.evolve.num_steps = 40       # not given by the paper
-  config.evolve.learning_rate = 10.0  # paper: step size 10 (pixels)
-  config.evolve.weight_decay = 0.0    # paper: zero
-  config.evolve.slope = 5.0           # paper: "a steeper slope", value not given
-  config.evolve.num_starts = 1        # paper: the user's click only
-  config.evolve.restart_jitter = 10.0
-  config.evolve.seed = 0
-  config.evolve.num_snapshots = 4     # masks kept along the trajectory (Fig. 5)
-  config.evolve.iou_weight = 0.0      # paper: the regressor alone (evolve.blend)
-  config.evolve.ascend_blend = True   # False: ascend the regressor, choose by the blend
-
-  config.safeguards = defaults.safeguards()
-
-  config.baselines = ml_collections.ConfigDict()
-  config.baselines.grid_size = 0   # n x n grid clicks for search + oracle; 0 = off
-  config.baselines.grid_chunk = 16  # grid clicks decoded together per image
-  # Box prompts: SAM's IoU as the objective, the true-Dice bound, a random search over
-  # num_steps + 1 boxes (each coordinate moved by up to search_jitter x size), the GT box.
-  config.baselines.box_methods = False
-  config.baselines.search_jitter = 0.1
+  config.regressor = settings.block(settings.Regressor())
+  config.evolve = settings.block(settings.Evolve())  # the paper's values where it gives them
+  config.safeguards = settings.block(settings.Safeguards())
+  config.baselines = settings.block(settings.Baselines())
 
   config.figures = ml_collections.ConfigDict()
   config.figures.heatmap_id = ""     # Fig. 1 image; empty: the first

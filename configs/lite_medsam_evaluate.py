@@ -11,12 +11,13 @@ outputs, the same ascent on the IoU head, a random search with as many decoder c
 true-Dice ascent (the bound), and the ground-truth box.
 """
 from configs import evolve
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 
 def get_config():
   config = evolve.get_config()
-  config.sam = defaults.sam("lite_medsam", "checkpoints/lite_medsam")
+  config.sam = settings.block(settings.Sam(checkpoint_dir="checkpoints/lite_medsam",
+                                           variant="lite_medsam"))
   config.regressor.workdir = "runs/lite_regressor"
   config.prompt = "box"
   config.box_jitter = 0.15

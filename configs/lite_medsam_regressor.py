@@ -14,12 +14,13 @@ and ports it to config.sam.checkpoint_dir.
 import ml_collections
 
 from configs import train_regressor_coord
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 
 def get_config():
   config = train_regressor_coord.get_config()
-  config.sam = defaults.sam("lite_medsam", "checkpoints/lite_medsam")
+  config.sam = settings.block(settings.Sam(checkpoint_dir="checkpoints/lite_medsam",
+                                           variant="lite_medsam"))
   config.candidates.model_boxes = 12
   config.candidates.model_box_max_jitter = 0.4
   config.train_val_candidates = ml_collections.ConfigDict(

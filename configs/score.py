@@ -9,6 +9,8 @@ a.png match); foreground is where a mask exceeds half its maximum. Writes OUT/sc
 """
 import ml_collections
 
+from sampot_jax.runtime import settings
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -18,9 +20,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.on_bad_example = "error"  # 'error' | 'skip' (logged, listed in summary.json)
   config.batch_size = 8
 
-  config.regressor = ml_collections.ConfigDict()
-  config.regressor.workdir = "runs/regressor"  # a train_regressor workdir
-  config.regressor.random_init = False
-  config.regressor.model = ml_collections.ConfigDict()  # random models only
-  config.regressor.seed = 0
+  config.regressor = settings.block(settings.Regressor())  # a train_regressor workdir
   return config

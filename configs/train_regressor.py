@@ -9,7 +9,7 @@ python main.py --config configs/train_regressor.py \
 """
 import ml_collections
 
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,10 +17,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.task = "train_regressor"
   config.seed = 0
 
-  config.data = defaults.data()
+  config.data = settings.block(settings.Data())
   # 0 = every subject of each split; a small number makes quick runs.
   config.max_images_per_split = 0
-  config.candidates = defaults.candidates()
+  config.candidates = settings.block(settings.Candidates())
+  # Fields of config.candidates that differ for the train and val splits (the test split is the
+  # benchmark and keeps config.candidates), e.g. more model-made masks; empty: none differ.
+  config.train_val_candidates = ml_collections.ConfigDict()
   # Cache of the candidate sets (.npz, keyed by the fields above); None means
   # workdir/candidates. Point runs of several variants at one folder.
   config.candidates_dir = ml_collections.config_dict.placeholder(str)

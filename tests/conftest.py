@@ -12,10 +12,14 @@
   Preparing Montgomery takes about 5 s. SAMPOT_TEST_TFDS_DIR names a folder to keep between runs.
 - Compilation is most of the suite's time, so (as flax's train_test.py) XLA's optimisations are
   off (JAX_DISABLE_MOST_OPTIMIZATIONS=1, inherited by the main.py and benchmark subprocesses)
-  except for tests marked `parity`: those compare numbers with a reference (the official
-  PyTorch code, a finite difference, a measured figure) and run as users run. Compiled programs
+  except for tests marked `optimized`: those compare numbers with a reference (the official
+  PyTorch code, a finite difference, a measured figure), or run full-size models on real
+  images (where running unoptimised code costs more than compiling it), and run as users run. Compiled programs
   go to a persistent cache of this session (JAX_COMPILATION_CACHE_DIR, also inherited), so a
   subprocess reuses what the session compiled; SAMPOT_TEST_JAX_CACHE names one to keep.
+- The suite runs in two processes (pytest-xdist, `-n 2` in setup.cfg; `-p no:xdist` for one):
+  compilation is single-threaded. The workers share this session's folders (they inherit the
+  first process's environment), and only that process removes them.
 
 Parity figures measured by tests are printed at the end of the run.
 """
@@ -29,26 +33,31 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MONTGOMERY = SHARED / "data" / "montgomery"
-_FIGURES: dict = {}
+
+# One folder per test session, made by the first process; xdist workers inherit it.
+_OWNER = "_SAMPOT_TEST_SESSION_DIR" not in os.environ
+SESSION_DIR = Path(os.environ.setdefault("_SAMPOT_TEST_SESSION_DIR",
+                                         tempfile.mkdtemp(prefix="sampot-test-session-")))
+FIGURES_FILE = SESSION_DIR / "figures.jsonl"
 
 _KEEP_TFDS = os.environ.get("SAMPOT_TEST_TFDS_DIR")
-TFDS_DIR = _KEEP_TFDS or tempfile.mkdtemp(prefix="sampot-test-tfds-")
+TFDS_DIR = _KEEP_TFDS or str(SESSION_DIR / "tfds")
 os.environ["TFDS_DATA_DIR"] = TFDS_DIR
 
 _KEEP_JAX_CACHE = os.environ.get("SAMPOT_TEST_JAX_CACHE")
-JAX_CACHE = _KEEP_JAX_CACHE or tempfile.mkdtemp(prefix="sampot-test-jax-cache-")
+JAX_CACHE = _KEEP_JAX_CACHE or str(SESSION_DIR / "jax_cache")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = JAX_CACHE
 # Cache what takes a tenth of a second or more to compile (most tiny programs do, unoptimised).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+# Two test processes on one accelerator must not each take most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
-  if not _KEEP_TFDS:
-    shutil.rmtree(TFDS_DIR, ignore_errors=True)
-  if not _KEEP_JAX_CACHE:
-    shutil.rmtree(JAX_CACHE, ignore_errors=True)
+  if _OWNER:  # the first process, after its workers
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -59,8 +68,8 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(autouse=True)
 def xla_optimizations(request, monkeypatch):
-  """XLA's optimisations on for `parity` tests (here and in their subprocesses), off else."""
-  if request.node.get_closest_marker("parity") is None:
+  """XLA's optimisations on for `optimized` tests (here and in their subprocesses), off else."""
+  if request.node.get_closest_marker("optimized") is None:
     yield
     return
   import jax  # pylint: disable=g-import-not-at-top
@@ -74,14 +83,21 @@ def xla_optimizations(request, monkeypatch):
 
 @pytest.fixture
 def record_figure():
-  """record_figure(name, dict): a measured figure, shown in the test output's summary."""
+  """record_figure(name, dict): a measured figure, shown in the test output's summary (written
+  to the session's file, so figures measured in any worker reach the summary)."""
   def record(name, value):
-    _FIGURES[name] = value
+    with open(FIGURES_FILE, "a", encoding="utf-8") as f:
+      f.write(json.dumps({"name": name, "value": value}) + "\n")
   return record
 
 
 def pytest_terminal_summary(terminalreporter):
-  if _FIGURES:
-    terminalreporter.section("measured figures")
-    for name, value in sorted(_FIGURES.items()):
-      terminalreporter.write_line(f"{name}: {json.dumps(value)}")
+  if not FIGURES_FILE.is_file():
+    return
+  figures = {}
+  for line in FIGURES_FILE.read_text(encoding="utf-8").splitlines():
+    entry = json.loads(line)
+    figures[entry["name"]] = entry["value"]
+  terminalreporter.section("measured figures")
+  for name, value in sorted(figures.items()):
+    terminalreporter.write_line(f"{name}: {json.dumps(value)}")

@@ -22,7 +22,7 @@ from benchmarks import bench_sampot  # pylint: disable=g-import-not-at-top,wrong
 from benchmarks import torch_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sampot_jax.regressor import model as regressor  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-pytestmark = pytest.mark.parity  # the scripts check JAX against PyTorch before timing
+pytestmark = pytest.mark.optimized  # the scripts check JAX against PyTorch before timing
 
 
 def _perturbed_regressor(model, seed=0):

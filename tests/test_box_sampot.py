@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from sampot_jax.sampot import baselines
 from sampot_jax.sampot import prompts
 from tests.conftest import MONTGOMERY
 

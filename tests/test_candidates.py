@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from sampot_jax.regressor import candidates as cands
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 from sampot_jax.sampot import metrics
 
 from tests.conftest import MONTGOMERY
@@ -55,7 +55,7 @@ def test_make_candidates_is_deterministic(lungs):
 def test_every_dice_is_the_true_dice(lungs):
   image, left, right = lungs
   out = cands.make_candidates(image, left, right, np.random.default_rng(0))
-  config = defaults.candidates()
+  config = settings.block(settings.Candidates())
   assert len(out) == config.n_level_sets + config.n_per_kind * len(config.kinds)
   for c in out:
     assert c.mask.shape == left.shape and c.mask.dtype == bool

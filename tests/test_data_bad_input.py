@@ -8,7 +8,7 @@ import pytest
 from sampot_jax import data
 from sampot_jax import errors
 from sampot_jax.data import fake_data
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 
 def _subject_files(root, sid):
@@ -59,7 +59,7 @@ CASES = {"wrong_size": _wrong_size, "empty": _empty, "gray_values": _gray_values
 def _setup(tmp_path, case, source):
   ids = fake_data.write("montgomery_team", tmp_path / "raw", n=6)
   bad_file, problem = CASES[case](_subject_files(tmp_path / "raw", ids[0]))  # ids[0]: train
-  config = defaults.data()
+  config = settings.block(settings.Data())
   config.source, config.dir, config.image_size = source, str(tmp_path / "raw"), 32
   config.tfds_dir = str(tmp_path / "tfds")
   return config, bad_file, problem

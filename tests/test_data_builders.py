@@ -9,7 +9,7 @@ from sampot_jax import data
 from sampot_jax.data import fake_data
 from sampot_jax.data import splits as splits_lib
 from sampot_jax.data import tfds_builder
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 N = {"montgomery_team": 9, "montgomery_nlm": 9, "shenzhen": 9, "jsrt_scr": 3}
 DATASET_SOURCES = list(N)
@@ -68,7 +68,7 @@ def test_lungs_are_separated_and_oriented(built):
 
 def test_load_split_from_builder(built):
   source, root, _, _ = built
-  config = defaults.data()
+  config = settings.block(settings.Data())
   config.source, config.dir, config.tfds_dir = source, str(root / "raw"), str(root / "tfds")
   config.image_size = 32
   total = 0

@@ -6,11 +6,11 @@ import pytest
 from sampot_jax import data
 from sampot_jax.data import fake_data
 from sampot_jax.data import raw
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 
 def _config(root, **overrides):
-  config = defaults.data()
+  config = settings.block(settings.Data())
   config.source, config.dir, config.image_size = "folder", str(root), 32
   for k, v in overrides.items():
     config[k] = v

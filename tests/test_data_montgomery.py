@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sampot_jax import data
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 from tests.conftest import MONTGOMERY
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.needs_data
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-  c = defaults.data()
+  c = settings.block(settings.Data())
   c.dir = str(MONTGOMERY)
   c.tfds_dir = str(tmp_path_factory.mktemp("tfds"))
   return c

@@ -8,7 +8,6 @@ import pytest
 from configs import evolve as evolve_config
 from sampot_jax import errors
 from sampot_jax.data import prompt_csv
-from sampot_jax.regressor import candidates
 from sampot_jax.regressor import store
 from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model

@@ -16,9 +16,8 @@ from sampot_jax.regressor import store
 from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
-from sampot_jax.sam import transforms
 from sampot_jax.sampot import evolve
-from tests.helpers import (DISK_CONFIG, DISK_FRAME, RADIUS, TARGET, box_decoder,
+from tests.helpers import (DISK_CONFIG, DISK_FRAME, TARGET, box_decoder,
                            dice_with_image, disk_batch, disk_decoder, disk_mask, disk_sam,
                            soft_dice, target_scorer)
 

@@ -27,7 +27,7 @@ from sampot_jax.sam.port import convert as port_sam  # noqa: E402
 from sampot_jax.sampot import metrics  # noqa: E402
 from tests.conftest import MONTGOMERY  # noqa: E402
 
-pytestmark = [pytest.mark.needs_data, pytest.mark.parity]
+pytestmark = [pytest.mark.needs_data, pytest.mark.optimized]
 REL_TOL = 1e-4
 FLIP_BAND = 1e-3
 

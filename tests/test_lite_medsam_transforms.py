@@ -11,7 +11,7 @@ from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor, processing, transforms
 from tests.conftest import MONTGOMERY
 
-pytestmark = pytest.mark.parity  # compares with OpenCV, torch and the official script
+pytestmark = pytest.mark.optimized  # compares with OpenCV, torch and the official script
 
 cv2 = pytest.importorskip("cv2")
 

@@ -6,7 +6,7 @@ import pytest
 
 from sampot_jax.sam.mask_decoder import ConvTranspose2x2, interleave_phases
 
-pytestmark = pytest.mark.parity  # compares with torch's ConvTranspose2d
+pytestmark = pytest.mark.optimized  # compares with torch's ConvTranspose2d
 
 
 def conv_transpose_2x2_loops(x, kernel, bias):

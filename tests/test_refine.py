@@ -539,12 +539,10 @@ def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
 # Tiny random models end to end, through main.py as a user runs it.
 # ---------------------------------------------------------------------------------------------
 
-def main_py(*args, timeout=900, fast_compile=True):
-  """main.py in a fresh process, as a user runs it. fast_compile: XLA's CPU backend
-  optimisation off (tiny models are compile-bound; the code paths are the same)."""
+def main_py(*args, timeout=900):
+  """main.py in a fresh process, as a user runs it (XLA's optimisations as the test's: off
+  unless it is marked `optimized`, tests/conftest.py)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  if fast_compile:
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
   proc = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -604,6 +602,7 @@ def rough_box(mask, rng, jitter=0.1):
 
 @pytest.mark.needs_data
 @pytest.mark.slow
+@pytest.mark.optimized  # real LiteMedSAM on real images: unoptimised, it runs 5x slower
 def test_montgomery_images_with_rough_boxes(tmp_path, record_figure):
   with open(MONTGOMERY / "splits.csv", newline="") as f:
     ids = [r["id"] for r in csv.DictReader(f) if r["split"] == "test"][:3]
@@ -636,7 +635,7 @@ def test_montgomery_images_with_rough_boxes(tmp_path, record_figure):
              f"--config.regressor.workdir={regressor_dir}", "--config.evolve.num_steps=40"]
   out = tmp_path / "out"
   main_py(*args, f"--config.images={images}", f"--config.prompts={prompts}", "--workdir",
-          str(out), fast_compile=not (sam_dir or cached))
+          str(out))
   rows = {r["file"]: r for r in read_rows(out / "results.csv")}
   dice = {"initial": {}, "kept": {}}
   for sid in ids:

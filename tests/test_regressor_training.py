@@ -262,13 +262,13 @@ def test_candidate_parts_are_cached_apart_and_train_val_may_differ(tmp_path, mon
   """The model's masks are a part of their own: more boxes for train/val rebuild only that part,
   the test split keeps config.candidates (the benchmark), and the synthetic part is the same
   whatever the model part."""
-  from sampot_jax.runtime import defaults
+  from sampot_jax.runtime import settings
   from sampot_jax.data import fake_data
   fake_data.write("montgomery_team", tmp_path / "raw", n=9)
   config = train_regressor_tiny.get_config()
   config.data.dir, config.data.tfds_dir = str(tmp_path / "raw"), str(tmp_path / "tfds")
   config.candidates.model_boxes = 2
-  config.sam = defaults.sam("lite_medsam", str(tmp_path / "unused"))
+  config.sam = settings.block(settings.Sam(checkpoint_dir=str(tmp_path / "unused"), variant="lite_medsam"))
 
   def box_segmenter(_):  # a stand-in model: the box itself, and its width as the "IoU"
     def segment(image, boxes):

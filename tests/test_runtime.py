@@ -39,6 +39,7 @@ def faults_per_call(mode: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # the allocations of the program users run
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_keep_freed_memory_stops_page_faults_per_call():
   default, kept = faults_per_call("default"), faults_per_call("keep")

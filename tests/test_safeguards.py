@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 from sampot_jax.sampot import safeguards
 
 
@@ -22,7 +22,7 @@ BEST_SCORE = np.array([0.6, 0.9, 0.55, 0.5])
 
 
 def config(**kw):
-  c = defaults.safeguards()
+  c = settings.block(settings.Safeguards())
   c.update(kw)
   return c
 

@@ -15,7 +15,7 @@ pytest.importorskip("segment_anything")
 from reference import official as sam_official
 from sampot_jax.sam import model as sam_model
 
-pytestmark = pytest.mark.parity  # compares with the official PyTorch SAM
+pytestmark = pytest.mark.optimized  # compares with the official PyTorch SAM
 
 REL_TOL = 1e-4
 

@@ -8,7 +8,6 @@ from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 
-pytestmark = pytest.mark.parity  # gradients against finite differences
 
 TINY = dict(img_size=128, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
             window_size=3, prompt_embed_dim=32, transformer_mlp_dim=64, iou_head_hidden_dim=32)
@@ -51,6 +50,7 @@ def test_decode_clicks_jits_and_vmaps(tiny):
   np.testing.assert_allclose(per_image[1][:, 0], iou, rtol=0, atol=1e-6)
 
 
+@pytest.mark.optimized  # the gradient against a float64 central difference
 def test_gradient_wrt_click_matches_finite_differences(tiny):
   config, params, _, embeddings, frame = tiny
   with jax.enable_x64(True):
@@ -58,6 +58,7 @@ def test_gradient_wrt_click_matches_finite_differences(tiny):
     params64, emb64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (params, embeddings[:1]))
     labels = jnp.ones((1, 1), jnp.int32)
 
+    @jax.jit  # one program per function, not one per operation
     def soft_area(xy):
       low_res, _ = predictor.decode_clicks(params64, emb64, xy[None, None], labels, frame, config)
       assert low_res.dtype == jnp.float64
@@ -65,7 +66,7 @@ def test_gradient_wrt_click_matches_finite_differences(tiny):
 
     for xy in ([30.0, 40.0], [77.3, 61.8]):
       xy = jnp.array(xy, jnp.float64)
-      grad = np.asarray(jax.grad(soft_area)(xy))
+      grad = np.asarray(jax.jit(jax.grad(soft_area))(xy))
       h = 1e-4  # pixels
       fd = np.array([(soft_area(xy + h * e) - soft_area(xy - h * e)) / (2 * h) for e in np.eye(2)])
       assert np.all(np.isfinite(grad))
@@ -130,17 +131,19 @@ def test_box_prompt_vectors_decode_as_predict_boxes(tiny):
   np.testing.assert_allclose(low_both, want_both, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.optimized  # the gradient against a float64 central difference
 def test_gradient_wrt_box_corners_matches_finite_differences(tiny):
   config, params, _, embeddings, frame = tiny
   with jax.enable_x64(True):
     params64, emb64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (params, embeddings[:1]))
 
+    @jax.jit  # one program per function, not one per operation
     def soft_area(box):
       low_res, _ = predictor.decode_prompts(params64, emb64, box[None], frame, config)
       return jax.nn.sigmoid(4.0 * low_res).mean()
 
     box = jnp.array([20.0, 15.5, 80.3, 66.0], jnp.float64)
-    grad = np.asarray(jax.grad(soft_area)(box))
+    grad = np.asarray(jax.jit(jax.grad(soft_area))(box))
     h = 1e-4
     fd = np.array([(soft_area(box + h * e) - soft_area(box - h * e)) / (2 * h) for e in np.eye(4)])
     assert np.all(np.abs(grad) > 1e-7)  # every corner moves the mask

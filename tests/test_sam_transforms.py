@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from reference import official as sam_official
 from sampot_jax.sam import transforms
 
-pytestmark = pytest.mark.parity  # compares with the official code and Pillow
+pytestmark = pytest.mark.optimized  # compares with the official code and Pillow
 
 
 @pytest.mark.parametrize("shape", [(512, 512, 3), (300, 451, 3), (1500, 1203, 3), (77, 33, 3),

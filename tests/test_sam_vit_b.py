@@ -22,7 +22,7 @@ pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
 # The full-size vit_b, built, ported and run twice, against the official code.
-pytestmark = [pytest.mark.slow, pytest.mark.parity]
+pytestmark = [pytest.mark.slow, pytest.mark.optimized]
 
 from reference import official as sam_official
 from sampot_jax.sam import model as sam_model
@@ -50,7 +50,7 @@ def vit_b(tmp_path_factory):
   official = sam_official.official_sam(config, seed=0)
   sam_official.save_pth(official, tmp / "sam_vit_b_random.pth")
   out = tmp / "ported"
-  proc = subprocess.run([sys.executable, "-m", "sampot_jax.sam.port.convert", "--checkpoint",
+  proc = subprocess.run([sys.executable, "-m", "ports.sam", "--checkpoint",
                          str(tmp / "sam_vit_b_random.pth"), "--out", str(out)],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr

@@ -112,7 +112,6 @@ def test_trajectories_are_saved(smoke_run):
 
 def test_heatmap_task_reuses_the_cached_embeddings(smoke_run, tmp_path, monkeypatch):
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from sampot_jax.tasks import evaluate  # pylint: disable=g-import-not-at-top
   from sampot_jax.tasks import heatmap  # pylint: disable=g-import-not-at-top
   from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
 

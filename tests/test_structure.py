@@ -6,12 +6,15 @@
 - only main.py imports the tasks (its task table names them as strings), and only the
   training task imports the trainer;
 - `sampot_jax/` holds at most 10 entries (the tree shows the design);
-- configs import only ml_collections, other configs and `sampot_jax.runtime.defaults`;
+- configs import only ml_collections, other configs and `sampot_jax.runtime.settings` (which
+  imports no JAX, TFDS or data reader: checked in a fresh interpreter);
 - benchmarks never import tests; test modules import no other test module but `helpers`;
   the PyTorch reference (`reference/`) is not installed and nothing installed imports it.
 """
 import ast
 from pathlib import Path
+import subprocess
+import sys
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sampot_jax", "ports", "configs", "benchmarks", "tests", "reference")
@@ -171,8 +174,22 @@ def test_configs_are_plain_data():
   for name, deps in graph().items():
     if name.startswith("configs."):
       allowed = {d for d in deps if d.startswith("configs") or d in ("sampot_jax",
-                                                                     "sampot_jax.runtime.defaults")}
+                                                                     "sampot_jax.runtime.settings",
+                                                                     "sampot_jax.errors")}
       assert deps == allowed, (name, sorted(deps - allowed))
+
+
+def test_reading_every_config_loads_no_jax_or_tfds():
+  """Configs are plain data: importing all of them (and runtime.settings) in a fresh
+  interpreter loads neither JAX nor TFDS nor the data readers."""
+  code = ("import importlib, pathlib, sys\n"
+          "for p in sorted(pathlib.Path('configs').glob('*.py')):\n"
+          "  importlib.import_module('configs.' + p.stem).get_config()\n"
+          "print(sorted(m for m in ('jax', 'tensorflow_datasets', 'sampot_jax.data', 'skimage')\n"
+          "             if m in sys.modules))\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, check=True)
+  assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
 
 
 def test_benchmarks_and_tests_keep_their_side():

@@ -24,7 +24,7 @@ from sampot_jax.sam.port import convert as port_sam  # noqa: E402
 from sampot_jax.sam.port import torch_pickle  # noqa: E402
 from tests.conftest import MONTGOMERY  # noqa: E402
 
-pytestmark = pytest.mark.parity  # compares with the wheel's PyTorch TinyViT
+pytestmark = pytest.mark.optimized  # compares with the wheel's PyTorch TinyViT
 
 REL_TOL = 1e-4
 

@@ -18,7 +18,6 @@ from sampot_jax.regressor import store
 from sampot_jax.regressor import resume
 from sampot_jax.regressor import train as tr
 from sampot_jax.tasks import train_regressor
-from sampot_jax.sampot import metrics
 from tests.helpers import synthetic_config, synthetic_set
 from sampot_jax import errors
 

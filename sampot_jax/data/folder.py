@@ -15,7 +15,6 @@ from pathlib import Path
 from absl import logging
 
 from sampot_jax import errors
-from sampot_jax.data import lungs
 from sampot_jax.data import raw
 from sampot_jax.data import sources
 

@@ -11,10 +11,10 @@ from scipy import ndimage
 from skimage import transform
 
 from sampot_jax import errors
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 
 TARGETS = ("left", "right", "both")
-ON_BAD_EXAMPLE = defaults.ON_BAD_EXAMPLE
+ON_BAD_EXAMPLE = settings.ON_BAD_EXAMPLE
 
 
 @dataclasses.dataclass(frozen=True)

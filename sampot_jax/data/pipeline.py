@@ -13,7 +13,7 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   """Loads one split of `data_config.source` into memory.
 
   Args:
-    data_config: config.data, see sampot_jax.runtime.defaults.data.
+    data_config: config.data (runtime.settings.Data).
     split: 'train' | 'val' | 'test'.
 
   Returns:
@@ -21,8 +21,8 @@ def load_split(data_config, split: str) -> lungs.LungSet:
     sorted by id; `skipped` lists the bad examples left out ((file, problem), ...).
   """
   source, size = data_config.source, int(data_config.image_size)
-  on_bad = data_config.get("on_bad_example", "error")
-  target = data_config.get("target", "left")
+  on_bad = data_config.on_bad_example
+  target = data_config.target
   if split not in splits_lib.SPLITS:
     raise errors.ConfigError(f"split={split!r} is not one of {splits_lib.SPLITS}.")
   if source not in sources.SOURCES:
@@ -34,7 +34,7 @@ def load_split(data_config, split: str) -> lungs.LungSet:
     raise errors.ConfigError(f"config.data.target={target!r} is not one of {lungs.TARGETS}.")
   if size < 8:
     raise errors.ConfigError(f"config.data.image_size={size} is too small; use e.g. 256.")
-  if not data_config.get("dir"):
+  if not data_config.dir:
     raise errors.ConfigError("config.data.dir is not set; point it at the raw data folder.")
 
   if source == "folder":
@@ -42,7 +42,7 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   else:
     # TFDS is imported only here: configs and the folder reader stay light.
     from sampot_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-    builder = tfds_builder.prepare(source, data_config.dir, data_config.get("tfds_dir"), on_bad)
+    builder = tfds_builder.prepare(source, data_config.dir, data_config.tfds_dir, on_bad)
     skipped = _prepared_skips(builder, split, on_bad)
     examples = [sources.resize_example(e, size) for e in tfds_builder.read_split(builder, split)]
   if skipped:

@@ -92,7 +92,7 @@ def _take_images(lungs, max_images: int):
 def candidate_settings(config: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
   """config.candidates for `split`, with config.train_val_candidates over it for train/val."""
   settings = ml_collections.ConfigDict(config.candidates.to_dict())
-  if split != "test" and config.get("train_val_candidates"):
+  if split != "test" and config.train_val_candidates.to_dict():
     settings.update(config.train_val_candidates.to_dict())
   return settings
 
@@ -119,7 +119,7 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict, split: str,
       made = candidates.model_box_candidates(
           targets[i], functools.partial(segment_boxes, images[i]),
           np.random.default_rng([config.seed, split_code, i, 1]), int(settings.model_boxes),
-          float(settings.get("model_box_max_jitter", 0.4)))
+          float(settings.model_box_max_jitter))
     else:
       made = candidates.make_candidates(
           images[i], targets[i], None if other is None else other[i],
@@ -161,7 +161,7 @@ def select(cands: CandidateSet, rows: np.ndarray) -> CandidateSet:
 
 
 def _parts(config: ml_collections.ConfigDict, split: str) -> tuple[str, ...]:
-  return _PARTS if candidate_settings(config, split).get("model_boxes", 0) else _PARTS[:1]
+  return _PARTS if candidate_settings(config, split).model_boxes else _PARTS[:1]
 
 
 def _box_segmenter(config):
@@ -196,7 +196,7 @@ def cache_key(config: ml_collections.ConfigDict, split: str, part: str = "synthe
 def load_or_build_candidates(config: ml_collections.ConfigDict, workdir: Path,
                              split: str) -> CandidateSet:
   """The split's CandidateSet; each part from the workdir cache, built on a miss."""
-  cache_dir = Path(config.get("candidates_dir") or Path(workdir) / "candidates")
+  cache_dir = Path(config.candidates_dir or Path(workdir) / "candidates")
   lungs, parts = None, []
   for part in _parts(config, split):
     path = cache_dir / f"{split}_{part}_{cache_key(config, split, part)}.npz"

@@ -24,10 +24,10 @@ import numpy as np
 from scipy import ndimage
 
 from sampot_jax import errors
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 from sampot_jax.sampot import metrics
 
-FAILURE_KINDS = defaults.FAILURE_KINDS
+FAILURE_KINDS = settings.FAILURE_KINDS
 DICE_RANGE = (0.2, 0.98)
 # Holes remove area only, so Dice = 2(1-h)/(2-h); below ~0.3 nothing recognisable is left.
 KIND_DICE_RANGE = {"holes": (0.3, 0.98)}
@@ -467,7 +467,7 @@ def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.nda
     gt: (S, S) bool target mask.
     other_lung: (S, S) bool or None.
     rng: numpy Generator.
-    config: config.candidates, see sampot_jax.runtime.defaults.candidates (None: the defaults).
+    config: config.candidates (runtime.settings.Candidates; None: its defaults).
     segment_fn: optional click (x, y) -> (S, S) mask; adds 6 'sam_click' candidates.
     segment_boxes: optional boxes (n, 4) -> (masks, model IoUs); adds config.model_boxes
       'model_box' candidates (rough boxes up to config.model_box_max_jitter).
@@ -475,15 +475,14 @@ def make_candidates(image: np.ndarray | None, gt: np.ndarray, other_lung: np.nda
   Returns:
     list of Candidate.
   """
-  config = defaults.candidates() if config is None else config
-  out = level_set_candidates(gt, config.n_level_sets, rng,
-                             tuple(config.get("level_set_dice_range", (0.2, 1.0))))
+  config = settings.typed(settings.Candidates, config, "config.candidates")
+  out = level_set_candidates(gt, config.n_level_sets, rng, tuple(config.level_set_dice_range))
   if config.n_per_kind and config.kinds:
     out += failure_mode_candidates(image, gt, other_lung, config.n_per_kind, rng,
                                    tuple(config.kinds))
   if segment_fn is not None:
     out += sam_click_candidates(gt, segment_fn, rng)
-  if segment_boxes is not None and config.get("model_boxes", 0):
+  if segment_boxes is not None and config.model_boxes:
     out += model_box_candidates(gt, segment_boxes, rng, int(config.model_boxes),
-                                float(config.get("model_box_max_jitter", 0.4)))
+                                float(config.model_box_max_jitter))
   return out

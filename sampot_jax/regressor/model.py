@@ -14,20 +14,14 @@ Input convention (the same for `DiceRegressor.__call__` and `score`):
 A trained regressor is saved and loaded by regressor.store.
 """
 import functools
-import json
-from pathlib import Path
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
-import orbax.checkpoint as ocp
 
 from sampot_jax import errors
 from sampot_jax.runtime import settings
-from sampot_jax.storage import checkpoints
-from sampot_jax.storage import files
 
 Variables = dict
 

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from sampot_jax import errors
 from sampot_jax.regressor import model as regressor
+from sampot_jax.runtime import settings
 from sampot_jax.sam import frozen
 from sampot_jax.sampot.scorer import Scorer
 from sampot_jax.storage import checkpoints
@@ -147,6 +148,7 @@ def from_config(block, expected_target: str | None = None) -> Scorer:
   a trained regressor must have been trained for that target, else ModelMismatchError;
   None skips the check (random regressors have no target).
   """
+  block = settings.typed(settings.Regressor, block, "config.regressor")
   if block.random_init:
     model = regressor.from_config(block.model)
     return scorer_of(model, random_variables(model, int(block.seed)))

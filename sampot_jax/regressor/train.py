@@ -136,11 +136,11 @@ _AT_LEAST = {"batch_size": 1, "num_epochs": 1, "checkpoint_every": 1, "log_every
 def check_config(config: ml_collections.ConfigDict) -> None:
   """ValueError naming the setting for values a run cannot use (before any work)."""
   for name, low in _AT_LEAST.items():
-    value = config.get(name)
+    value = config[name] if name in config else None
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise errors.ConfigError(f"config.{name}={value!r}; it must be a whole number >= {low} "
                        f"(--config.{name}=...).")
-  rate = config.get("learning_rate")
+  rate = config.learning_rate if "learning_rate" in config else None
   if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < np.inf:
     raise errors.ConfigError(f"config.learning_rate={rate!r}; it must be a number > 0.")
 
@@ -187,7 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
       directory, options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints,
                                                       create=True))
 
-  train_step = make_train_step(model, tx, config.get("augment"))
+  train_step = make_train_step(model, tx, config.augment)
   # Like the data order, augmentation depends only on (seed, epoch, step).
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   predict = evaluation.make_predict(model, config.eval_batch_size)

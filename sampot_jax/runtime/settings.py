@@ -1,22 +1,245 @@
-"""The one way a config block becomes a typed settings object."""
+"""Every shared config block's fields and defaults, once: one frozen dataclass per block.
+
+    config.evolve = settings.block(settings.Evolve(num_steps=30))   # configs/*.py
+    evolve_settings = settings.typed(settings.Evolve, config.evolve, "config.evolve")  # a task
+
+configs/*.py build their ConfigDicts from these (plain data: this module loads no JAX, TFDS or
+data readers); a task turns the blocks back into these dataclasses when it starts
+(`check_blocks`), so an unknown field or a bad value stops the run before any work, with the
+field named. Code reads the fields; nothing falls back to a default of its own.
+"""
 import dataclasses
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import ml_collections
 
 from sampot_jax import errors
 
 T = TypeVar("T")
 
+# What a reader does with an unreadable or inconsistent example.
+ON_BAD_EXAMPLE = ("error", "skip")
+# Candidate masks that imitate SAM's mistakes (regressor/candidates.py).
+FAILURE_KINDS = ("shift", "scale", "rotate", "holes", "ragged", "leak_other_lung",
+                 "leak_outside", "fragments")
+# Safeguards that decide whether an evolved prompt replaces the user's (sampot/safeguards.py).
+SAFEGUARD_RULES = ("score_gain", "mask_overlap", "click_inside")
 
-def typed(cls: type[T], block, name: str) -> T:
+
+def _check(name: str, checks) -> None:
+  for field, ok, need, value in checks:
+    if not ok:
+      raise errors.ConfigError(f"config.{name}.{field}={value!r}; it must be {need}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """config.data: which images, at what size, which structure.
+
+  Attributes:
+    source: the layout (sampot_jax.data.SOURCES).
+    dir: the raw data folder (the TFDS manual dir).
+    tfds_dir: where TFDS writes the prepared data; None: ~/tensorflow_datasets.
+    image_size: square side in pixels; images: antialiased bilinear, masks: area > 1/2.
+    target: 'left' (the paper's task), 'right' or 'both' lungs.
+    on_bad_example: 'error' stops at the first bad example; 'skip' logs and counts it.
+  """
+  source: str = "montgomery_team"
+  dir: str = "../shared/data/montgomery"
+  tfds_dir: str | None = None
+  image_size: int = 256
+  target: str = "left"
+  on_bad_example: str = "error"
+
+  def __post_init__(self):
+    _check("data", (("on_bad_example", self.on_bad_example in ON_BAD_EXAMPLE,
+                     f"one of {ON_BAD_EXAMPLE}", self.on_bad_example),
+                    ("image_size", self.image_size >= 16, ">= 16 (e.g. 256)", self.image_size)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """config.candidates: masks with known Dice per image (the paper: ~16 level sets + 6 SAM
+  clicks); the model's own masks of `model_boxes` rough boxes (jitter up to
+  `model_box_max_jitter` of the box's size) when > 0."""
+  n_level_sets: int = 16
+  level_set_dice_range: tuple[float, float] = (0.2, 1.0)
+  n_per_kind: int = 4
+  kinds: tuple[str, ...] = FAILURE_KINDS
+  model_boxes: int = 0
+  model_box_max_jitter: float = 0.4
+
+  def __post_init__(self):
+    unknown = sorted(set(self.kinds) - set(FAILURE_KINDS))
+    _check("candidates", (("kinds", not unknown, f"a subset of {FAILURE_KINDS}", self.kinds),
+                          ("model_boxes", self.model_boxes >= 0, ">= 0", self.model_boxes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Safeguards:
+  """config.safeguards: the rules in force (sampot/safeguards.py) and their thresholds;
+  --config.safeguards.rules="('score_gain',)" keeps one."""
+  rules: tuple[str, ...] = SAFEGUARD_RULES
+  min_score_gain: float = 0.0
+  min_mask_dice: float = 0.5
+
+  def __post_init__(self):
+    rules = (self.rules,) if isinstance(self.rules, str) else tuple(self.rules)
+    bad = sorted(set(rules) - set(SAFEGUARD_RULES))
+    if bad:
+      raise errors.ConfigError(
+          f"config.safeguards.rules names {bad}; choose from {SAFEGUARD_RULES} (an empty "
+          "tuple keeps every evolved prompt).")
+    object.__setattr__(self, "rules", rules)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sam:
+  """config.sam: which frozen model (sam.frozen.from_config).
+
+  Attributes:
+    checkpoint_dir: a ported checkpoint (python -m ports.sam ... --out DIR).
+    variant: vit_b, vit_l, vit_h, lite_medsam or mobile_sam.
+    fetch_if_missing: a missing checkpoint_dir is fetched (online) and ported there; False
+      stops with the porting commands.
+    random_init: random weights (smoke runs, tests) with `overrides` (sam_config fields).
+    seed: of the random weights.
+  """
+  checkpoint_dir: str = "checkpoints/sam_vit_b"
+  variant: str = "vit_b"
+  fetch_if_missing: bool = True
+  random_init: bool = False
+  overrides: dict = dataclasses.field(default_factory=dict)
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Regressor:
+  """config.regressor: the trained regressor a run uses (regressor.store.from_config).
+
+  Attributes:
+    workdir: a train_regressor workdir, e.g. from
+      python main.py --config configs/train_regressor_coord.py --workdir runs/regressor
+    random_init: a random regressor (smoke runs, tests) with `model` (model fields).
+    seed: of the random weights.
+  """
+  workdir: str = "runs/regressor"
+  random_init: bool = False
+  model: dict = dataclasses.field(default_factory=dict)
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Evolve:
+  """config.evolve: SAMPOT's hyper-parameters (hashable: a static argument of the jitted loop).
+
+  Attributes:
+    num_steps: Adam updates; trajectories hold num_steps + 1 prompts (not in the paper).
+    learning_rate: Adam step size in original-image pixels (paper: 10).
+    weight_decay: AdamW decay (paper: 0, i.e. plain Adam).
+    slope: steepness of sigmoid(slope * logits) that makes the mask near-binary (paper: "a
+      steeper slope", value not given).
+    num_starts: starting points per image: the given prompt + num_starts - 1 restarts
+      jittered around it (paper: the user's prompt only).
+    restart_jitter: std of the restarts' offsets, pixels.
+    seed: PRNG seed of the restarts.
+    num_snapshots: masks kept along the best start's trajectory (Fig. 5): evenly spaced
+      steps, the best step among them.
+    objective: "score" (the regressor's, SAMPOT) or "iou" (SAM's own IoU prediction, a
+      baseline without a regressor).
+    iou_weight: w in [0, 1]; the score is (1 - w) * regressor + w * SAM's IoU prediction
+      (sampot.scorer.blend). 0: the paper's regressor alone. The two err apart on a trained
+      model's masks, so a blend ranks them better (docs/sampot.md; w is chosen on val).
+    ascend_blend: Adam ascends the blended score (True) or the regressor's alone, the best
+      prompt still being chosen by the blend (False): the IoU head misleads the ascent from
+      far-off prompts (docs/sampot.md).
+    min_box_size: smallest box side, pixels, a step may leave.
+  """
+  num_steps: int = 40
+  learning_rate: float = 10.0
+  weight_decay: float = 0.0
+  slope: float = 5.0
+  num_starts: int = 1
+  restart_jitter: float = 10.0
+  seed: int = 0
+  num_snapshots: int = 4
+  objective: str = "score"
+  iou_weight: float = 0.0
+  ascend_blend: bool = True
+  min_box_size: float = 2.0
+
+  def __post_init__(self):
+    _check("evolve", (
+        ("objective", self.objective in ("score", "iou"), "'score' or 'iou'", self.objective),
+        ("num_steps", self.num_steps >= 0, ">= 0", self.num_steps),
+        ("learning_rate", self.learning_rate > 0, "> 0", self.learning_rate),
+        ("weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay),
+        ("slope", self.slope > 0, "> 0", self.slope),
+        ("num_starts", self.num_starts >= 1, ">= 1", self.num_starts),
+        ("restart_jitter", self.restart_jitter >= 0, ">= 0", self.restart_jitter),
+        ("num_snapshots", self.num_snapshots >= 1, ">= 1", self.num_snapshots),
+        ("iou_weight", 0 <= self.iou_weight <= 1, "in [0, 1]", self.iou_weight),
+        ("min_box_size", self.min_box_size > 0, "> 0", self.min_box_size)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Baselines:
+  """config.baselines: what the evaluate task compares SAMPOT with (sampot/baselines.py).
+
+  Attributes:
+    grid_size: n x n grid of clicks for the grid search and the true-Dice grid; 0 = off.
+    grid_chunk: grid prompts decoded together per image (bounds memory).
+    box_methods: box prompts: SAM's IoU as the objective, the true-Dice bound, a random search
+      over num_steps + 1 boxes, the ground-truth box.
+    search_jitter: the random search's boxes: each coordinate moved by up to this x size.
+  """
+  grid_size: int = 0
+  grid_chunk: int = 16
+  box_methods: bool = False
+  search_jitter: float = 0.1
+
+
+# config field -> its dataclass, for the blocks tasks share.
+BLOCKS = {"data": Data, "candidates": Candidates, "safeguards": Safeguards, "sam": Sam,
+          "regressor": Regressor, "evolve": Evolve, "baselines": Baselines}
+
+
+def block(settings: Any) -> ml_collections.ConfigDict:
+  """A dataclass's fields as a ConfigDict (a configs/*.py block; None fields stay typed)."""
+  config = ml_collections.ConfigDict()
+  for field in dataclasses.fields(settings):
+    value = getattr(settings, field.name)
+    if value is None:  # a placeholder keeps --config.x.y=... overrides typed
+      value = ml_collections.config_dict.placeholder(str)
+    elif isinstance(value, dict):
+      value = dict(value)
+    setattr(config, field.name, value)
+  return config
+
+
+def typed(cls: type[T], config_block, name: str) -> T:
   """`cls` (a dataclass) from a ConfigDict or dict; unknown fields are errors naming `name`.
 
-  Missing fields take the dataclass defaults; lists become tuples (so the
-  result stays hashable, e.g. a static argument of jit).
+  Missing fields take the dataclass defaults; lists become tuples (so the result stays
+  hashable, e.g. a static argument of jit).
   """
   fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
-  given = dict(block or {})
+  if isinstance(config_block, ml_collections.ConfigDict):
+    given = config_block.to_dict()
+  else:
+    given = dict(config_block or {})
   unknown = sorted(set(given) - fields)
   if unknown:
     raise errors.ConfigError(f"{name} has unknown field(s) {unknown}; known: {sorted(fields)}.")
   given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
-  return cls(**given)
+  try:
+    return cls(**given)
+  except TypeError as e:
+    raise errors.ConfigError(f"{name}: {e}") from None
+
+
+def check_blocks(config) -> dict:
+  """Every shared block of a task's config as its dataclass ({name: settings}); a bad field
+  stops the task here, named, before any work."""
+  return {name: typed(cls, config[name], f"config.{name}")
+          for name, cls in BLOCKS.items() if name in config}

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from sampot_jax import errors
+from sampot_jax.runtime import settings
 from sampot_jax.sam import model as sam_model
 from sampot_jax.sam import predictor
 
@@ -125,13 +126,13 @@ def from_config(sam_config_block) -> Sam:
   checkpoints, a hash of the params for random ones); the embedding cache uses it.
   A port of another variant than `variant` is a ModelMismatchError naming both.
   """
-  c = sam_config_block
+  c = settings.typed(settings.Sam, sam_config_block, "config.sam")
   if c.random_init:
-    config = sam_model.sam_config(c.variant, **dict(c.get("overrides", {}) or {}))
-    params = random_sam_params(config, int(c.get("seed", 0)))
+    config = sam_model.sam_config(c.variant, **dict(c.overrides or {}))
+    params = random_sam_params(config, int(c.seed))
     return Sam(params, config, "random-" + params_key(params)[:16])
   directory = Path(c.checkpoint_dir).expanduser()
-  if c.get("fetch_if_missing") and c.checkpoint_dir:
+  if c.fetch_if_missing and c.checkpoint_dir:
     # Fetches the official file into the cache and ports it into the directory once.
     from sampot_jax.sam.port import convert  # pylint: disable=g-import-not-at-top
     try:

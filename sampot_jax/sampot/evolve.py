@@ -27,7 +27,6 @@ differentiable all the way to the prompt.
 """
 import dataclasses
 import functools
-from typing import Callable
 
 import flax
 import jax
@@ -36,68 +35,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from sampot_jax import errors
 from sampot_jax.runtime import settings as settings_lib
 from sampot_jax.sam import frozen
 from sampot_jax.sam import predictor
 from sampot_jax.sampot import scorer as scorer_lib
 from sampot_jax.sampot.scorer import Scorer
 
-# Bumped each time the batched evolution is traced (= compiled): tests check
-# that batches of one shape compile once.
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """SAMPOT hyper-parameters (hashable: a static argument of the jitted core).
-
-  Attributes:
-    num_steps: Adam updates; trajectories hold num_steps + 1 prompts.
-    learning_rate: Adam step size in original-image pixels (paper: 10).
-    weight_decay: AdamW decay (paper: 0, i.e. plain Adam).
-    slope: steepness of sigmoid(slope * logits) that makes the mask near-binary.
-    num_starts: starting points per image: the given prompt + num_starts - 1
-      restarts jittered around it.
-    restart_jitter: std of the restarts' offsets, pixels.
-    seed: PRNG seed of the restarts.
-    num_snapshots: masks kept along the best start's trajectory (Fig. 5): evenly
-      spaced steps, the best step among them.
-    objective: "score" (the regressor's, SAMPOT) or "iou" (SAM's own IoU
-      prediction, a baseline without a regressor).
-    iou_weight: w in [0, 1]; the score is (1 - w) * regressor + w * SAM's IoU prediction
-      (`blend`). 0: the paper's regressor alone. The two err apart on a trained model's
-      masks, so a blend ranks them better (docs/sampot.md; w is chosen on the val split).
-    ascend_blend: Adam ascends the blended score (True) or the regressor's alone, the best
-      prompt still being chosen by the blend (False): the IoU head misleads the ascent from
-      far-off prompts (docs/sampot.md).
-    min_box_size: smallest box side, pixels, a step may leave.
-  """
-  num_steps: int = 40
-  learning_rate: float = 10.0
-  weight_decay: float = 0.0
-  slope: float = 5.0
-  num_starts: int = 1
-  restart_jitter: float = 10.0
-  seed: int = 0
-  num_snapshots: int = 4
-  objective: str = "score"
-  iou_weight: float = 0.0
-  ascend_blend: bool = True
-  min_box_size: float = 2.0
-
-  def __post_init__(self):
-    if self.objective not in ("score", "iou"):
-      raise errors.ConfigError(f"evolve setting objective={self.objective!r} must be 'score' or 'iou'.")
-    for name, ok, need in (
-        ("num_steps", self.num_steps >= 0, ">= 0"),
-        ("learning_rate", self.learning_rate > 0, "> 0"),
-        ("weight_decay", self.weight_decay >= 0, ">= 0"),
-        ("slope", self.slope > 0, "> 0"),
-        ("num_starts", self.num_starts >= 1, ">= 1"),
-        ("restart_jitter", self.restart_jitter >= 0, ">= 0"),
-        ("num_snapshots", self.num_snapshots >= 1, ">= 1"),
-        ("iou_weight", 0 <= self.iou_weight <= 1, "in [0, 1]"),
-        ("min_box_size", self.min_box_size > 0, "> 0")):
-      if not ok:
-        raise errors.ConfigError(f"evolve setting {name}={getattr(self, name)!r} must be {need}.")
+# SAMPOT's hyper-parameters: config.evolve's dataclass (fields, defaults and checks there).
+Settings = settings_lib.Evolve
 
 
 def settings_from_config(config) -> Settings:

@@ -13,36 +13,20 @@ initial prompt is kept. `report` says, per rule, how many degradations it
 prevented (it rejected an evolved mask of lower true Dice) and how many gains it
 gave up (it rejected one of higher true Dice).
 """
-import dataclasses
 
 import numpy as np
 
-from sampot_jax import errors
-from sampot_jax.runtime import defaults
 from sampot_jax.runtime import settings
 from sampot_jax.sam import predictor
 from sampot_jax.sampot import metrics
 
-RULES = defaults.SAFEGUARD_RULES
-
-
-@dataclasses.dataclass(frozen=True)
-class Safeguards:
-  """config.safeguards, typed (defaults: sampot_jax.runtime.defaults.safeguards)."""
-  rules: tuple[str, ...] | str = RULES
-  min_score_gain: float = 0.0
-  min_mask_dice: float = 0.5
+RULES = settings.SAFEGUARD_RULES
 
 
 def enabled_rules(config) -> tuple[str, ...]:
   """The rules in force, in RULES order; unknown names or fields are errors."""
-  config = settings.typed(Safeguards, config, "config.safeguards")
-  rules = (config.rules,) if isinstance(config.rules, str) else tuple(config.rules)
-  bad = sorted(set(rules) - set(RULES))
-  if bad:
-    raise errors.ConfigError(f"config.safeguards.rules names {bad}; choose from {RULES} (an empty "
-                     "tuple keeps every evolved prompt).")
-  return tuple(rule for rule in RULES if rule in rules)
+  config = settings.typed(settings.Safeguards, config, "config.safeguards")
+  return tuple(rule for rule in RULES if rule in config.rules)
 
 
 def check(config, initial_score, best_score, initial_masks, best_masks,
@@ -50,7 +34,7 @@ def check(config, initial_score, best_score, initial_masks, best_masks,
   """Each enabled rule's verdict per image.
 
   Args:
-    config: config.safeguards, see sampot_jax.runtime.defaults.safeguards.
+    config: config.safeguards (runtime.settings.Safeguards).
     initial_score, best_score: (N,) float regressor scores.
     initial_masks, best_masks: (N, H, W) bool at the original size.
     best_prompts: (N, D) original pixels (predictor.PROMPT_KINDS).
@@ -66,7 +50,7 @@ def check(config, initial_score, best_score, initial_masks, best_masks,
                      f"prompts {np.shape(best_prompts)} must describe the same {n} images.")
   passed = {}
   rules = enabled_rules(config)
-  config = settings.typed(Safeguards, config, "config.safeguards")
+  config = settings.typed(settings.Safeguards, config, "config.safeguards")
   for rule in rules:
     if rule == "score_gain":
       gain = np.asarray(best_score, np.float64) - np.asarray(initial_score, np.float64)

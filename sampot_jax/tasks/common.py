@@ -7,10 +7,17 @@ from absl import logging
 
 from sampot_jax import errors
 from sampot_jax.regressor import store
-from sampot_jax.runtime import defaults
+from sampot_jax.runtime import settings
 from sampot_jax.sam import frozen
 from sampot_jax.sampot.scorer import Scorer
 from sampot_jax.storage import files
+
+
+def start(config, path) -> Path:
+  """A task's first step: every shared config block checked against its dataclass
+  (runtime.settings; a bad field stops here, named), then the workdir made."""
+  settings.check_blocks(config)
+  return workdir(path)
 
 
 def workdir(path) -> Path:
@@ -67,9 +74,9 @@ def output_name(name: str) -> str:
 def check_mode(config) -> str:
   """config.on_bad_example, checked: 'error' or 'skip'."""
   mode = config.on_bad_example
-  if mode not in defaults.ON_BAD_EXAMPLE:
+  if mode not in settings.ON_BAD_EXAMPLE:
     raise errors.ConfigError(f"config.on_bad_example={mode!r}; choose one of "
-                             f"{defaults.ON_BAD_EXAMPLE}.")
+                             f"{settings.ON_BAD_EXAMPLE}.")
   return mode
 
 

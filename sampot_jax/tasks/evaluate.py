@@ -310,7 +310,7 @@ def embed(config, sam: frozen.Sam, images):
 
 def run(config, workdir) -> dict:
   """Task 'evaluate': the whole evaluation; returns the summary."""
-  workdir = common.workdir(workdir)
+  workdir = common.start(config, workdir)
   files.write_json(workdir / "config.json", config.to_dict())
   t0 = time.time()
   sam = common.load_sam(config)

@@ -20,7 +20,7 @@ from sampot_jax.tasks import evaluate
 
 def run(config, workdir) -> list[str]:
   """Task 'heatmap': Fig. 1 on a config.heatmap.grid_size grid for config.heatmap.ids."""
-  workdir = common.workdir(workdir)
+  workdir = common.start(config, workdir)
   sam = common.load_sam(config)
   scorer = common.load_scorer(config, check_target=True)
   ids, images, targets, clicks = evaluate.load_inputs(config)

@@ -258,7 +258,7 @@ def _caption(item: Item, out: dict, verdict: dict) -> str:
 def run(config, workdir) -> dict:
   """Task 'refine' (see the module docstring); returns the summary."""
   t_start = time.time()
-  workdir = common.workdir(workdir)
+  workdir = common.start(config, workdir)
   mode = common.check_mode(config)
   if not config.images or not config.prompts:
     raise errors.ConfigError("give the images and the prompts: --config.images=FOLDER_OR_FILE "

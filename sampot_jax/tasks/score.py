@@ -25,7 +25,7 @@ def run(config, workdir) -> dict:
   """Task 'score': predicted Dice of each mask in config.masks for the image of the same name
   (path relative to its folder, suffix ignored) in config.images -> scores.csv, summary.json."""
   t_start = time.time()
-  workdir = common.workdir(workdir)
+  workdir = common.start(config, workdir)
   mode = common.check_mode(config)
   if not config.images or not config.masks:
     raise errors.ConfigError("give the images and their masks: --config.images=PATH "

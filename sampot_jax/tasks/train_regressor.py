@@ -24,7 +24,7 @@ from sampot_jax.tasks import common
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Builds candidates, trains (or resumes), evaluates; returns metrics."""
   train.check_config(config)
-  workdir = common.workdir(workdir)
+  workdir = common.start(config, workdir)
   # Other settings than the checkpoints' stop here, before config.json is rewritten.
   resume.check_settings(workdir.resolve() / "checkpoints", config)
   files.write_json(workdir / "config.json", config.to_dict())

@@ -12,8 +12,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 from flax import traverse_util
+import ml_collections
+import numpy as np
 
 from sampot_jax import errors
 from sampot_jax.sam import model as sam_model

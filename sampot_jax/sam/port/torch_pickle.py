@@ -32,9 +32,10 @@ import zipfile
 
 import ml_dtypes
 import numpy as np
+
 from sampot_jax import errors
 
-__all__ = ["errors.CheckpointError", "load_state_dict"]
+__all__ = ["load_state_dict"]
 
 
 # torch.<Name>Storage (typed, torch <= 2.x writes these for the classic dtypes)
