@@ -3,10 +3,18 @@
 - Analytic segmenters (`disk_decoder`, `box_decoder`): logits = RADIUS - distance to the click,
   or the box itself, so SAMPOT's loop can be checked where the best prompt is known, without SAM.
 - A synthetic candidate set and a small training config (`synthetic_set`, `synthetic_config`).
+- Users' image files: DICOM with its tags (`write_dicom`), PNGs, a folder of three (`user_folder`).
 """
+import csv
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+from pydicom import uid
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
 
 from configs import train_regressor_tiny
 from sampot_jax.regressor.candidate_sets import CandidateSet
@@ -141,3 +149,84 @@ def assert_trees_equal(a, b):
   b = {k: v for k, v in b.items() if k != "seconds"}
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x),
                                                           np.asarray(y)), a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Users' image files (refine, score, the image readers).
+# ---------------------------------------------------------------------------------------------
+
+def write_dicom(path, stored, photometric="MONOCHROME2", bits_stored=12, rescale=None,
+                window=None, function=None, voi_lut=None, frames=None, truncate=False):
+  """An uncompressed single-sample DICOM file (16 bits allocated, unsigned) via pydicom."""
+  stored = np.asarray(stored, np.uint16)
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
+  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+  meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = meta.MediaStorageSOPClassUID
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.Modality = "OT"
+  ds.Rows, ds.Columns = stored.shape[-2:]
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = photometric
+  ds.BitsAllocated = 16
+  ds.BitsStored = bits_stored
+  ds.HighBit = bits_stored - 1
+  ds.PixelRepresentation = 0
+  if frames:
+    ds.NumberOfFrames = frames
+  if rescale is not None:
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
+  if window is not None:
+    ds.WindowCenter, ds.WindowWidth = window
+  if function is not None:
+    ds.VOILUTFunction = function
+  if voi_lut is not None:
+    descriptor, data, vr = voi_lut
+    item = Dataset()
+    item.add_new(0x00283002, "US", list(descriptor))  # LUT Descriptor
+    values = np.asarray(data).astype("<u2").tobytes() if vr == "OW" else [int(v) for v in data]
+    item.add_new(0x00283006, vr, values)  # LUT Data
+    ds.VOILUTSequence = [item]
+  data = stored.astype("<u2").tobytes()
+  ds.PixelData = data[:len(data) // 2] if truncate else data
+  ds.save_as(str(path), enforce_file_format=True)
+  return Path(path)
+
+
+def linear_window(x, c, w):
+  """DICOM PS3.3 C.11.2.1.2.1 LINEAR, written out independently of the reader, onto 0..255."""
+  x = np.asarray(x, np.float64)
+  y = np.where(x <= c - 0.5 - (w - 1) / 2, 0.0,
+               np.where(x > c - 0.5 + (w - 1) / 2, 255.0, ((x - (c - 0.5)) / (w - 1) + 0.5) * 255))
+  return np.rint(y).astype(np.uint8)
+
+
+def ramp(h, w, top):
+  return (np.arange(h * w).reshape(h, w) * top // (h * w - 1)).astype(np.uint16)
+
+
+def write_png(path, h, w, seed=0, bits=8):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  top = 255 if bits == 8 else 65535
+  arr = rng.integers(0, top, (h, w)).astype(np.uint8 if bits == 8 else np.uint16)
+  Image.fromarray(arr).save(path)
+  return path
+
+
+def read_rows(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def user_folder(tmp_path):
+  """Three good images (8-bit square, 16-bit non-square, DICOM MONOCHROME1) and bad ones."""
+  images = tmp_path / "images"
+  write_png(images / "a.png", 40, 40, 0)
+  write_png(images / "sub" / "b.png", 30, 50, 1, bits=16)
+  images.mkdir(exist_ok=True)
+  write_dicom(images / "c.dcm", ramp(36, 24, 4000), "MONOCHROME1", window=(2000, 3000))
+  return images

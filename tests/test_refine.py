@@ -1,5 +1,5 @@
-"""The refine and score tasks: reading users' images (PNG/JPEG/TIFF 8/16-bit, DICOM), the
-prompts CSV, bad inputs, reruns, what the regressor sees, and tiny-model runs end to end.
+"""The refine task: bad inputs, reruns, what the regressor sees, and tiny-model runs end to
+end (reading images: test_images.py; the prompts CSV: test_prompt_csv.py; score: test_score.py).
 
 Most tests stand a fake refiner (no model) in for SAM + SAMPOT, so they check the task's
 bookkeeping in milliseconds; `test_tiny_models_end_to_end` and the Montgomery test run the real
@@ -16,237 +16,17 @@ import types
 import ml_collections
 import numpy as np
 from PIL import Image
-from pydicom import uid
-from pydicom.dataset import Dataset
-from pydicom.dataset import FileMetaDataset
 import pytest
 
 from sampot_jax import errors
 from sampot_jax.data import images as images_lib
-from sampot_jax.regressor import store
 from sampot_jax.tasks import common
 from sampot_jax.tasks import refine
-from sampot_jax.tasks import score
+from tests import helpers
 from tests.conftest import MONTGOMERY
+from tests.helpers import ramp, read_rows, write_dicom, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Synthetic files.
-# ---------------------------------------------------------------------------------------------
-
-def write_dicom(path, stored, photometric="MONOCHROME2", bits_stored=12, rescale=None,
-                window=None, function=None, voi_lut=None, frames=None, truncate=False):
-  """An uncompressed single-sample DICOM file (16 bits allocated, unsigned) via pydicom."""
-  stored = np.asarray(stored, np.uint16)
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-  meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID = meta.MediaStorageSOPClassUID
-  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-  ds.Modality = "OT"
-  ds.Rows, ds.Columns = stored.shape[-2:]
-  ds.SamplesPerPixel = 1
-  ds.PhotometricInterpretation = photometric
-  ds.BitsAllocated = 16
-  ds.BitsStored = bits_stored
-  ds.HighBit = bits_stored - 1
-  ds.PixelRepresentation = 0
-  if frames:
-    ds.NumberOfFrames = frames
-  if rescale is not None:
-    ds.RescaleSlope, ds.RescaleIntercept = rescale
-  if window is not None:
-    ds.WindowCenter, ds.WindowWidth = window
-  if function is not None:
-    ds.VOILUTFunction = function
-  if voi_lut is not None:
-    descriptor, data, vr = voi_lut
-    item = Dataset()
-    item.add_new(0x00283002, "US", list(descriptor))  # LUT Descriptor
-    values = np.asarray(data).astype("<u2").tobytes() if vr == "OW" else [int(v) for v in data]
-    item.add_new(0x00283006, vr, values)  # LUT Data
-    ds.VOILUTSequence = [item]
-  data = stored.astype("<u2").tobytes()
-  ds.PixelData = data[:len(data) // 2] if truncate else data
-  ds.save_as(str(path), enforce_file_format=True)
-  return Path(path)
-
-
-def linear_window(x, c, w):
-  """DICOM PS3.3 C.11.2.1.2.1 LINEAR, written out independently of the reader, onto 0..255."""
-  x = np.asarray(x, np.float64)
-  y = np.where(x <= c - 0.5 - (w - 1) / 2, 0.0,
-               np.where(x > c - 0.5 + (w - 1) / 2, 255.0, ((x - (c - 0.5)) / (w - 1) + 0.5) * 255))
-  return np.rint(y).astype(np.uint8)
-
-
-def ramp(h, w, top):
-  return (np.arange(h * w).reshape(h, w) * top // (h * w - 1)).astype(np.uint16)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading images.
-# ---------------------------------------------------------------------------------------------
-
-def test_dicom_monochrome2_rescale_and_window(tmp_path):
-  stored = ramp(20, 30, 4095)
-  path = write_dicom(tmp_path / "a.dcm", stored, rescale=(2, -1000), window=(0, 400))
-  image = images_lib.read_image(path)
-  hu = 2.0 * stored - 1000
-  np.testing.assert_array_equal(image.pixels, linear_window(hu, 0, 400))
-  assert image.intensity == "window 0/400"
-  assert image.pixels.dtype == np.uint8 and image.size == (20, 30)
-  assert image.gray == pytest.approx(image.pixels / 255.0)
-  assert (image.pixels == 0).any() and (image.pixels == 255).any()  # the window clips both ends
-
-
-def test_dicom_monochrome1_is_inverted(tmp_path):
-  stored = ramp(20, 30, 4095)
-  mono2 = images_lib.read_image(write_dicom(tmp_path / "m2.dcm", stored, window=(2048, 1000)))
-  mono1 = images_lib.read_image(write_dicom(tmp_path / "m1.dcm", stored, "MONOCHROME1",
-                                            window=(2048, 1000)))
-  np.testing.assert_array_equal(mono1.pixels, 255 - mono2.pixels)
-  assert mono1.intensity == "window 2048/1000, MONOCHROME1 inverted"
-  # Without windowing tags: the (rescaled) image's own range, then inverted.
-  plain = images_lib.read_image(write_dicom(tmp_path / "p1.dcm", stored // 2 + 100,
-                                            "MONOCHROME1"))
-  expected = np.rint((stored // 2) * 255.0 / (stored.max() // 2)).astype(np.uint8)
-  np.testing.assert_array_equal(plain.pixels, 255 - expected)
-  assert plain.intensity == "range [100, 2147], MONOCHROME1 inverted"
-
-
-def test_dicom_without_windowing_tags_uses_its_own_range(tmp_path):
-  stored = ramp(16, 16, 1000) + 24
-  image = images_lib.read_image(write_dicom(tmp_path / "a.dcm", stored, rescale=(0.5, 10)))
-  assert image.intensity == "range [22, 522]"
-  assert image.pixels.min() == 0 and image.pixels.max() == 255
-  values = 0.5 * stored + 10
-  np.testing.assert_array_equal(
-      image.pixels, np.rint((values - 22) * 255.0 / 500).astype(np.uint8))
-
-
-def test_dicom_voi_lut_sequence_and_other_functions(tmp_path):
-  stored = ramp(16, 20, 300)
-  lut = 255 - np.arange(256)  # an inverting 8-bit LUT for the values 0..255
-  image = images_lib.read_image(write_dicom(tmp_path / "lut.dcm", stored,
-                                            voi_lut=((256, 0, 8), lut, "US")))
-  expected = np.where(stored > 255, 0, 255 - stored).astype(np.uint8)  # beyond: last entry
-  np.testing.assert_array_equal(image.pixels, expected)
-  assert image.intensity == "voi_lut"
-  # A 16-bit LUT as OW bytes, first mapped value 100: below it the first entry.
-  lut16 = np.linspace(0, 65535, 201).astype(np.uint16)
-  image = images_lib.read_image(write_dicom(tmp_path / "ow.dcm", stored,
-                                            voi_lut=((201, 100, 16), lut16, "OW")))
-  index = np.clip(stored.astype(int) - 100, 0, 200)
-  np.testing.assert_array_equal(image.pixels,
-                                np.rint(lut16[index] / 65535 * 255).astype(np.uint8))
-  # SIGMOID and LINEAR_EXACT (PS3.3 C.11.2.1.3.1 and C.11.2.1.3.2).
-  x = stored.astype(np.float64)
-  sig = images_lib.read_image(write_dicom(tmp_path / "s.dcm", stored, window=(150, 100),
-                                          function="SIGMOID"))
-  np.testing.assert_array_equal(
-      sig.pixels, np.rint(255 / (1 + np.exp(-4 * (x - 150) / 100))).astype(np.uint8))
-  exact = images_lib.read_image(write_dicom(tmp_path / "e.dcm", stored, window=(150, 100),
-                                            function="LINEAR_EXACT"))
-  np.testing.assert_array_equal(
-      exact.pixels, np.rint(255 * np.clip((x - 150) / 100 + 0.5, 0, 1)).astype(np.uint8))
-  # A width that is not > 0: the image's own range, with a warning.
-  with pytest.warns(UserWarning, match="Window Width"):
-    bad = images_lib.read_image(write_dicom(tmp_path / "w0.dcm", stored, window=(100, 0)))
-  assert bad.intensity == "range [0, 300]"
-
-
-def test_dicom_bad_files_name_the_file(tmp_path):
-  multi = write_dicom(tmp_path / "multi.dcm", np.stack([ramp(8, 8, 9)] * 2), frames=2)
-  with pytest.raises(errors.BadInputError, match=r"multi\.dcm.*multi-frame"):
-    images_lib.read_image(multi)
-  truncated = write_dicom(tmp_path / "trunc.dcm", ramp(8, 8, 9), truncate=True)
-  assert images_lib.read_size(truncated) == (8, 8)  # the header is fine
-  with pytest.raises(errors.BadInputError, match=r"trunc\.dcm"):
-    images_lib.read_image(truncated)
-  junk = tmp_path / "junk.dcm"
-  junk.write_bytes(b"not a dicom file at all" * 10)
-  with pytest.raises(errors.BadInputError, match=r"junk\.dcm"):
-    images_lib.read_size(junk)
-
-
-def test_sixteen_bit_png_and_tiff_use_their_own_range(tmp_path):
-  stored = (ramp(24, 40, 3000) + 1000).astype(np.uint16)
-  Image.fromarray(stored).save(tmp_path / "a.png")
-  Image.fromarray(stored).save(tmp_path / "a.tif")
-  expected = np.rint((stored - 1000.0) * 255.0 / 3000).astype(np.uint8)
-  for name in ("a.png", "a.tif"):
-    image = images_lib.read_image(tmp_path / name)
-    with Image.open(tmp_path / name) as im:
-      assert im.mode.startswith("I;16"), im.mode  # really 16 bits on disk
-    np.testing.assert_array_equal(image.pixels, expected)
-    assert image.intensity == "range [1000, 4000]"
-  floats = np.linspace(-1, 1, 24 * 40, dtype=np.float32).reshape(24, 40)
-  Image.fromarray(floats, "F").save(tmp_path / "f.tif")
-  image = images_lib.read_image(tmp_path / "f.tif")
-  assert image.pixels[0, 0] == 0 and image.pixels[-1, -1] == 255
-
-
-def test_eight_bit_grey_rgb_and_non_square(tmp_path):
-  grey = ramp(30, 70, 255).astype(np.uint8)
-  Image.fromarray(grey).save(tmp_path / "g.png")
-  image = images_lib.read_image(tmp_path / "g.png")
-  np.testing.assert_array_equal(image.pixels, grey)
-  assert image.size == (30, 70) and image.intensity == "8-bit"
-  rgb = np.zeros((30, 70, 3), np.uint8)
-  rgb[..., 0] = 200
-  rgb[..., 2] = grey
-  Image.fromarray(rgb).save(tmp_path / "c.png")
-  image = images_lib.read_image(tmp_path / "c.png")
-  assert image.pixels.shape == (30, 70, 3)  # SAM gets the colours
-  luma = np.asarray(Image.fromarray(rgb).convert("L")) / 255.0
-  assert image.gray == pytest.approx(luma)  # the regressor gets the luma
-  Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "j.jpg", quality=95)
-  image = images_lib.read_image(tmp_path / "j.jpg")
-  assert image.pixels.ndim == 2 and image.size == (30, 70)  # a grey JPEG stays grey
-
-
-def test_to_square_pads_then_resizes_keeping_the_aspect():
-  image = np.zeros((40, 100), np.float32)
-  image[10:30, 50:90] = 1.0  # a 20 x 40 block
-  square = images_lib.to_square(image, 50)
-  assert square.shape == (50, 50)
-  assert square[25:, :].max() == 0.0  # the padding: rows 40..99 of the 100 square
-  block = square > 0.5
-  rows, cols = np.nonzero(block)
-  assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 14, 25, 44)  # halved, in place
-  assert images_lib.to_square(np.ones((7, 7)), 7) == pytest.approx(np.ones((7, 7)))
-
-
-def test_read_mask_thresholds_at_half_the_maximum(tmp_path):
-  mask = np.zeros((10, 12), np.uint8)
-  mask[2:5, 3:8] = 255
-  noisy = mask.copy()
-  noisy[0, 0], noisy[3, 3] = 20, 230  # JPEG-like noise
-  Image.fromarray(noisy).save(tmp_path / "m.png")
-  np.testing.assert_array_equal(images_lib.read_mask(tmp_path / "m.png"), mask > 0)
-  Image.fromarray((mask > 0).astype(np.uint8)).save(tmp_path / "m01.png")
-  np.testing.assert_array_equal(images_lib.read_mask(tmp_path / "m01.png"), mask > 0)
-  Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "empty.png")
-  assert not images_lib.read_mask(tmp_path / "empty.png").any()
-
-
-def test_list_images_finds_images_below_a_folder(tmp_path):
-  for name in ("a.png", "sub/b.dcm", "sub/c.TIF", ".hidden/d.png", "notes.txt", "out/x.png"):
-    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / name).write_bytes(b"")
-  noext = tmp_path / "sub" / "IM0001"
-  noext.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
-  found = images_lib.list_images(tmp_path, exclude=[tmp_path / "out"])
-  assert sorted(found) == ["a.png", "sub/IM0001", "sub/b.dcm", "sub/c.TIF"]
-  assert images_lib.list_images(tmp_path / "a.png") == {"a.png": tmp_path / "a.png"}
-  with pytest.raises(FileNotFoundError, match="nowhere"):
-    images_lib.list_images(tmp_path / "nowhere")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,15 +113,6 @@ def fake_refiner(monkeypatch):
   return FakeRefiner
 
 
-def write_png(path, h, w, seed=0, bits=8):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  top = 255 if bits == 8 else 65535
-  arr = rng.integers(0, top, (h, w)).astype(np.uint8 if bits == 8 else np.uint16)
-  Image.fromarray(arr).save(path)
-  return path
-
-
 def tiny_config(images, prompts, **overrides):
   from configs import refine_tiny  # pylint: disable=g-import-not-at-top
   config = refine_tiny.get_config()
@@ -352,20 +123,9 @@ def tiny_config(images, prompts, **overrides):
   return config
 
 
-def read_rows(path):
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
 @pytest.fixture
 def user_folder(tmp_path):
-  """Three good images (8-bit square, 16-bit non-square, DICOM MONOCHROME1) and bad ones."""
-  images = tmp_path / "images"
-  write_png(images / "a.png", 40, 40, 0)
-  write_png(images / "sub" / "b.png", 30, 50, 1, bits=16)
-  images.mkdir(exist_ok=True)
-  write_dicom(images / "c.dcm", ramp(36, 24, 4000), "MONOCHROME1", window=(2000, 3000))
-  return images
+  return helpers.user_folder(tmp_path)
 
 
 GOOD_ROWS = "a.png,5,6,30,33\nsub/b.png,2,3,40,25\nc.dcm,1,1,20,30\n"
@@ -490,49 +250,6 @@ def test_one_image_file_and_clicks(user_folder, tmp_path, fake_refiner):
   assert summary["processed"] == 1 and summary["prompt_kind"] == "click"
   row = read_rows(tmp_path / "out" / "results.csv")[0]
   assert (row["initial_x"], row["initial_y"]) == ("10.0", "20.0")
-
-
-# ---------------------------------------------------------------------------------------------
-# The score task (a tiny random regressor).
-# ---------------------------------------------------------------------------------------------
-
-def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
-  from configs import score_tiny  # pylint: disable=g-import-not-at-top
-  masks = tmp_path / "masks"
-  masks.mkdir()
-  (masks / "sub").mkdir()
-  for name, (h, w) in (("a.png", (40, 40)), ("sub/b.png", (30, 50)), ("c.png", (36, 24))):
-    m = np.zeros((h, w), np.uint8)
-    m[5:20, 4:18] = 255
-    Image.fromarray(m).save(masks / name)
-  config = score_tiny.get_config()
-  config.images, config.masks = str(user_folder), str(masks)
-  summary = score.run(config, tmp_path / "out")
-  rows = {r["file"]: r for r in read_rows(tmp_path / "out" / "scores.csv")}
-  assert sorted(rows) == ["a.png", "c.dcm", "sub/b.png"] and summary["scored"] == 3
-  assert rows["c.dcm"]["mask"] == "c.png"  # matched by name, suffix ignored
-  # The score is the regressor's on the padded, resized image and mask.
-  scorer = store.from_config(config.regressor)
-  image = images_lib.read_image(user_folder / "sub" / "b.png")
-  mask = images_lib.read_mask(masks / "sub" / "b.png")
-  direct = scorer(images_lib.to_square(image.gray, 32)[None],
-                    images_lib.to_square(mask.astype(np.float32), 32)[None])
-  assert float(rows["sub/b.png"]["score"]) == pytest.approx(float(direct[0]), abs=1e-5)
-  for row in rows.values():
-    assert 0.0 <= float(row["score"]) <= 1.0
-  # A mask without an image, an image without a mask, a size mismatch.
-  Image.fromarray(np.zeros((5, 5), np.uint8)).save(masks / "stray.png")
-  (masks / "c.png").unlink()
-  Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "a.png")
-  with pytest.raises(errors.BadInputsError) as info:
-    score.run(config, tmp_path / "out2")
-  assert "stray.png (masks line" not in str(info.value)
-  assert "stray.png: a mask without an image" in str(info.value)
-  assert "c.dcm: no mask named c.*" in str(info.value)
-  config.on_bad_example = "skip"
-  summary = score.run(config, tmp_path / "out3")
-  assert summary["scored"] == 1 and summary["skipped"] == 3
-  assert any("the mask is 10x10" in b["reason"] for b in summary["bad_inputs"])
 
 
 # ---------------------------------------------------------------------------------------------
