@@ -17,7 +17,7 @@
   images (where running unoptimised code costs more than compiling it), and run as users run. Compiled programs
   go to a persistent cache of this session (JAX_COMPILATION_CACHE_DIR, also inherited), so a
   subprocess reuses what the session compiled; SAMPOT_TEST_JAX_CACHE names one to keep.
-- The suite runs in two processes (pytest-xdist, `-n 2` in setup.cfg; `-p no:xdist` for one):
+- The suite runs in two processes (pytest-xdist, `-n 2` in setup.cfg; `-n 0` for one):
   compilation is single-threaded. The workers share this session's folders (they inherit the
   first process's environment), and only that process removes them.
 
