@@ -18,8 +18,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, reports, figures).")
 flags.DEFINE_bool("keep_freed_memory", True,
-                  "Let malloc keep freed memory for reuse (sampot_jax.runtime.cpu.keep_freed_memory): "
-                  "up to 1.5x faster SAMPOT steps on a CPU; the process keeps its peak footprint.")
+                  "Let malloc keep freed memory for reuse (runtime.cpu.keep_freed_memory): up to "
+                  "1.5x faster SAMPOT steps on a CPU; the process keeps its peak footprint.")
 flags.DEFINE_enum("cpu_tuning", "auto", ["auto", "off"],
                   "XLA:CPU flags chosen for this CPU (sampot_jax.runtime.cpu.configure_xla_cpu); "
                   "$SAMPOT_XLA_CPU_FLAGS replaces the choice; flags already in XLA_FLAGS win.")

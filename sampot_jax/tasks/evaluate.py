@@ -3,16 +3,16 @@
     python main.py --config configs/evaluate.py --workdir W
 
 Steps: load SAM (ported checkpoint; stops with the porting commands when it is
-missing) and the regressor; load the split; initial clicks (GT centroids or a
-clicks file); embeddings through the cache; then per batch, sharded over the
+missing) and the regressor; load the split; initial prompts (GT centroids, rough GT boxes or a
+prompts file); embeddings through the cache; then per batch, sharded over the
 device mesh, one compiled call each for the evolution, SAM's multimask choice
 and the grid maps (search + true-Dice grid); on the host the true Dice, the safeguards
 and the report:
 
-  WORKDIR/results.csv          one row per image (clicks, scores, IoUs, Dice per method)
+  WORKDIR/results.csv          one row per image (prompts, scores, IoUs, Dice per method)
   WORKDIR/summary.json         counts and shares improved/degraded, Dice per method,
                                Pearson r of score and IoU vs Dice, safeguard report
-  WORKDIR/trajectories.npz     every start's clicks and scores, the grid maps
+  WORKDIR/trajectories.npz     every start's prompts and scores, the grid maps
   WORKDIR/fig1_dice_heatmap.png, fig4_score_vs_dice.png, fig5_trajectory.png,
   WORKDIR/fig6_initial_vs_evolved.png
 
@@ -315,14 +315,14 @@ def run(config, workdir) -> dict:
   t0 = time.time()
   sam = common.load_sam(config)
   scorer = common.load_scorer(config, check_target=True)
-  ids, images, targets, clicks = load_inputs(config)
+  ids, images, targets, prompts = load_inputs(config)
   seconds = {"load": time.time() - t0}
   t0 = time.time()
   embeddings, frame, encoded = embed(config, sam, images)
   seconds["embeddings"] = time.time() - t0
   t0 = time.time()
   small = images.astype(np.float32) / 255.0
-  out = run_batches(sam, scorer, embeddings, frame, small, targets, clicks, config)
+  out = run_batches(sam, scorer, embeddings, frame, small, targets, prompts, config)
   seconds["sampot_and_baselines"] = time.time() - t0
   verdict = judge(out, targets, config)
   summary = summarize(ids, out, verdict, config, seconds)

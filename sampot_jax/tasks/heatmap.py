@@ -23,7 +23,7 @@ def run(config, workdir) -> list[str]:
   workdir = common.start(config, workdir)
   sam = common.load_sam(config)
   scorer = common.load_scorer(config, check_target=True)
-  ids, images, targets, clicks = evaluate.load_inputs(config)
+  ids, images, targets, prompts = evaluate.load_inputs(config)
   wanted = list(config.heatmap.ids) or ids[:config.heatmap.num_images]
   unknown = [sid for sid in wanted if sid not in ids]
   if unknown:
@@ -43,7 +43,7 @@ def run(config, workdir) -> list[str]:
     name = f"heatmap_{sid}"
     files.write_npz(workdir / f"{name}.npz", dict(clicks=grid, dice=dice, score=score, iou=iou))
     figures.dice_heatmap(workdir / f"{name}.png", images[i], targets[i], dice.reshape(n, n),
-                         grid, clicks[i], title=f"{sid}: Dice over {n}x{n} click positions")
+                         grid, prompts[i], title=f"{sid}: Dice over {n}x{n} click positions")
     written.append(f"{name}.png")
   logging.info("Wrote %s to %s", written, workdir)
   return written
