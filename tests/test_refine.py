@@ -234,6 +234,21 @@ def test_rerun_skips_done_images_unless_overwrite(user_folder, tmp_path, fake_re
   assert len(fake_refiner.calls) == 3 and summary["processed"] == 3
 
 
+def test_a_file_named_like_a_formula_is_escaped_and_still_done_on_a_rerun(tmp_path,
+                                                                           fake_refiner):
+  images = tmp_path / "images"
+  name = "=cmd|' calc'!A0.png"
+  write_png(images / name, 40, 40, 0)
+  prompts = tmp_path / "p.csv"
+  prompts.write_text(f'file,x0,y0,x1,y1\n"{name}",5,6,30,33\n')
+  out = tmp_path / "out"
+  refine.run(tiny_config(images, prompts), out)
+  assert (out / "results.csv").read_text().splitlines()[1].startswith(f"'{name},")
+  fake_refiner.calls = []
+  summary = refine.run(tiny_config(images, prompts), out)
+  assert fake_refiner.calls == [] and summary["already_done"] == 1
+
+
 def test_outputs_inside_the_images_folder_are_not_read_as_images(user_folder, tmp_path,
                                                                  fake_refiner):
   prompts = tmp_path / "p.csv"

@@ -29,25 +29,44 @@ def workdir(path) -> Path:
   return path
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (a file named
+# "=cmd|' /C calc'!A0.png", say); text cells that do are written behind a "'", which the
+# spreadsheet shows as text and read_csv takes off again. Numbers are written as they are.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value):
+  if isinstance(value, str) and value.startswith(FORMULA_STARTS + ("'",)):
+    return "'" + value
+  return value
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
-  """rows as CSV (atomically): the columns in order of first appearance, missing cells empty."""
+  """rows as CSV (atomically): the columns in order of first appearance, missing cells empty,
+  text that a spreadsheet would run as a formula escaped (FORMULA_STARTS)."""
   fields = []
   for row in rows:
     fields += [k for k in row if k not in fields]
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+  writer = csv.DictWriter(buffer, fieldnames=[_cell(f) for f in fields], restval="")
   writer.writeheader()
-  writer.writerows(rows)
+  writer.writerows({_cell(k): _cell(v) for k, v in row.items()} for row in rows)
   files.write_text(path, buffer.getvalue())
 
 
+def _uncell(value: str) -> str:
+  return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS + ("'",)) \
+      else value
+
+
 def read_csv(path: Path) -> list[dict]:
-  """A CSV this project wrote, as rows; [] (with a warning) when absent or unreadable."""
+  """A CSV this project wrote, as rows of text (escapes taken off); [] (with a warning) when
+  absent or unreadable."""
   if not path.is_file():
     return []
   try:
     with open(path, newline="", encoding="utf-8") as f:
-      return list(csv.DictReader(f))
+      return [{_uncell(k): _uncell(v) for k, v in row.items()} for row in csv.DictReader(f)]
   except (OSError, csv.Error, UnicodeDecodeError) as e:
     logging.warning("%s cannot be read (%s); it is rewritten from this run's rows.", path, e)
     return []
