@@ -249,6 +249,16 @@ def test_a_file_named_like_a_formula_is_escaped_and_still_done_on_a_rerun(tmp_pa
   assert fake_refiner.calls == [] and summary["already_done"] == 1
 
 
+def test_the_images_folder_as_workdir_is_refused_with_the_fix(user_folder, tmp_path,
+                                                              fake_refiner):
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("file,x0,y0,x1,y1\n" + GOOD_ROWS)
+  fake_refiner.fail_on_init = True
+  for workdir in (user_folder, tmp_path):  # the folder itself, or one that holds it
+    with pytest.raises(errors.ConfigError, match=r"--workdir .* holds config.images=.*outside"):
+      refine.run(tiny_config(user_folder, prompts), workdir)
+
+
 def test_outputs_inside_the_images_folder_are_not_read_as_images(user_folder, tmp_path,
                                                                  fake_refiner):
   prompts = tmp_path / "p.csv"

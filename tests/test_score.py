@@ -53,3 +53,14 @@ def test_score_task_scores_masks_matched_by_name(user_folder, tmp_path):
   summary = score.run(config, tmp_path / "out3")
   assert summary["scored"] == 1 and summary["skipped"] == 3
   assert any("the mask is 10x10" in b["reason"] for b in summary["bad_inputs"])
+
+
+def test_masks_in_the_images_folder_or_workdir_are_refused(user_folder, tmp_path):
+  from configs import score_tiny  # pylint: disable=g-import-not-at-top
+  config = score_tiny.get_config()
+  config.images, config.masks = str(user_folder), str(user_folder)
+  with pytest.raises(errors.ConfigError, match="config.masks and config.images are the same"):
+    score.run(config, tmp_path / "out")
+  config.masks = str(tmp_path / "masks")
+  with pytest.raises(errors.ConfigError, match="holds config.images"):
+    score.run(config, user_folder)

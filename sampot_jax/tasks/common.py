@@ -20,6 +20,25 @@ def start(config, path) -> Path:
   return workdir(path)
 
 
+def check_apart(workdir: Path, **inputs) -> None:
+  """The input folders (name=path, e.g. images=config.images) neither are the workdir nor lie
+  inside it (the run would skip every file there as its own output), nor are each other."""
+  out = Path(workdir).expanduser().resolve()
+  seen = {}
+  for name, path in inputs.items():
+    folder = Path(path).expanduser().resolve()
+    if folder == out or folder.is_relative_to(out):
+      raise errors.ConfigError(
+          f"--workdir {workdir} holds config.{name}={str(path)!r}: the outputs would mix with "
+          f"the inputs and every file there would be skipped as output. Give a --workdir "
+          f"outside {path} (a folder inside it is fine).")
+    for other, other_folder in seen.items():
+      if folder == other_folder:
+        raise errors.ConfigError(f"config.{name} and config.{other} are the same folder "
+                                 f"({path}); give the {name} in a folder of their own.")
+    seen[name] = folder
+
+
 def workdir(path) -> Path:
   """--workdir as a Path ('~' expanded), created if absent."""
   if not path:

@@ -263,6 +263,7 @@ def run(config, workdir) -> dict:
   if not config.images or not config.prompts:
     raise errors.ConfigError("give the images and the prompts: --config.images=FOLDER_OR_FILE "
                      "--config.prompts=prompts.csv")
+  common.check_apart(workdir, images=config.images)
   dim, items, problems, found = plan(config, workdir)
   common.settle(problems, mode)
   kind = predictor.PROMPT_KINDS[dim]

@@ -30,6 +30,7 @@ def run(config, workdir) -> dict:
   if not config.images or not config.masks:
     raise errors.ConfigError("give the images and their masks: --config.images=PATH "
                      "--config.masks=PATH (masks matched by file name)")
+  common.check_apart(workdir, images=config.images, masks=config.masks)
   masks_root = Path(config.masks).expanduser()
   found = images_lib.list_images(config.images, exclude=[workdir, masks_root])
   found_masks = images_lib.list_images(masks_root, exclude=[workdir])
