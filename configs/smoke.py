@@ -15,10 +15,10 @@ from configs import evaluate
 def get_config():
   config = evaluate.get_config()
   config.task = "smoke"
-  config.num_fake_images = 12  # written to WORKDIR/data; the test split gets 6
+  config.num_fake_images = 12  # written to WORKDIR/data/<source>-<n>images; 6 in the test split
 
   config.data.source = "folder"
-  config.data.dir = ""  # filled in by the smoke task: WORKDIR/data
+  config.data.dir = ""  # filled in by the smoke task (tasks/smoke.py)
   config.data.image_size = 64
 
   config.sam.random_init = True

@@ -121,7 +121,7 @@ def test_heatmap_task_reuses_the_cached_embeddings(smoke_run, tmp_path, monkeypa
   monkeypatch.setattr(predictor, "encode_images", no_encoding)
   config = smoke.get_config()
   config.task = "heatmap"
-  config.data.dir = str(smoke_run / "data")
+  config.data.dir = str(smoke_run / "data" / "folder-12images")
   config.embedding_cache_dir = str(smoke_run / "embeddings")
   config.heatmap = dict(ids=("MCUCXR_0005_0",), num_images=1, grid_size=4)
   written = heatmap.run(config, tmp_path)
@@ -132,3 +132,21 @@ def test_heatmap_task_reuses_the_cached_embeddings(smoke_run, tmp_path, monkeypa
   config.heatmap.ids = ("nobody",)
   with pytest.raises(ValueError, match="'nobody'"):
     heatmap.run(config, tmp_path)
+
+
+def test_generated_data_is_keyed_by_its_settings(tmp_path):
+  """A rerun with another number of images gets its own data, not the first run's."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from sampot_jax.tasks import smoke as smoke_task  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.num_fake_images = 3
+  first = smoke_task.prepare_data(config, tmp_path)
+  config.num_fake_images = 6
+  second = smoke_task.prepare_data(config, tmp_path)
+  assert first != second
+  assert len(list((first / "images").glob("*.png"))) == 3
+  assert len(list((second / "images").glob("*.png"))) == 6
+  (second / "images" / "MCUCXR_0001_0.png").unlink()  # generated.json stays: reused as is
+  assert smoke_task.prepare_data(config, tmp_path) == second
+  assert not (second / "images" / "MCUCXR_0001_0.png").exists()
+

@@ -1,7 +1,8 @@
 """Task 'smoke' (configs/smoke.py): the whole evaluation on generated data and random models.
 
-Writes `config.num_fake_images` synthetic radiographs to WORKDIR/data (once),
-keeps the embedding cache in WORKDIR/embeddings, then runs evaluate.run.
+Writes `config.num_fake_images` synthetic radiographs to WORKDIR/data/<source>-<n>images
+(once per setting: a rerun with other settings never reuses another setting's data), keeps the
+embedding cache in WORKDIR/embeddings, then runs evaluate.run.
 """
 from pathlib import Path
 
@@ -9,7 +10,22 @@ from absl import logging
 
 from sampot_jax import errors
 from sampot_jax.data import fake_data
+from sampot_jax.storage import files
 from sampot_jax.tasks import evaluate
+
+
+def prepare_data(config, workdir) -> Path:
+  """config.data.dir when given, else the generated data of these settings (made once)."""
+  if config.data.dir:
+    return Path(config.data.dir)
+  n = int(config.num_fake_images)
+  data_dir = Path(workdir) / "data" / f"{config.data.source}-{n}images"
+  done = data_dir / "generated.json"  # written last: a cut-short write is made again
+  if not done.is_file():
+    fake_data.write(config.data.source, data_dir, n=n)
+    files.write_json(done, {"source": config.data.source, "num_fake_images": n})
+    logging.info("Wrote %d fake images to %s", n, data_dir)
+  return data_dir
 
 
 def run(config, workdir) -> dict:
@@ -19,10 +35,6 @@ def run(config, workdir) -> dict:
   workdir = Path(workdir)
   config = config.copy_and_resolve_references()
   config.unlock()
-  data_dir = Path(config.data.dir or workdir / "data")
-  if not (data_dir / "images").is_dir():
-    fake_data.write(config.data.source, data_dir, n=config.num_fake_images)
-    logging.info("Wrote %d fake images to %s", config.num_fake_images, data_dir)
-  config.data.dir = str(data_dir)
+  config.data.dir = str(prepare_data(config, workdir))
   config.embedding_cache_dir = config.embedding_cache_dir or str(workdir / "embeddings")
   return evaluate.run(config, workdir)
