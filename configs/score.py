@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.masks = ""   # a folder of masks (or one file), named as the images
   config.on_bad_example = "error"  # 'error' | 'skip' (logged, listed in summary.json)
   config.batch_size = 8
+  # A label map's structure (pixels equal to it); None: two-valued masks, foreground over half
+  # the maximum. A mask with three or more labels and no label given is refused.
+  config.label = ml_collections.config_dict.placeholder(int)
 
   config.regressor = settings.block(settings.Regressor())  # a train_regressor workdir
   return config

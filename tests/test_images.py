@@ -163,3 +163,20 @@ def test_list_images_finds_images_below_a_folder(tmp_path):
   assert images_lib.list_images(tmp_path / "a.png") == {"a.png": tmp_path / "a.png"}
   with pytest.raises(FileNotFoundError, match="nowhere"):
     images_lib.list_images(tmp_path / "nowhere")
+
+
+def test_a_label_map_is_refused_unless_its_label_is_named(tmp_path):
+  labels = np.zeros((40, 50), np.uint8)
+  labels[5:20, 5:25] = 1
+  labels[22:38, 5:45] = 2  # 640 pixels of label 2, 300 of label 1
+  Image.fromarray(labels).save(tmp_path / "labels.png")
+  with pytest.raises(errors.BadInputError, match=r"label map \(values 0, 1, 2 .*--config.label"):
+    images_lib.read_mask(tmp_path / "labels.png")
+  np.testing.assert_array_equal(images_lib.read_mask(tmp_path / "labels.png", label=1), labels == 1)
+  with pytest.raises(errors.BadInputError, match="no pixel of label 3; its values are 0, 1, 2"):
+    images_lib.read_mask(tmp_path / "labels.png", label=3)
+  # A two-valued mask with a few edge values (antialiasing, JPEG) still reads by threshold.
+  edged = np.where(labels == 2, 255, 0).astype(np.uint8)
+  edged[22, 5:9] = (90, 128, 170, 200)
+  Image.fromarray(edged).save(tmp_path / "edged.png")
+  np.testing.assert_array_equal(images_lib.read_mask(tmp_path / "edged.png"), edged > 127.5)

@@ -64,3 +64,28 @@ def test_masks_in_the_images_folder_or_workdir_are_refused(user_folder, tmp_path
   config.masks = str(tmp_path / "masks")
   with pytest.raises(errors.ConfigError, match="holds config.images"):
     score.run(config, user_folder)
+
+
+def test_label_maps_need_their_label_and_a_rerun_scoring_nothing_leaves_no_old_rows(
+    user_folder, tmp_path):
+  from configs import score_tiny  # pylint: disable=g-import-not-at-top
+  masks = tmp_path / "masks"
+  masks.mkdir()
+  labels = np.zeros((40, 40), np.uint8)
+  labels[5:20, 4:18], labels[22:35, 4:30] = 1, 2
+  Image.fromarray(labels).save(masks / "a.png")
+  config = score_tiny.get_config()
+  config.images, config.masks = str(user_folder / "a.png"), str(masks)
+  with pytest.raises(errors.BadInputsError, match=r"a.png: .*label map \(values 0, 1, 2"):
+    score.run(config, tmp_path / "out")
+  config.label = 2
+  summary = score.run(config, tmp_path / "out")
+  rows = read_rows(tmp_path / "out" / "scores.csv")
+  assert summary["scored"] == 1 and rows[0]["mask_pixels"] == str(int((labels == 2).sum()))
+  # The same workdir, every mask now bad and skipped: scores.csv holds no row of the old run.
+  config.label = 7
+  config.on_bad_example = "skip"
+  summary = score.run(config, tmp_path / "out")
+  assert summary["scored"] == 0 and read_rows(tmp_path / "out" / "scores.csv") == []
+  header = (tmp_path / "out" / "scores.csv").read_text().splitlines()[0]
+  assert header == ",".join(score.SCORE_COLUMNS)

@@ -337,10 +337,20 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
 # Masks and the regressor's square frame.
 # ---------------------------------------------------------------------------------------------
 
-def read_mask(path) -> np.ndarray:
+# A value that covers at least this share of a mask's pixels (and LABEL_PIXELS) is one of its
+# labels; three or more such values make a label map (0/1/2 ...), which no threshold reads
+# right. Fewer pixels per value are edges: JPEG noise around 0 and 255, antialiasing, or a soft
+# (probability) mask.
+LABEL_SHARE = 0.005
+LABEL_PIXELS = 16
+
+
+def read_mask(path, label: int | None = None) -> np.ndarray:
   """A mask image -> (H, W) bool: foreground where the value exceeds half the mask's maximum
-  (0/1, 0/255 and 0/65535 masks alike; JPEG noise around 0 and 255 is ignored). Colour masks
-  are read through their luma; an all-zero mask is empty."""
+  (0/1, 0/255 and 0/65535 masks alike; JPEG noise around 0 and 255 and soft masks read so), or,
+  with `label`, where it equals `label`. A label map (three or more values each covering
+  LABEL_SHARE of the pixels) without `label` is refused, naming its values. Colour masks are
+  read through their luma; an all-zero mask is empty."""
   path = Path(path)
   if not path.is_file():
     raise errors.BadInputError(path, "does not exist")
@@ -363,10 +373,26 @@ def read_mask(path) -> np.ndarray:
     arr = arr[..., 0]
   if arr.ndim != 2:
     raise errors.BadInputError(path, f"has shape {arr.shape}; expected a 2-D mask")
+  values, counts = np.unique(arr, return_counts=True)
+  labels = values[counts >= max(LABEL_SHARE * arr.size, LABEL_PIXELS)]
+  if label is not None:
+    if label not in values:
+      raise errors.BadInputError(path, f"has no pixel of label {label}; its values are "
+                                 f"{_some(values)}")
+    return arr == label
+  if len(labels) > 2:
+    raise errors.BadInputError(
+        path, f"is a label map (values {_some(labels)} each cover over {LABEL_SHARE:.1%} of it): "
+        "say which label is the structure (--config.label=N), or save a two-valued mask")
   top = arr.max() if arr.size else 0.0
   if top <= 0:
     return np.zeros(arr.shape, bool)
   return arr > top / 2.0
+
+
+def _some(values) -> str:
+  shown = ", ".join(f"{v:g}" for v in values[:8])
+  return shown + (f", ... ({len(values)} values)" if len(values) > 8 else "")
 
 
 def square_side(size: tuple[int, int]) -> int:

@@ -60,10 +60,11 @@ def _cell(value):
   return value
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-  """rows as CSV (atomically): the columns in order of first appearance, missing cells empty,
-  text that a spreadsheet would run as a formula escaped (FORMULA_STARTS)."""
-  fields = []
+def write_csv(path: Path, rows: list[dict], fields=()) -> None:
+  """rows as CSV (atomically): `fields` first, then other columns in order of first appearance,
+  missing cells empty; text that a spreadsheet would run as a formula escaped (FORMULA_STARTS).
+  No rows and no fields: an empty file."""
+  fields = list(fields)
   for row in rows:
     fields += [k for k in row if k not in fields]
   buffer = io.StringIO()

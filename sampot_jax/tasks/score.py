@@ -20,6 +20,8 @@ from sampot_jax.data import images as images_lib
 from sampot_jax.storage import files
 from sampot_jax.tasks import common
 
+SCORE_COLUMNS = ("file", "mask", "width", "height", "intensity", "mask_pixels", "score")
+
 
 def run(config, workdir) -> dict:
   """Task 'score': predicted Dice of each mask in config.masks for the image of the same name
@@ -78,7 +80,7 @@ def run(config, workdir) -> dict:
   for name, mask_name in tqdm(pairs, desc="score", unit="image"):
     try:
       image = images_lib.read_image(found[name])
-      mask = images_lib.read_mask(found_masks[mask_name])
+      mask = images_lib.read_mask(found_masks[mask_name], config.label)
       if mask.shape != image.size:
         raise errors.BadInputError(
             found_masks[mask_name], f"the mask is {mask.shape[1]}x{mask.shape[0]} (W x H) but "
@@ -97,8 +99,9 @@ def run(config, workdir) -> dict:
     if len(pending) == batch:
       flush()
   flush()
-  if rows:
-    common.write_csv(workdir / "scores.csv", rows)
+  # Always this run's rows: a rerun that scores nothing leaves no older scores behind.
+  common.write_csv(workdir / "scores.csv", rows,
+                   fields=SCORE_COLUMNS)
   summary = {"task": "score", "images": str(config.images), "masks": str(config.masks),
              "scored": len(rows), "skipped": len(problems),
              "bad_inputs": [p.record() for p in common.sort_problems(problems)],
