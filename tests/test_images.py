@@ -180,3 +180,28 @@ def test_a_label_map_is_refused_unless_its_label_is_named(tmp_path):
   edged[22, 5:9] = (90, 128, 170, 200)
   Image.fromarray(edged).save(tmp_path / "edged.png")
   np.testing.assert_array_equal(images_lib.read_mask(tmp_path / "edged.png"), edged > 127.5)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_is_applied_as_a_viewer_shows_it(tmp_path, suffix):
+  """Orientation 6: the stored 20 x 40 picture is shown turned 90 degrees clockwise, 40 x 20."""
+  stored = np.zeros((20, 40), np.uint8)
+  stored[:10, :20] = 255  # bright top-left quadrant as stored
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(stored).save(tmp_path / f"turned{suffix}", exif=exif)
+  shown = np.rot90(stored, k=-1)  # clockwise
+  image = images_lib.read_image(tmp_path / f"turned{suffix}")
+  assert image.size == (40, 20)
+  assert np.abs(image.pixels.astype(int) - shown).mean() < 3  # JPEG: a little noise
+  assert image.pixels[:20, 10:].mean() > 200 and image.pixels[20:, :].mean() < 30
+
+
+def test_all_nan_images_are_refused_and_constant_ones_named(tmp_path, caplog):
+  Image.fromarray(np.full((8, 9), np.nan, np.float32)).save(tmp_path / "nan.tif")
+  with pytest.raises(errors.BadInputError, match="nan.tif: holds no finite value"):
+    images_lib.read_image(tmp_path / "nan.tif")
+  Image.fromarray(np.full((8, 9), 3.5, np.float32)).save(tmp_path / "flat.tif")
+  with caplog.at_level("WARNING"):
+    image = images_lib.read_image(tmp_path / "flat.tif")
+  assert image.size == (8, 9) and "flat.tif is constant" in caplog.text

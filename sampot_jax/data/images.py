@@ -20,15 +20,21 @@ aspect ratio; how its intensities were mapped is said in `Image.intensity`:
   darker) is then inverted, so that bright is dense in every image. RGB and YBR colour DICOM
   are read as RGB; multi-frame files are refused (one image per file).
 
-Coordinates are those of the stored pixel array (row 0 at the top); EXIF orientation tags are
-not applied. Unreadable, truncated or unsupported files raise errors.BadInputError naming the file.
+Coordinates are those of the picture as a viewer shows it: a PNG/JPEG/TIFF's EXIF orientation
+is applied (row 0 at the top of the displayed picture), so a prompt drawn on what the user sees
+lands where it was drawn, and masks are written in that frame. A float image with no finite
+value is refused; a constant one is read with a warning naming it. Unreadable, truncated or
+unsupported files raise errors.BadInputError naming the file.
 """
 import dataclasses
 from pathlib import Path
 import warnings
 
+from absl import logging
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
+
 from sampot_jax import errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
@@ -148,6 +154,12 @@ def read_image(path) -> Image:
   pixels, intensity = _read_dicom(path) if is_dicom(path) else _read_pil(path)
   if pixels.shape[0] < 1 or pixels.shape[1] < 1:
     raise errors.BadInputError(path, f"is empty ({pixels.shape[0]}x{pixels.shape[1]} pixels)")
+  if intensity == NO_FINITE_VALUE:
+    raise errors.BadInputError(path, "holds no finite value (every pixel is NaN or infinite): "
+                               "there is nothing to segment")
+  if int(pixels.min()) == int(pixels.max()):
+    logging.warning("%s is constant (every pixel %d after scaling to 8 bits): the model sees a "
+                    "blank image", path, int(pixels.min()))
   return Image(pixels, gray_of(pixels), intensity)
 
 
@@ -158,6 +170,9 @@ def gray_of(pixels: np.ndarray) -> np.ndarray:
   return pixels.astype(np.float32) / 255.0
 
 
+NO_FINITE_VALUE = "range [nan, nan]"
+
+
 def scale_to_uint8(values: np.ndarray) -> tuple[np.ndarray, str]:
   """The array's own [min, max] linearly onto [0, 255] (a constant array gives 0)."""
   values = np.asarray(values, np.float64)
@@ -166,7 +181,7 @@ def scale_to_uint8(values: np.ndarray) -> tuple[np.ndarray, str]:
     values = np.where(finite, values, np.nan)
   lo, hi = np.nanmin(values), np.nanmax(values)
   if not np.isfinite(lo):
-    return np.zeros(values.shape, np.uint8), "range [nan, nan]"
+    return np.zeros(values.shape, np.uint8), NO_FINITE_VALUE
   if hi <= lo:
     out = np.zeros(values.shape, np.uint8)
   else:
@@ -181,6 +196,9 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str]:
       if frames > 1:
         raise errors.BadInputError(path, f"holds {frames} frames/pages; give one image per file")
       im.load()
+      # As a viewer shows it (EXIF orientation applied): the prompts are drawn on that picture,
+      # and the outputs are in its frame.
+      im = ImageOps.exif_transpose(im)
       mode = im.mode
       if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB",
                   "HSV", "La"):
