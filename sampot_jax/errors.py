@@ -10,6 +10,7 @@ FileNotFoundError, ...), so library code can catch it as before.
       BadInputsError         several, reported together (on_bad_example='error')
       MissingInputError      a file or folder the config names does not exist
       OutputExistsError      an output path holds something a run must not overwrite
+      WorkdirBusyError       another live run writes to the same --workdir
       MissingCheckpointError a model's weights are not where the config says
       ModelMismatchError     saved weights are not the model the config asks for
       CheckpointError        a .pth file that cannot be read safely or completely
@@ -68,6 +69,10 @@ class MissingInputError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
   """An output path holds something a run must not overwrite (the message says what to do)."""
+
+
+class WorkdirBusyError(UserError, RuntimeError):
+  """Another live run (its pid in WORKDIR/.lock) writes to the same --workdir."""
 
 
 class MissingCheckpointError(UserError, FileNotFoundError):

@@ -21,3 +21,28 @@ def test_csv_cells_a_spreadsheet_would_run_are_escaped_and_read_back(tmp_path):
       assert row["file"] == "'" + name, row  # shown as text, never run
     assert (row["score"], row["gain"], row["n"]) == ("-0.5", "-1.25", "-3")  # numbers as they are
   assert [r["file"] for r in common.read_csv(path)] == names
+
+
+def test_one_run_per_workdir_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from sampot_jax import errors  # pylint: disable=g-import-not-at-top
+  lock = tmp_path / common.LOCK_FILE
+  with common.workdir_lock(tmp_path):
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    with pytest.raises(errors.WorkdirBusyError, match=rf"pid {os.getpid()} .* writing to"):
+      with common.workdir_lock(tmp_path):
+        pass
+  assert not lock.exists()  # released
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                              "started": 0}))
+  with caplog.at_level("WARNING"):
+    with common.workdir_lock(tmp_path):
+      assert json.loads(lock.read_text())["pid"] == os.getpid()
+  assert "which has ended: taking it over" in caplog.text and not lock.exists()

@@ -395,3 +395,24 @@ def test_montgomery_images_with_rough_boxes(tmp_path, record_figure):
       "dice_vs_ground_truth": dice, "kept": {k: r["kept"] for k, r in rows.items()},
       "score": {k: [round(float(r["score_initial"]), 4), round(float(r["score_evolved"]), 4)]
                 for k, r in rows.items()}})
+
+
+def test_a_second_run_into_a_busy_workdir_is_refused(user_folder, tmp_path, fake_refiner,
+                                                     monkeypatch):
+  """Two runs into one workdir: the second stops at once, naming the first (no rows lost)."""
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("file,x0,y0,x1,y1\n" + GOOD_ROWS)
+  out = tmp_path / "out"
+  inner = []
+
+  def nested(*args, **kwargs):  # while the first run refines, a second one starts
+    if not inner:
+      inner.append(True)
+      with pytest.raises(errors.WorkdirBusyError, match="another run"):
+        refine.run(tiny_config(user_folder, prompts), out)
+    return original(*args, **kwargs)
+
+  original = FakeRefiner.refine
+  monkeypatch.setattr(FakeRefiner, "refine", nested)
+  summary = refine.run(tiny_config(user_folder, prompts), out)
+  assert inner and summary["processed"] == 3 and len(read_rows(out / "results.csv")) == 3

@@ -1,7 +1,12 @@
 """What every task does the same way: its workdir, its CSV files, its two frozen models."""
+import contextlib
 import csv
 import io
+import json
+import os
 from pathlib import Path
+import socket
+import time
 
 from absl import logging
 
@@ -37,6 +42,53 @@ def check_apart(workdir: Path, **inputs) -> None:
         raise errors.ConfigError(f"config.{name} and config.{other} are the same folder "
                                  f"({path}); give the {name} in a folder of their own.")
     seen[name] = folder
+
+
+LOCK_FILE = ".lock"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # it exists, under another user
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def workdir_lock(path: Path):
+  """One run per workdir: WORKDIR/.lock holds this run's pid, host and start; another live run
+  there is a WorkdirBusyError naming it; a lock left by a dead process (same host) is taken over
+  with a log line. Removed when the run ends, however it ends."""
+  lock = Path(path) / LOCK_FILE
+  me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+  for _ in range(2):
+    try:
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        owner = json.loads(lock.read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+      except (OSError, ValueError, KeyError, TypeError):
+        owner, pid, host = {}, -1, me["host"]  # unreadable: left by a run cut short
+      if host != me["host"] or (pid > 0 and _alive(pid)):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+        raise errors.WorkdirBusyError(
+            f"another run (pid {pid} on {host}, started {started}) is writing to {path}: "
+            f"wait for it to end, or give another --workdir. If no such run exists, remove "
+            f"{lock}.") from None
+      logging.warning("%s was left by pid %d, which has ended: taking it over.", lock, pid)
+      lock.unlink(missing_ok=True)
+      continue
+    with os.fdopen(fd, "w") as f:
+      json.dump(me, f)
+    break
+  try:
+    yield
+  finally:
+    lock.unlink(missing_ok=True)
 
 
 def workdir(path) -> Path:

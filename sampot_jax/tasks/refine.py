@@ -257,8 +257,13 @@ def _caption(item: Item, out: dict, verdict: dict) -> str:
 
 def run(config, workdir) -> dict:
   """Task 'refine' (see the module docstring); returns the summary."""
-  t_start = time.time()
   workdir = common.start(config, workdir)
+  with common.workdir_lock(workdir):  # one run per workdir
+    return _run(config, workdir)
+
+
+def _run(config, workdir: Path) -> dict:
+  t_start = time.time()
   mode = common.check_mode(config)
   if not config.images or not config.prompts:
     raise errors.ConfigError("give the images and the prompts: --config.images=FOLDER_OR_FILE "
