@@ -39,6 +39,7 @@ TASKS = {
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task
+INTERRUPTED_EXIT = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 
 
 def report(error: BaseException) -> None:
@@ -93,7 +94,12 @@ def main(argv):
     if FLAGS.traceback:
       raise
     report(error)
-    return ERROR_EXIT
+    return getattr(error, "exit_status", ERROR_EXIT)
+  except KeyboardInterrupt:
+    if FLAGS.traceback:
+      raise
+    sys.stderr.write("error: interrupted (Ctrl-C).\n")
+    return INTERRUPTED_EXIT
   return 0
 
 

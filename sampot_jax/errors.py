@@ -11,6 +11,7 @@ FileNotFoundError, ...), so library code can catch it as before.
       MissingInputError      a file or folder the config names does not exist
       OutputExistsError      an output path holds something a run must not overwrite
       WorkdirBusyError       another live run writes to the same --workdir
+      Interrupted            Ctrl-C: what was done is written (exit status 130)
       MissingCheckpointError a model's weights are not where the config says
       ModelMismatchError     saved weights are not the model the config asks for
       CheckpointError        a .pth file that cannot be read safely or completely
@@ -73,6 +74,11 @@ class OutputExistsError(UserError, FileExistsError):
 
 class WorkdirBusyError(UserError, RuntimeError):
   """Another live run (its pid in WORKDIR/.lock) writes to the same --workdir."""
+
+
+class Interrupted(UserError):
+  """Ctrl-C during a task that wrote what it had finished; main.py exits with status 130."""
+  exit_status = 130
 
 
 class MissingCheckpointError(UserError, FileNotFoundError):

@@ -416,3 +416,59 @@ def test_a_second_run_into_a_busy_workdir_is_refused(user_folder, tmp_path, fake
   monkeypatch.setattr(FakeRefiner, "refine", nested)
   summary = refine.run(tiny_config(user_folder, prompts), out)
   assert inner and summary["processed"] == 3 and len(read_rows(out / "results.csv")) == 3
+
+
+def test_ctrl_c_writes_what_was_done_and_a_rerun_finishes(user_folder, tmp_path, fake_refiner,
+                                                          monkeypatch):
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("file,x0,y0,x1,y1\n" + GOOD_ROWS)
+  out = tmp_path / "out"
+  original = FakeRefiner.refine
+
+  def interrupted_on_the_second(self, item, image):
+    if len(FakeRefiner.calls) == 1:
+      raise KeyboardInterrupt
+    return original(self, item, image)
+
+  monkeypatch.setattr(FakeRefiner, "refine", interrupted_on_the_second)
+  with pytest.raises(errors.Interrupted, match="interrupted after 1 of 3 image"):
+    refine.run(tiny_config(user_folder, prompts), out)
+  assert len(read_rows(out / "results.csv")) == 1
+  assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+  assert not (out / common.LOCK_FILE).exists()
+  monkeypatch.setattr(FakeRefiner, "refine", original)
+  fake_refiner.calls = []
+  summary = refine.run(tiny_config(user_folder, prompts), out)
+  assert summary["already_done"] == 1 and len(fake_refiner.calls) == 2
+  assert summary["interrupted"] is False and len(read_rows(out / "results.csv")) == 3
+
+
+@pytest.mark.slow
+def test_sigint_to_main_py_exits_130_without_a_traceback(user_folder, tmp_path):
+  """As a user presses Ctrl-C: SIGINT to `python main.py` while it refines (tiny models)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "many"
+  for i in range(12):
+    write_png(images / f"i{i:02d}.png", 40, 40, i)
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("file,x0,y0,x1,y1\n" + "".join(f"i{i:02d}.png,5,6,30,33\n" for i in range(12)))
+  out = tmp_path / "out"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  proc = subprocess.Popen(
+      [sys.executable, "main.py", "--config", "configs/refine_tiny.py", f"--config.images={images}",
+       f"--config.prompts={prompts}", "--config.evolve.num_steps=40", "--workdir", str(out)],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in proc.stderr:  # wait for the first finished image
+    seen.append(line)
+    if "i00.png (40x40)" in line:
+      break
+  proc.send_signal(signal.SIGINT)
+  _, rest = proc.communicate(timeout=300)
+  err = "".join(seen) + rest
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
+  assert "interrupted after" in err
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["interrupted"] and 1 <= summary["processed"] < 12
+  assert len(read_rows(out / "results.csv")) == summary["processed"]

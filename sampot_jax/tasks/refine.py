@@ -288,54 +288,64 @@ def _run(config, workdir: Path) -> dict:
   new_rows, late_problems = [], []
   refiner = Refiner(config, workdir) if todo else None
   last_write = time.time()
-  for item in tqdm(todo, desc="refine", unit="image"):
-    t0 = time.time()
-    try:
-      image = images_lib.read_image(item.path)
-      predictor.check_prompts(item.prompt[None], image.size, ids=[item.name])
-    except (errors.BadInputError, ValueError) as e:
-      problem = errors.BadInputError(item.name, line=item.line, reason=getattr(e, "reason", str(e)))
-      if mode == "error":
-        if rows:  # what this run finished stays done
-          common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
-        raise errors.BadInputsError([problem]) from e
-      logging.warning("Skipping %s", problem)
-      late_problems.append(problem)
-      rows.pop(item.name, None)
-      continue
-    t_read = time.time() - t0
-    out = refiner.refine(item, image)
-    verdict = judge(config, out)
-    t1 = time.time()
-    kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
-    overlay.write_mask(workdir / "masks" / f"{item.out}.png", kept_mask)
-    if config.save_initial_masks:
-      overlay.write_mask(workdir / "initial_masks" / f"{item.out}.png", out["initial_mask"])
-    picture = overlay.draw(image.pixels, out["initial_mask"], out["best_mask"], out["initial"],
-                           out["best"], _caption(item, out, verdict),
-                           int(config.overlay_max_side))
-    overlay.write_png(workdir / "overlays" / f"{item.out}.png", picture)
-    t_write = time.time() - t1
-    seconds = time.time() - t0
-    row = results_row(item, image, dim, out, verdict, seconds)
-    rows[item.name] = row
-    new_rows.append(row)
-    h, w = image.size
-    logging.info(
-        "%s (%dx%d): %.2f s = read %.2f, encode %.2f, evolve %.2f%s, write %.2f; score %.3f -> "
-        "%.3f, kept %s%s", item.name, w, h, seconds, t_read, out["seconds"]["encode"],
-        out["seconds"]["evolve"], f" (compiling for {w}x{h})" if out["compiled"] else "",
-        t_write, out["initial_score"], out["best_score"], verdict["kept"],
-        "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})")
-    if time.time() - last_write > 10.0:  # a killed run keeps what it finished
-      common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
-      last_write = time.time()
+  interrupted = False
+  try:
+    for item in tqdm(todo, desc="refine", unit="image"):
+      t0 = time.time()
+      try:
+        image = images_lib.read_image(item.path)
+        predictor.check_prompts(item.prompt[None], image.size, ids=[item.name])
+      except (errors.BadInputError, ValueError) as e:
+        problem = errors.BadInputError(item.name, line=item.line, reason=getattr(e, "reason", str(e)))
+        if mode == "error":
+          if rows:  # what this run finished stays done
+            common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+          raise errors.BadInputsError([problem]) from e
+        logging.warning("Skipping %s", problem)
+        late_problems.append(problem)
+        rows.pop(item.name, None)
+        continue
+      t_read = time.time() - t0
+      out = refiner.refine(item, image)
+      verdict = judge(config, out)
+      t1 = time.time()
+      kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
+      overlay.write_mask(workdir / "masks" / f"{item.out}.png", kept_mask)
+      if config.save_initial_masks:
+        overlay.write_mask(workdir / "initial_masks" / f"{item.out}.png", out["initial_mask"])
+      picture = overlay.draw(image.pixels, out["initial_mask"], out["best_mask"], out["initial"],
+                             out["best"], _caption(item, out, verdict),
+                             int(config.overlay_max_side))
+      overlay.write_png(workdir / "overlays" / f"{item.out}.png", picture)
+      t_write = time.time() - t1
+      seconds = time.time() - t0
+      row = results_row(item, image, dim, out, verdict, seconds)
+      rows[item.name] = row
+      new_rows.append(row)
+      h, w = image.size
+      logging.info(
+          "%s (%dx%d): %.2f s = read %.2f, encode %.2f, evolve %.2f%s, write %.2f; score %.3f -> "
+          "%.3f, kept %s%s", item.name, w, h, seconds, t_read, out["seconds"]["encode"],
+          out["seconds"]["evolve"], f" (compiling for {w}x{h})" if out["compiled"] else "",
+          t_write, out["initial_score"], out["best_score"], verdict["kept"],
+          "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})")
+      if time.time() - last_write > 10.0:  # a killed run keeps what it finished
+        common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+        last_write = time.time()
+  except KeyboardInterrupt:  # Ctrl-C: the image in progress is abandoned (redone next time)
+    interrupted = True
   if rows:
     common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
   problems = common.sort_problems(problems + late_problems)
   summary = summarize(config, kind, found, items, done, new_rows, problems, refiner,
                       time.time() - t_start)
+  summary["interrupted"] = interrupted
   files.write_json(workdir / "summary.json", summary)
+  if interrupted:
+    raise errors.Interrupted(
+        f"refine was interrupted after {len(new_rows)} of {len(todo)} image(s); results.csv "
+        f"and summary.json in {workdir} hold them. Run the same command again to finish: the "
+        "done images are skipped.")
   logging.info("refine: %d processed, %d already done, %d skipped as bad input; %d of %d "
                "evolved prompts kept. Outputs in %s", len(new_rows), len(done), len(problems),
                summary["accepted"], len(new_rows), workdir)
