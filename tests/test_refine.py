@@ -472,3 +472,32 @@ def test_sigint_to_main_py_exits_130_without_a_traceback(user_folder, tmp_path):
   summary = json.loads((out / "summary.json").read_text())
   assert summary["interrupted"] and 1 <= summary["processed"] < 12
   assert len(read_rows(out / "results.csv")) == summary["processed"]
+
+
+def test_a_rerun_redoes_changed_images_and_settings_and_drops_removed_ones(
+    user_folder, tmp_path, fake_refiner, caplog):
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("file,x0,y0,x1,y1\n" + GOOD_ROWS)
+  out = tmp_path / "out"
+  refine.run(tiny_config(user_folder, prompts), out)
+  # Another scan of another size under the same name, same prompt: redone, at its own size.
+  write_png(user_folder / "a.png", 50, 60, seed=9)
+  fake_refiner.calls = []
+  with caplog.at_level("INFO"):
+    refine.run(tiny_config(user_folder, prompts), out)
+  assert fake_refiner.calls == ["a.png"] and "a.png is done again: the image file changed" in caplog.text
+  assert Image.open(out / "masks" / "a.png").size == (60, 50)
+  # Other settings: every image is redone.
+  fake_refiner.calls = []
+  config = tiny_config(user_folder, prompts)
+  config.evolve.num_steps = 2
+  refine.run(config, out)
+  assert sorted(fake_refiner.calls) == ["a.png", "c.dcm", "sub/b.png"]
+  # A removed image: its row leaves results.csv, its outputs move to stale/.
+  (user_folder / "c.dcm").unlink()
+  prompts.write_text("file,x0,y0,x1,y1\n" + GOOD_ROWS.replace("c.dcm,1,1,20,30\n", ""))
+  fake_refiner.calls = []
+  refine.run(config, out)
+  assert fake_refiner.calls == []
+  assert sorted(r["file"] for r in read_rows(out / "results.csv")) == ["a.png", "sub/b.png"]
+  assert not (out / "masks" / "c.png").exists() and (out / "stale" / "masks" / "c.png").is_file()

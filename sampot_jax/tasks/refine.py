@@ -33,6 +33,9 @@ corrupt file. 'error' stops with every problem found, each naming the file and t
 the file headers are found before any model is loaded.
 """
 import dataclasses
+import hashlib
+import json
+import os
 from pathlib import Path
 import time
 import zlib
@@ -75,6 +78,7 @@ class Item:
   line: int        # its row in the prompts CSV
   prompt: np.ndarray  # (D,) float64 original pixels
   out: str         # output name: masks/<out>.png, overlays/<out>.png
+  sha256: str = ""  # of the image file's bytes (file_sha256)
 
 
 def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputError], int]:
@@ -106,7 +110,7 @@ def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputEr
     except ValueError as e:
       problems.append(errors.BadInputError(name, line=row.line, reason=str(e)))
       continue
-    items.append(Item(name, found[name], row.line, row.prompt, out))
+    items.append(Item(name, found[name], row.line, row.prompt, out, file_sha256(found[name])))
   return dim, items, common.sort_problems(problems), len(found)
 
 
@@ -118,13 +122,76 @@ def _same_prompt(row: dict, prompt: np.ndarray, dim: int) -> bool:
   return bool(np.allclose(old, prompt, atol=1e-3, rtol=0))
 
 
-def is_done(workdir: Path, item: Item, previous: dict, dim: int) -> bool:
-  """Its mask, overlay and a results row for the same prompt exist."""
+def file_sha256(path: Path) -> str:
+  """sha256 (hex) of a file's bytes: an image replaced under the same name is another image."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _model_identity(block, files_that_say: tuple[str, ...]) -> dict:
+  """What identifies a model without loading it: its config block, and the bytes of the files
+  that vouch for its weights (a port's manifest, a regressor's crc32 index) where they exist."""
+  identity = {"block": block.to_dict()}
+  folder = block.get("checkpoint_dir") or block.get("workdir")
+  if folder and not block.random_init:
+    for name in files_that_say:
+      path = Path(folder).expanduser() / name
+      if path.is_file():
+        identity[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return identity
+
+
+def run_key(config) -> str:
+  """sha256 (16 hex) of what shapes a refined mask besides the image and its prompt: the SAM and
+  regressor (identified by config and weight files), evolve, safeguards, reference_side, seed."""
+  keyed = {"sam": _model_identity(config.sam, ("manifest.json",)),
+           "regressor": _model_identity(config.regressor, ("regressor_index.json",
+                                                           "oracle_index.json")),
+           "evolve": config.evolve.to_dict(), "safeguards": config.safeguards.to_dict(),
+           "reference_side": config.reference_side, "seed": config.seed}
+  return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def why_due(workdir: Path, item: Item, previous: dict, dim: int, key: str) -> str | None:
+  """None when the image is done (its mask, overlay and a results row for the same image bytes,
+  prompt, models and settings exist), else why it is due."""
   row = previous.get(item.name)
-  return (row is not None and row.get("kind") == predictor.PROMPT_KINDS[dim]
-          and _same_prompt(row, item.prompt, dim)
-          and (workdir / "masks" / f"{item.out}.png").is_file()
-          and (workdir / "overlays" / f"{item.out}.png").is_file())
+  if row is None:
+    return "new"
+  if row.get("kind") != predictor.PROMPT_KINDS[dim] or not _same_prompt(row, item.prompt, dim):
+    return "its prompt changed"
+  if row.get("image_sha256") != item.sha256:
+    return "the image file changed"
+  if row.get("run_key") != key:
+    return "the models or settings changed"
+  if not ((workdir / "masks" / f"{item.out}.png").is_file()
+          and (workdir / "overlays" / f"{item.out}.png").is_file()):
+    return "an output is missing"
+  return None
+
+
+def is_done(workdir: Path, item: Item, previous: dict, dim: int, key: str) -> bool:
+  """Its mask, overlay and a results row for the same image, prompt and run key exist."""
+  return why_due(workdir, item, previous, dim, key) is None
+
+
+def move_stale(workdir: Path, names: list[str]) -> None:
+  """Outputs of images no longer in this run (removed, or their prompt now refused) move to
+  WORKDIR/stale/ (kept, not deleted; a later run of the same image overwrites them there)."""
+  for name in names:
+    out = common.output_name(name)
+    for folder in ("masks", "overlays", "initial_masks"):
+      source = workdir / folder / f"{out}.png"
+      if source.is_file():
+        target = workdir / "stale" / folder / f"{out}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+  logging.warning("%d image(s) of the previous run are not in this one (removed, or their "
+                  "prompt is now refused): their rows left results.csv and their outputs moved "
+                  "to %s: %s", len(names), workdir / "stale", ", ".join(names[:10]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,11 +343,20 @@ def _run(config, workdir: Path) -> dict:
                len(items), kind, len(problems))
   results_path = workdir / "results.csv"
   previous = {row["file"]: row for row in common.read_csv(results_path) if row.get("file")}
+  stale = sorted(set(previous) - {it.name for it in items})
+  if stale:  # removed images, or prompts now invalid: their rows and outputs leave
+    move_stale(workdir, stale)
+    previous = {name: row for name, row in previous.items() if name not in stale}
+  key = run_key(config)
   if config.overwrite:
     todo, done = items, []
   else:
-    todo = [it for it in items if not is_done(workdir, it, previous, dim)]
-    done = [it for it in items if it not in todo]
+    why = {it.name: why_due(workdir, it, previous, dim, key) for it in items}
+    todo = [it for it in items if why[it.name] is not None]
+    done = [it for it in items if why[it.name] is None]
+    for it in todo:
+      if why[it.name] != "new":
+        logging.info("%s is done again: %s.", it.name, why[it.name])
   if done:
     logging.info("%d image(s) already done (mask, overlay and results row exist): skipped; "
                  "--config.overwrite=True redoes them.", len(done))
@@ -303,7 +379,8 @@ def _run(config, workdir: Path) -> dict:
           raise errors.BadInputsError([problem]) from e
         logging.warning("Skipping %s", problem)
         late_problems.append(problem)
-        rows.pop(item.name, None)
+        if rows.pop(item.name, None) is not None:
+          move_stale(workdir, [item.name])
         continue
       t_read = time.time() - t0
       out = refiner.refine(item, image)
@@ -320,6 +397,7 @@ def _run(config, workdir: Path) -> dict:
       t_write = time.time() - t1
       seconds = time.time() - t0
       row = results_row(item, image, dim, out, verdict, seconds)
+      row.update(image_sha256=item.sha256, run_key=key)
       rows[item.name] = row
       new_rows.append(row)
       h, w = image.size
