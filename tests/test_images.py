@@ -81,8 +81,8 @@ def test_dicom_bad_files_name_the_file(tmp_path):
   multi = write_dicom(tmp_path / "multi.dcm", np.stack([ramp(8, 8, 9)] * 2), frames=2)
   with pytest.raises(errors.BadInputError, match=r"multi\.dcm.*multi-frame"):
     images_lib.read_image(multi)
-  truncated = write_dicom(tmp_path / "trunc.dcm", ramp(8, 8, 9), truncate=True)
-  assert images_lib.read_size(truncated) == (8, 8)  # the header is fine
+  truncated = write_dicom(tmp_path / "trunc.dcm", ramp(16, 16, 9), truncate=True)
+  assert images_lib.read_size(truncated) == (16, 16)  # the header is fine
   with pytest.raises(errors.BadInputError, match=r"trunc\.dcm"):
     images_lib.read_image(truncated)
   junk = tmp_path / "junk.dcm"
@@ -198,10 +198,32 @@ def test_exif_orientation_is_applied_as_a_viewer_shows_it(tmp_path, suffix):
 
 
 def test_all_nan_images_are_refused_and_constant_ones_named(tmp_path, caplog):
-  Image.fromarray(np.full((8, 9), np.nan, np.float32)).save(tmp_path / "nan.tif")
+  Image.fromarray(np.full((16, 18), np.nan, np.float32)).save(tmp_path / "nan.tif")
   with pytest.raises(errors.BadInputError, match="nan.tif: holds no finite value"):
     images_lib.read_image(tmp_path / "nan.tif")
-  Image.fromarray(np.full((8, 9), 3.5, np.float32)).save(tmp_path / "flat.tif")
+  Image.fromarray(np.full((16, 18), 3.5, np.float32)).save(tmp_path / "flat.tif")
   with caplog.at_level("WARNING"):
     image = images_lib.read_image(tmp_path / "flat.tif")
-  assert image.size == (8, 9) and "flat.tif is constant" in caplog.text
+  assert image.size == (16, 18) and "flat.tif is constant" in caplog.text
+
+
+@pytest.mark.parametrize("h, w, why", [
+    (20, 3, "needs at least 16 pixels on each side"),
+    (3, 100000, "needs at least 16 pixels on each side"),
+    (16, 1000, "over 32 times longer than wide"),
+    (16385, 600, "larger than 16384 pixels"),
+])
+def test_sizes_the_models_cannot_take_are_refused_from_the_header(tmp_path, h, w, why):
+  path = tmp_path / "odd.png"
+  Image.fromarray(np.zeros((h, w), np.uint8)).save(path)
+  with pytest.raises(errors.BadInputError, match=rf"odd.png: is {w}x{h} \(W x H\) and .*{why}"):
+    images_lib.read_size(path)
+  with pytest.raises(errors.BadInputError, match=why):
+    images_lib.read_image(path)
+
+
+def test_the_header_size_follows_the_exif_orientation(tmp_path):
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(np.zeros((20, 40), np.uint8)).save(tmp_path / "turned.png", exif=exif)
+  assert images_lib.read_size(tmp_path / "turned.png") == (40, 20)

@@ -501,3 +501,17 @@ def test_a_rerun_redoes_changed_images_and_settings_and_drops_removed_ones(
   assert fake_refiner.calls == []
   assert sorted(r["file"] for r in read_rows(out / "results.csv")) == ["a.png", "sub/b.png"]
   assert not (out / "masks" / "c.png").exists() and (out / "stale" / "masks" / "c.png").is_file()
+
+
+def test_images_the_models_cannot_take_are_skipped_at_plan_time(user_folder, tmp_path,
+                                                               fake_refiner):
+  """A 20 x 3 and a 3 x 100000 image: named from their headers, skipped under 'skip', the rest
+  refined (before, they stopped the whole run with a message naming no file)."""
+  Image.fromarray(np.zeros((20, 3), np.uint8)).save(user_folder / "thin.png")
+  Image.fromarray(np.zeros((3, 100000), np.uint8)).save(user_folder / "strip.png")
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("file,x0,y0,x1,y1\n" + GOOD_ROWS + "thin.png,0,0,2,19\nstrip.png,0,0,90,2\n")
+  summary = refine.run(tiny_config(user_folder, prompts, on_bad_example="skip"), tmp_path / "out")
+  assert summary["processed"] == 3 and sorted(fake_refiner.calls) == ["a.png", "c.dcm", "sub/b.png"]
+  reasons = {b["file"]: b["reason"] for b in summary["bad_inputs"]}
+  assert "at least 16 pixels" in reasons["thin.png"] and "at least 16 pixels" in reasons["strip.png"]

@@ -129,21 +129,46 @@ def _dcmread(path, stop_before_pixels: bool = False):
     raise errors.BadInputError(path, f"cannot be read as DICOM ({type(e).__name__}: {e})") from e
 
 
+# Sizes an image may have, checked from its header (read_size) and on reading (read_image):
+MIN_SIDE = 16  # narrower, an (H, 3) image reads as one RGB row, and holds too little to segment
+MAX_ASPECT = 32  # longest / shortest side: past it the short side nears 8 px of a 256 model frame
+MAX_SIDE = 16384  # the regressor's square of the longest side (float32) stays within 1 GiB
+
+
+def check_size(path, size: tuple[int, int]) -> tuple[int, int]:
+  """size (H, W), or a BadInputError naming the file when it is outside the sizes above."""
+  h, w = size
+  problem = None
+  if min(h, w) < MIN_SIDE:
+    problem = f"needs at least {MIN_SIDE} pixels on each side"
+  elif max(h, w) > MAX_SIDE:
+    problem = f"is larger than {MAX_SIDE} pixels on its longest side; downsample it first"
+  elif max(h, w) > MAX_ASPECT * min(h, w):
+    problem = (f"is over {MAX_ASPECT} times longer than wide; the model would see a sliver: "
+               "crop it to the region to segment")
+  if problem:
+    raise errors.BadInputError(path, f"is {w}x{h} (W x H) and {problem}")
+  return h, w
+
+
 def read_size(path) -> tuple[int, int]:
-  """(H, W) from the file's header, without decoding the pixels."""
+  """(H, W) as a viewer shows the image (EXIF orientation applied), from the file's header
+  without decoding the pixels; sizes outside MIN_SIDE, MAX_SIDE, MAX_ASPECT are refused."""
   path = Path(path)
   if is_dicom(path):
     ds = _dcmread(path, stop_before_pixels=True)
     try:
-      return int(ds.Rows), int(ds.Columns)
+      return check_size(path, (int(ds.Rows), int(ds.Columns)))
     except AttributeError as e:
       raise errors.BadInputError(path, "is DICOM without Rows/Columns: it holds no image") from e
   try:
     with PILImage.open(path) as im:
       w, h = im.size
+      if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned a quarter
+        w, h = h, w
   except Exception as e:  # pylint: disable=broad-except  # PIL raises many kinds
     raise errors.BadInputError(path, f"cannot be read as an image ({type(e).__name__}: {e})") from e
-  return int(h), int(w)
+  return check_size(path, (int(h), int(w)))
 
 
 def read_image(path) -> Image:
@@ -154,6 +179,7 @@ def read_image(path) -> Image:
   pixels, intensity = _read_dicom(path) if is_dicom(path) else _read_pil(path)
   if pixels.shape[0] < 1 or pixels.shape[1] < 1:
     raise errors.BadInputError(path, f"is empty ({pixels.shape[0]}x{pixels.shape[1]} pixels)")
+  check_size(path, pixels.shape[:2])
   if intensity == NO_FINITE_VALUE:
     raise errors.BadInputError(path, "holds no finite value (every pixel is NaN or infinite): "
                                "there is nothing to segment")
@@ -171,6 +197,7 @@ def gray_of(pixels: np.ndarray) -> np.ndarray:
 
 
 NO_FINITE_VALUE = "range [nan, nan]"
+EXIF_ORIENTATION = 0x0112
 
 
 def scale_to_uint8(values: np.ndarray) -> tuple[np.ndarray, str]:
