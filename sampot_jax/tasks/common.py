@@ -18,6 +18,14 @@ from sampot_jax.sampot.scorer import Scorer
 from sampot_jax.storage import files
 
 
+def run_locked(config, path, body):
+  """A task on users' files: start (settings checked, workdir made), then
+  body(config, workdir, on_bad_example mode) under the workdir's lock; its result."""
+  workdir = start(config, path)
+  with workdir_lock(workdir):  # one run per workdir
+    return body(config, workdir, check_mode(config))
+
+
 def start(config, path) -> Path:
   """A task's first step: every shared config block checked against its dataclass
   (runtime.settings; a bad field stops here, named), then the workdir made."""

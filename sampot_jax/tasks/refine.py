@@ -324,14 +324,11 @@ def _caption(item: Item, out: dict, verdict: dict) -> str:
 
 def run(config, workdir) -> dict:
   """Task 'refine' (see the module docstring); returns the summary."""
-  workdir = common.start(config, workdir)
-  with common.workdir_lock(workdir):  # one run per workdir
-    return _run(config, workdir)
+  return common.run_locked(config, workdir, _run)
 
 
-def _run(config, workdir: Path) -> dict:
+def _run(config, workdir: Path, mode: str) -> dict:
   t_start = time.time()
-  mode = common.check_mode(config)
   if not config.images or not config.prompts:
     raise errors.ConfigError("give the images and the prompts: --config.images=FOLDER_OR_FILE "
                      "--config.prompts=prompts.csv")

@@ -26,14 +26,11 @@ SCORE_COLUMNS = ("file", "mask", "width", "height", "intensity", "mask_pixels", 
 def run(config, workdir) -> dict:
   """Task 'score': predicted Dice of each mask in config.masks for the image of the same name
   (path relative to its folder, suffix ignored) in config.images -> scores.csv, summary.json."""
-  workdir = common.start(config, workdir)
-  with common.workdir_lock(workdir):  # one run per workdir
-    return _run(config, workdir)
+  return common.run_locked(config, workdir, _run)
 
 
-def _run(config, workdir: Path) -> dict:
+def _run(config, workdir: Path, mode: str) -> dict:
   t_start = time.time()
-  mode = common.check_mode(config)
   if not config.images or not config.masks:
     raise errors.ConfigError("give the images and their masks: --config.images=PATH "
                      "--config.masks=PATH (masks matched by file name)")
