@@ -78,10 +78,10 @@ def test_lite_medsam_regressor_tiny_reports_model_made_masks(tmp_path):
   config.data.dir = str(MONTGOMERY)
   config.data.tfds_dir = str(tmp_path / "tfds")
   train_regressor.run(config, str(tmp_path / "run"))
-  oracle = json.loads((tmp_path / "run" / "regressor_eval.json").read_text())
-  made = oracle["model_made"]
+  report = json.loads((tmp_path / "run" / "regressor_eval.json").read_text())
+  made = report["model_made"]
   assert made["n"] == 3 * 3  # 3 test images x 3 boxes
-  assert oracle["by_kind"]["model_box"]["n"] == made["n"]
+  assert report["by_kind"]["model_box"]["n"] == made["n"]
   for name in ("regressor", "iou_head"):
     assert set(made[name]) >= {"pearson_r", "mae", "band_pearson_r",
                                "median_within_image_spearman"}

@@ -1,11 +1,9 @@
 """sampot_jax.storage.checkpoints: download against a local HTTP server, Orbax I/O."""
 import hashlib
 import http.server
-import json
 import os
 import socket
 import threading
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -1,8 +1,15 @@
 """tasks.common: what every task writes the same way."""
 import csv
+import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
+from sampot_jax import errors
 from sampot_jax.tasks import common
 
 
@@ -24,13 +31,6 @@ def test_csv_cells_a_spreadsheet_would_run_are_escaped_and_read_back(tmp_path):
 
 
 def test_one_run_per_workdir_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import socket  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import pytest  # pylint: disable=g-import-not-at-top
-  from sampot_jax import errors  # pylint: disable=g-import-not-at-top
   lock = tmp_path / common.LOCK_FILE
   with common.workdir_lock(tmp_path):
     assert json.loads(lock.read_text())["pid"] == os.getpid()

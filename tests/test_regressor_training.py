@@ -1,4 +1,4 @@
-"""Tests of train_regressor: resumption, outputs of a run, oracle evaluation."""
+"""Tests of train_regressor: resumption, outputs of a run, the regressor's evaluation."""
 import json
 import math
 
@@ -141,26 +141,25 @@ def finite_numbers(obj):
 def test_real_run_writes_metrics_and_regressor_eval(real_run):
   config, workdir, _ = real_run
   summary = json.loads((workdir / "metrics.json").read_text())
-  oracle = json.loads((workdir / "regressor_eval.json").read_text())
+  report = json.loads((workdir / "regressor_eval.json").read_text())
   assert summary["epochs_run"] == config.num_epochs
   assert len(summary["history"]) == config.num_epochs
   assert finite_numbers(summary)
   for kind in ("all", "failure_modes", "level_set", "leak_other_lung",
                "leak_outside"):
-    assert finite_numbers(oracle["by_kind"][kind]), kind
-  # The reported r is the one of the saved oracle's predictions on the test candidates.
-  scorer = store.load(workdir)
-  score_fn, variables = scorer.fn, scorer.variables
+    assert finite_numbers(report["by_kind"][kind]), kind
+  # The reported r is the one of the saved regressor's predictions on the test candidates.
+  variables = store.load(workdir).variables
   test = candidate_sets.load_or_build_candidates(config, workdir, "test")
   predict = evaluation.make_predict(regressor.from_config(config.model), config.eval_batch_size)
   pred = evaluation.predict_candidates(predict, variables, test)
-  assert oracle["by_kind"]["all"]["regressor"]["pearson_r"] == pytest.approx(
+  assert report["by_kind"]["all"]["regressor"]["pearson_r"] == pytest.approx(
       metrics.pearson(pred, test.dice), abs=1e-6)
-  assert oracle["num_candidates"] == len(test)
-  assert math.isfinite(oracle["sweeps"]["median_spearman_rho"])
-  assert set(oracle["targets"]) >= {"all_pearson_r>=0.95", "all_mae<=0.05"}
+  assert report["num_candidates"] == len(test)
+  assert math.isfinite(report["sweeps"]["median_spearman_rho"])
+  assert set(report["targets"]) >= {"all_pearson_r>=0.95", "all_mae<=0.05"}
   # Whole-anatomy mistakes: the right lung alone has Dice 0 with the left.
-  anatomy = oracle["anatomy"]
+  anatomy = report["anatomy"]
   assert anatomy["other_lung_only"]["true_max"] == 0.0
   assert 0 < anatomy["both_lungs"]["true_mean"] < 1
   assert finite_numbers(anatomy)

@@ -103,7 +103,7 @@ def test_trajectories_are_saved(smoke_run):
     first_score = dict(zip(z["ids"].tolist(), z["scores"][:, 0, 0]))
   with open(smoke_run / "results.csv", newline="") as f:
     for row in csv.DictReader(f):
-      # The oracle is the best true Dice over the grid.
+      # The true-Dice grid is the best true Dice over the grid.
       assert float(row["dice_true_dice_grid"]) == pytest.approx(grid_best[row["id"]])
       # The report's scores are the trajectory's: its first point and its maximum.
       assert float(row["score_evolved"]) == pytest.approx(best_score[row["id"]], rel=1e-6)

@@ -173,11 +173,6 @@ def why_due(workdir: Path, item: Item, previous: dict, dim: int, key: str) -> st
   return None
 
 
-def is_done(workdir: Path, item: Item, previous: dict, dim: int, key: str) -> bool:
-  """Its mask, overlay and a results row for the same image, prompt and run key exist."""
-  return why_due(workdir, item, previous, dim, key) is None
-
-
 def move_stale(workdir: Path, names: list[str]) -> None:
   """Outputs of images no longer in this run (removed, or their prompt now refused) move to
   WORKDIR/stale/ (kept, not deleted; a later run of the same image overwrites them there)."""
