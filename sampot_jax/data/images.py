@@ -132,7 +132,10 @@ def _dcmread(path, stop_before_pixels: bool = False):
 # Sizes an image may have, checked from its header (read_size) and on reading (read_image):
 MIN_SIDE = 16  # narrower, an (H, 3) image reads as one RGB row, and holds too little to segment
 MAX_ASPECT = 32  # longest / shortest side: past it the short side nears 8 px of a 256 model frame
-MAX_SIDE = 16384  # the regressor's square of the longest side (float32) stays within 1 GiB
+# Peak memory grows with the pixel count (refine, measured with configs/refine_tiny.py on a
+# 2-core AMD EPYC: 1.3 GB at 6000 x 6000, 2.7 GB at 10000 x 10000, ~30 bytes a pixel); no step
+# builds a square of the longest side (to_square), so a long thin image costs what its pixels do.
+MAX_PIXELS = 100_000_000
 
 
 def check_size(path, size: tuple[int, int]) -> tuple[int, int]:
@@ -141,8 +144,9 @@ def check_size(path, size: tuple[int, int]) -> tuple[int, int]:
   problem = None
   if min(h, w) < MIN_SIDE:
     problem = f"needs at least {MIN_SIDE} pixels on each side"
-  elif max(h, w) > MAX_SIDE:
-    problem = f"is larger than {MAX_SIDE} pixels on its longest side; downsample it first"
+  elif h * w > MAX_PIXELS:
+    problem = (f"has {h * w:,} pixels, over the {MAX_PIXELS:,} this tool reads (about 3 GB of "
+               "memory at that size); downsample it first")
   elif max(h, w) > MAX_ASPECT * min(h, w):
     problem = (f"is over {MAX_ASPECT} times longer than wide; the model would see a sliver: "
                "crop it to the region to segment")
@@ -153,7 +157,7 @@ def check_size(path, size: tuple[int, int]) -> tuple[int, int]:
 
 def read_size(path) -> tuple[int, int]:
   """(H, W) as a viewer shows the image (EXIF orientation applied), from the file's header
-  without decoding the pixels; sizes outside MIN_SIDE, MAX_SIDE, MAX_ASPECT are refused."""
+  without decoding the pixels; sizes outside MIN_SIDE, MAX_PIXELS, MAX_ASPECT are refused."""
   path = Path(path)
   if is_dicom(path):
     ds = _dcmread(path, stop_before_pixels=True)
@@ -204,11 +208,11 @@ def scale_to_uint8(values: np.ndarray) -> tuple[np.ndarray, str]:
   """The array's own [min, max] linearly onto [0, 255] (a constant array gives 0)."""
   values = np.asarray(values, np.float64)
   finite = np.isfinite(values)
+  if not finite.any():
+    return np.zeros(values.shape, np.uint8), NO_FINITE_VALUE
   if not finite.all():
     values = np.where(finite, values, np.nan)
   lo, hi = np.nanmin(values), np.nanmax(values)
-  if not np.isfinite(lo):
-    return np.zeros(values.shape, np.uint8), NO_FINITE_VALUE
   if hi <= lo:
     out = np.zeros(values.shape, np.uint8)
   else:
@@ -448,15 +452,53 @@ def square_side(size: tuple[int, int]) -> int:
 def to_square(array: np.ndarray, side: int) -> np.ndarray:
   """(H, W) float (an image in [0, 1] or a 0/1 mask) -> (side, side) float32: padded with zeros
   at the bottom and right to a max(H, W) square (as SAM and LiteMedSAM pad), then resized to
-  `side` with Pillow's antialiased bilinear filter (a float "F" image, no rounding). The aspect
-  ratio is kept: a pixel stays square."""
+  `side` by Pillow's antialiased bilinear filter on a float "F" image (no rounding). The aspect
+  ratio is kept: a pixel stays square.
+
+  The padded square is never built: its zeros add nothing to the filter's sums, so each pass
+  reads only the image's own rows and columns (memory ~ H x side + side x side floats, not
+  max(H, W)^2: a 250 x 25000 image would need 2.5 GB for the square). The result equals
+  Pillow's on the square to float32 rounding (tests/test_images.py measures it).
+  """
   array = np.asarray(array, np.float32)
   if array.ndim != 2:
     raise ValueError(f"to_square takes an (H, W) array; got shape {array.shape}.")
   n = square_side(array.shape)
-  padded = np.zeros((n, n), np.float32)
-  padded[:array.shape[0], :array.shape[1]] = array
   if n == side:
+    padded = np.zeros((n, n), np.float32)
+    padded[:array.shape[0], :array.shape[1]] = array
     return padded
-  resized = PILImage.fromarray(padded, "F").resize((side, side), PILImage.Resampling.BILINEAR)
-  return np.asarray(resized, np.float32)
+  h, w = array.shape
+  windows = _bilinear_windows(n, side)
+  # Pillow's order: along each row first, rounded to float32, then down each column.
+  rows = np.zeros((h, side), np.float32)
+  for j, (lo, weights) in enumerate(windows):
+    hi = min(lo + len(weights), w)
+    if hi > lo:
+      rows[:, j] = array[:, lo:hi] @ weights[:hi - lo]
+  out = np.zeros((side, side), np.float32)
+  for i, (lo, weights) in enumerate(windows):
+    hi = min(lo + len(weights), h)
+    if hi > lo:
+      out[i, :] = weights[:hi - lo] @ rows[lo:hi, :]
+  return out
+
+
+def _bilinear_windows(n: int, side: int) -> list[tuple[int, np.ndarray]]:
+  """For each of `side` outputs resampling `n` inputs: (first input index, float64 weights), the
+  antialiased triangle filter as Pillow computes it (support widened by the scale when
+  shrinking; window bounds rounded half up, clipped to the input; weights normalised to sum 1
+  over the clipped window, so the padding's zeros count in the normalisation)."""
+  scale = n / side
+  filter_scale = max(scale, 1.0)
+  support = filter_scale  # the triangle's support is 1 input pixel, widened when shrinking
+  windows = []
+  for j in range(side):
+    center = (j + 0.5) * scale
+    lo = max(int(center - support + 0.5), 0)
+    hi = min(int(center + support + 0.5), n)
+    taps = np.arange(lo, hi, dtype=np.float64)
+    weights = np.maximum(1.0 - np.abs((taps - center + 0.5) / filter_scale), 0.0)
+    total = weights.sum()
+    windows.append((lo, weights / total if total != 0.0 else weights))
+  return windows
