@@ -36,6 +36,7 @@ TASKS = {
     "heatmap": "sampot_jax.tasks.heatmap:run",
     "refine": "sampot_jax.tasks.refine:run",
     "score": "sampot_jax.tasks.score:run",
+    "ship_regressor": "sampot_jax.tasks.ship_regressor:run",
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task

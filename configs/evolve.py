@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sam = settings.block(settings.Sam())  # vit_b, the paper's model
   # A train_regressor workdir; SAMPOT uses the coord variant by default (docs/regressor.md):
   #   python main.py --config configs/train_regressor_coord.py --workdir runs/regressor
-  config.regressor = settings.block(settings.Regressor())
+  config.regressor = settings.block(settings.Regressor(workdir="runs/regressor"))
   config.evolve = settings.block(settings.Evolve())  # the paper's values where it gives them
   config.safeguards = settings.block(settings.Safeguards())
   config.baselines = settings.block(settings.Baselines())

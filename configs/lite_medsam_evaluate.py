@@ -1,7 +1,11 @@
 """SAMPOT on LiteMedSAM with boxes: the Montgomery test split, rough boxes, every baseline.
 
     python main.py --config configs/lite_medsam_evaluate.py --workdir runs/lite_J0.15 \
-        --config.box_jitter=0.15 --config.regressor.workdir=runs/lite_regressor
+        --config.box_jitter=0.15
+
+The regressor is the shipped left-lung one (`--config.regressor.name=lite_medsam_lung_right`
+with `--config.data.target=right`); `--config.regressor.workdir=DIR` uses one you trained with
+configs/lite_medsam_regressor.py.
 
 The initial prompt is a rough box (the ground-truth box with each coordinate moved uniformly by
 up to box_jitter of its width/height; numpy default_rng(box_seed), one draw of 4 per image in id
@@ -18,7 +22,7 @@ def get_config():
   config = evolve.get_config()
   config.sam = settings.block(settings.Sam(checkpoint_dir="checkpoints/lite_medsam",
                                            variant="lite_medsam"))
-  config.regressor.workdir = "runs/lite_regressor"
+  config.regressor = settings.block(settings.Regressor(name="lite_medsam_lung_left"))
   config.prompt = "box"
   config.box_jitter = 0.15
   config.evolve.num_steps = 30

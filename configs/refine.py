@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   # network, or $SAMPOT_WHEELS).
   config.sam = settings.block(settings.Sam(checkpoint_dir="checkpoints/lite_medsam",
                                            variant="lite_medsam"))
-  config.regressor = settings.block(settings.Regressor())  # a train_regressor workdir
+  # The shipped left-lung regressor (python -m sampot_jax.regressor.shipped lists them);
+  # --config.regressor.workdir=DIR uses one you trained instead.
+  config.regressor = settings.block(settings.Regressor(name="lite_medsam_lung_left"))
   # num_snapshots: not drawn here; 1 keeps the discarded masks few.
   config.evolve = settings.block(settings.Evolve(num_snapshots=1))
   # learning_rate, restart_jitter and min_box_size are for an image whose longest side is this

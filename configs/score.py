@@ -23,5 +23,6 @@ def get_config() -> ml_collections.ConfigDict:
   # the maximum. A mask with three or more labels and no label given is refused.
   config.label = ml_collections.config_dict.placeholder(int)
 
-  config.regressor = settings.block(settings.Regressor())  # a train_regressor workdir
+  # The shipped left-lung regressor; --config.regressor.workdir=DIR uses one you trained.
+  config.regressor = settings.block(settings.Regressor(name="lite_medsam_lung_left"))
   return config

@@ -5,7 +5,7 @@ A train_regressor workdir holds:
   regressor_index.json     every array's tree path, shape, dtype and crc32
   regressor_config.json    {'model': model fields, 'data': {'target', 'image_size'}}
 Workdirs written before the rename (oracle/, oracle_index.json, oracle_config.json) load as
-they are.
+they are. Regressors shipped inside the package load by name (regressor/shipped.py).
 
     scorer = store.from_config(config.regressor, expected_target="left")
     scorer(image_small, soft_mask)  # (B,) predicted Dice
@@ -15,11 +15,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 import ml_collections
 import orbax.checkpoint as ocp
 
 from sampot_jax import errors
 from sampot_jax.regressor import model as regressor
+from sampot_jax.regressor import shipped
 from sampot_jax.runtime import settings
 from sampot_jax.sam import frozen
 from sampot_jax.sampot.scorer import Scorer
@@ -72,7 +74,10 @@ def save(workdir: Path, config: ml_collections.ConfigDict, variables: dict) -> N
   files.write_json(workdir / CONFIG_FILE,
                    {"model": config.model.to_dict(),
                     "data": {"target": config.data.target,
-                             "image_size": config.data.image_size}})
+                             "image_size": config.data.image_size},
+                    # The SAM whose masks it learned (None: trained on synthetic masks only).
+                    "sam_variant": (config.sam.variant if "sam" in config
+                                    and config.candidates.model_boxes > 0 else None)})
 
 
 def config_of(workdir: Path) -> dict:
@@ -140,26 +145,48 @@ def load(workdir: Path) -> Scorer:
   return scorer_of(model, dict(variables))
 
 
-def from_config(block, expected_target: str | None = None) -> Scorer:
+def from_config(block, expected_target: str | None = None,
+                sam_variant: str | None = None) -> Scorer:
   """The Scorer a config.regressor block names.
 
-  Fields: `random_init` (bool) with `model` (regressor model fields) and `seed`, or
-  `workdir` (a train_regressor workdir). `expected_target` (the run's config.data.target):
-  a trained regressor must have been trained for that target, else ModelMismatchError;
-  None skips the check (random regressors have no target).
+  Fields: `random_init` (bool) with `model` (regressor model fields) and `seed`; else
+  `workdir` (a train_regressor workdir) when set; else `name` (a shipped regressor,
+  regressor/shipped.py). `expected_target` (the run's config.data.target): a trained regressor
+  must have been trained for that target, else ModelMismatchError; `sam_variant` (the run's
+  config.sam.variant): a regressor that learned another SAM's masks is refused the same way.
+  None skips a check (random regressors have neither).
   """
   block = settings.typed(settings.Regressor, block, "config.regressor")
   if block.random_init:
     model = regressor.from_config(block.model)
     return scorer_of(model, random_variables(model, int(block.seed)))
-  if expected_target is not None:
-    workdir = Path(block.workdir).expanduser().resolve()
-    trained = (config_of(workdir).get("data") or {}).get("target")
-    if trained != expected_target:
-      raise errors.ModelMismatchError(
-          f"config.data.target={expected_target!r}, but the regressor at {workdir} was trained "
-          f"for data.target={trained!r} (its {CONFIG_FILE}); it would score masks of the wrong "
-          f"structure. Fix: set --config.data.target={trained}, or point "
-          f"--config.regressor.workdir at a regressor trained with "
-          f"--config.data.target={expected_target}.")
-  return load(block.workdir)
+  if block.workdir:
+    if block.name:
+      logging.info("config.regressor.workdir=%s is used; config.regressor.name=%s is not.",
+                   block.workdir, block.name)
+    where = Path(block.workdir).expanduser().resolve()
+    made = config_of(where)
+    fix_by = "point --config.regressor.workdir at a regressor trained with"
+  elif block.name:
+    where = f"the shipped regressor {block.name!r}"
+    made = shipped.card(block.name)
+    fix_by = (f"pick another --config.regressor.name ({', '.join(shipped.names())}) or train "
+              "your own (--config.regressor.workdir) with")
+  else:
+    raise errors.ConfigError(
+        "config.regressor names no regressor: set --config.regressor.name to a shipped one "
+        f"({', '.join(shipped.names()) or 'none installed'}) or --config.regressor.workdir to "
+        "a train_regressor workdir.")
+  trained = (made.get("data") or {}).get("target")
+  if expected_target is not None and trained != expected_target:
+    raise errors.ModelMismatchError(
+        f"config.data.target={expected_target!r}, but {where} was trained for "
+        f"data.target={trained!r}; it would score masks of the wrong structure. Fix: set "
+        f"--config.data.target={trained}, or {fix_by} --config.data.target={expected_target}.")
+  learned = made.get("sam_variant")
+  if sam_variant is not None and learned is not None and learned != sam_variant:
+    raise errors.ModelMismatchError(
+        f"config.sam.variant={sam_variant!r}, but {where} learned the masks of {learned!r}; "
+        f"its scores would not rank {sam_variant}'s masks. Fix: set "
+        f"--config.sam.variant={learned}, or {fix_by} --config.sam.variant={sam_variant}.")
+  return load(block.workdir) if block.workdir else scorer_of(*shipped.read(block.name))

@@ -118,12 +118,16 @@ class Regressor:
   """config.regressor: the trained regressor a run uses (regressor.store.from_config).
 
   Attributes:
+    name: a regressor shipped inside the package (regressor/shipped.py: `python -m
+      sampot_jax.regressor.shipped` lists them), e.g. 'lite_medsam_lung_left'.
     workdir: a train_regressor workdir, e.g. from
-      python main.py --config configs/train_regressor_coord.py --workdir runs/regressor
+      python main.py --config configs/train_regressor_coord.py --workdir runs/regressor;
+      when set, it is used instead of `name`.
     random_init: a random regressor (smoke runs, tests) with `model` (model fields).
     seed: of the random weights.
   """
-  workdir: str = "runs/regressor"
+  name: str = ""
+  workdir: str = ""
   random_init: bool = False
   model: dict = dataclasses.field(default_factory=dict)
   seed: int = 0
@@ -223,7 +227,9 @@ def typed(cls: type[T], config_block, name: str) -> T:
   Missing fields take the dataclass defaults; lists become tuples (so the result stays
   hashable, e.g. a static argument of jit).
   """
-  fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+  fields = {f.name for f in dataclasses.fields(cls) if f.init}
+  if "parent" in fields:  # a Flax module: its own `parent` and `name` are not config fields
+    fields -= {"parent", "name"}
   if isinstance(config_block, ml_collections.ConfigDict):
     given = config_block.to_dict()
   else:

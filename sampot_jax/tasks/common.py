@@ -161,7 +161,8 @@ def load_scorer(config, check_target: bool = False) -> Scorer:
   """The run's regressor (config.regressor); with check_target, it must have been trained for
   config.data.target."""
   return store.from_config(config.regressor,
-                           expected_target=config.data.target if check_target else None)
+                           expected_target=config.data.target if check_target else None,
+                           sam_variant=config.sam.variant if "sam" in config else None)
 
 
 def output_name(name: str) -> str:

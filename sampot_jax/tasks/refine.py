@@ -50,6 +50,7 @@ from sampot_jax import errors
 from sampot_jax.data import images as images_lib
 from sampot_jax.data import prompt_csv
 from sampot_jax.report import overlay
+from sampot_jax.regressor import shipped
 from sampot_jax.sam import predictor
 from sampot_jax.sampot import evolve
 from sampot_jax.sampot import metrics
@@ -136,6 +137,8 @@ def _model_identity(block, files_that_say: tuple[str, ...]) -> dict:
   that vouch for its weights (a port's manifest, a regressor's crc32 index) where they exist."""
   identity = {"block": block.to_dict()}
   folder = block.get("checkpoint_dir") or block.get("workdir")
+  if not folder and block.get("name") and not block.random_init:
+    folder, files_that_say = shipped.WEIGHTS_DIR, (f"{block.name}.json",)
   if folder and not block.random_init:
     for name in files_that_say:
       path = Path(folder).expanduser() / name
