@@ -37,6 +37,7 @@ TASKS = {
     "refine": "sampot_jax.tasks.refine:run",
     "score": "sampot_jax.tasks.score:run",
     "ship_regressor": "sampot_jax.tasks.ship_regressor:run",
+    "prepare": "sampot_jax.tasks.prepare:run",
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task

@@ -6,7 +6,10 @@
 - Users' image files: DICOM with its tags (`write_dicom`), PNGs, a folder of three (`user_folder`).
 """
 import csv
+import os
 from pathlib import Path
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -230,3 +233,14 @@ def user_folder(tmp_path):
   images.mkdir(exist_ok=True)
   write_dicom(images / "c.dcm", ramp(36, 24, 4000), "MONOCHROME1", window=(2000, 3000))
   return images
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_main(*args, timeout=900) -> subprocess.CompletedProcess:
+  """main.py in a fresh process, as a user runs it (XLA's optimisations as the test's: off
+  unless it is marked `optimized`, tests/conftest.py); its exit status is the caller's to check."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)

@@ -282,11 +282,8 @@ def test_one_image_file_and_clicks(user_folder, tmp_path, fake_refiner):
 # ---------------------------------------------------------------------------------------------
 
 def main_py(*args, timeout=900):
-  """main.py in a fresh process, as a user runs it (XLA's optimisations as the test's: off
-  unless it is marked `optimized`, tests/conftest.py)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  proc = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout, check=False)
+  """main.py in a fresh process; it must succeed. Returns its log (stderr)."""
+  proc = helpers.run_main(*args, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc.stderr
 

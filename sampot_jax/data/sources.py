@@ -24,6 +24,7 @@ import numpy as np
 
 from sampot_jax import errors
 from sampot_jax.data import lungs
+from sampot_jax.data import prepare
 from sampot_jax.data import raw
 from sampot_jax.data import splits as splits_lib
 
@@ -66,14 +67,23 @@ class Scan:
     return sorted(s for s, sp in self.splits.items() if sp == split and s in self.subjects)
 
 
+def check_dir(source: str, root) -> None:
+  """A missing or empty data folder: an error saying where the data comes from."""
+  root = Path(root).expanduser()
+  if not root.is_dir() or not any(root.iterdir()):
+    how = (prepare.how_to_get() if source == "montgomery_team" else
+           "set config.data.dir to the raw data folder.")
+    state = "is empty" if root.is_dir() else "does not exist"
+    raise errors.MissingInputError(f"data directory {str(root)!r} for source {source!r} {state}. "
+                                   f"{how}")
+
+
 def scan(source: str, root) -> Scan:
   """Lists the subjects of `source` under `root` (no decoding)."""
   root = Path(root).expanduser()
   if source not in SOURCES:
     raise errors.ConfigError(f"data source {source!r} is not one of {SOURCES}.")
-  if not root.is_dir():
-    raise errors.MissingInputError(f"data directory {str(root)!r} for source {source!r} does not "
-                            "exist; set config.data.dir to the raw data folder.")
+  check_dir(source, root)
   subjects = {
       "montgomery_team": _scan_folder, "folder": _scan_folder,
       "montgomery_nlm": _scan_montgomery_nlm, "shenzhen": _scan_shenzhen,

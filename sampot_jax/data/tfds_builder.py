@@ -231,6 +231,7 @@ def prepare(source: str, manual_dir, tfds_dir=None, on_bad_example: str = "error
   alone fails the second with "Destination ... already exists").
   """
   root = Path(manual_dir).expanduser().resolve()
+  sources.check_dir(source, root)
   data_dir = prepared_dir(root, tfds_dir)
   with _exclusive(data_dir / f".{source}.lock"):
     return _prepare(source, root, data_dir, on_bad_example)
