@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.overwrite = False  # False: images whose mask, overlay and results row exist are skipped
   config.save_initial_masks = False  # also initial_masks/<name>.png: the user's prompt's mask
   config.overlay_max_side = 1024  # overlays of larger images are shrunk; 0 = original size
+  # Images per compiled call, of any sizes (the last batch is padded); one program serves all.
+  config.batch_size = 8
 
   # LiteMedSAM, trained on boxes: prompt it with boxes. Fetched and ported once (needs pip's
   # network, or $SAMPOT_WHEELS).

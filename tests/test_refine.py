@@ -6,6 +6,7 @@ bookkeeping in milliseconds; `test_tiny_models_end_to_end` and the Montgomery te
 models (tiny and random) through main.py.
 """
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import types
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_evolve_soft_mask_is_aligned_with_the_padded_image():
   """A disk in SAM's low-res logits of a 40 x 100 image, through evolve.soft_mask with
-  refine.regressor_frame, lands where to_square puts the same disk of the image."""
+  refine.model_frame, lands where to_square puts the same disk of the image."""
   from sampot_jax.sampot import evolve  # pylint: disable=g-import-not-at-top
   from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
   h, w, img_size, side = 40, 100, 64, 32
@@ -48,7 +50,7 @@ def test_evolve_soft_mask_is_aligned_with_the_padded_image():
   yy, xx = np.mgrid[0:h, 0:w] + 0.5
   disk = (np.hypot(xx - centre[0], yy - centre[1]) < radius).astype(np.float32)
   reference = images_lib.to_square(disk, side) > 0.5
-  seen = np.asarray(evolve.soft_mask(low_res, refine.regressor_frame(frame, img_size),
+  seen = np.asarray(evolve.soft_mask(low_res, refine.model_frame(img_size),
                                      img_size, (side, side), 5.0)) > 0.5
   dice = 2 * (seen & reference).sum() / (seen.sum() + reference.sum())
   assert dice > 0.9, dice
@@ -60,11 +62,11 @@ def test_evolve_soft_mask_is_aligned_with_the_padded_image():
 
 
 def test_steps_scale_with_the_image():
-  from sampot_jax.sampot import evolve  # pylint: disable=g-import-not-at-top
-  settings = evolve.Settings(learning_rate=10.0, restart_jitter=4.0, min_box_size=2.0)
-  scaled = refine.scaled_settings(settings, (1024, 2048), 512)
-  assert (scaled.learning_rate, scaled.restart_jitter, scaled.min_box_size) == (40.0, 16.0, 8.0)
-  assert refine.scaled_settings(settings, (1024, 2048), 0) is settings
+  """Steps are given for a reference_side image: in model pixels (256 here) one scale for
+  every image; with 0, pixels of each image as given, i.e. 256 / its longest side."""
+  assert refine.step_scale((1024, 2048), 256, 512) == 0.5  # 10 px at 512 = 40 px at 2048
+  assert refine.step_scale((100, 50), 256, 512) == 0.5
+  assert refine.step_scale((1024, 2048), 256, 0) == 0.125
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,9 +83,15 @@ class FakeRefiner:
     if FakeRefiner.fail_on_init:
       raise AssertionError("models were loaded although the inputs were bad")
     self.side = 32
+    self.batch_size = 2  # batches of two: the run loop's batching and its last, short batch
     self.compiled = {"one"}
+    self.evolve_compilations = 1
     self.seconds_loading = 0.0
     self.sam = types.SimpleNamespace(config=ml_collections.ConfigDict({"variant": "fake"}))
+
+  def refine_batch(self, items, images):
+    assert 1 <= len(items) <= self.batch_size
+    return [self.refine(item, image) for item, image in zip(items, images)]
 
   def refine(self, item, image):
     FakeRefiner.calls.append(item.name)
@@ -300,10 +308,10 @@ def test_tiny_models_end_to_end(tmp_path, record_figure):
   log = main_py("--config", "configs/refine_tiny.py", f"--config.images={images}",
                 f"--config.prompts={prompts}", "--workdir", str(out))
   assert "refine: 100%" in log  # the progress bar
-  assert "compiling for 64x40" in log and "compiling for 48x48" in log
-  assert log.count("compiling for 48x48") == 1  # a.png and c.dcm share one program
   summary = json.loads((out / "summary.json").read_text())
   assert summary["processed"] == 3 and summary["skipped"] == 0
+  # One batch, two sizes: the evolution compiled once; the final masks once per size.
+  assert summary["evolution_compilations"] == 1 and summary["batch_size"] == 8
   assert summary["compiled_programs"] == 2 and summary["regressor_side"] == 32
   rows = {r["file"]: r for r in read_rows(out / "results.csv")}
   for name, (h, w) in (("a.png", (48, 48)), ("b.png", (40, 64)), ("c.dcm", (48, 48))):
@@ -323,6 +331,70 @@ def test_tiny_models_end_to_end(tmp_path, record_figure):
                 f"--config.prompts={prompts}", "--workdir", str(out))
   assert "3 image(s) already done" in log
   assert json.loads((out / "summary.json").read_text())["processed"] == 0
+
+
+def test_the_model_frame_evolution_is_the_original_frame_one_rescaled(tmp_path):
+  """refine evolves in the model's input pixels with steps scaled by S / reference_side; Adam's
+  step is invariant to the gradient's scale, so that is the evolution in the image's own pixels
+  (steps scaled by its longest side / reference_side) mapped by S / longest side. Measured on a
+  64 x 40 image, 4 steps: the trajectories agree to 2e-4 model px (float32 rounding)."""
+  from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
+  from sampot_jax.sampot import evolve  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path, tmp_path / "p.csv")
+  config.evolve.num_starts = 3  # the restarts too
+  refiner = refine.Refiner(config, tmp_path)
+  path = write_png(tmp_path / "a.png", 40, 64, 3)
+  image = images_lib.read_image(path)
+  prompt = np.array([10.0, 6.0, 50.0, 30.0])
+  s, h, w = refiner.img_size, 40, 64
+  inputs = refiner.proc.prepare_images(image.pixels[None], s)[0]
+  embeddings = refiner.encode(inputs)[:1]
+  small = images_lib.to_square(image.gray, refiner.side)[None]
+  key = jax.random.key(7)
+  # The image's own pixels: steps for a 512 image scaled to its longest side (64).
+  own = dataclasses.replace(refiner.settings, learning_rate=refiner.settings.learning_rate * w / 512,
+                            restart_jitter=refiner.settings.restart_jitter * w / 512,
+                            min_box_size=refiner.settings.min_box_size * w / 512)
+  frame = predictor.ImageFrame((s, s), (h, w))
+  a = evolve.evolve_prompts(refiner.sam, refiner.scorer, evolve.Batch(
+      embeddings, frame, jnp.asarray(small), prompt[None].astype(np.float32)), own, rng=key)
+  # The model's pixels.
+  k = s / w
+  b = evolve.evolve_prompts(refiner.sam, refiner.scorer, evolve.Batch(
+      embeddings, refine.model_frame(s), jnp.asarray(small), (prompt * k)[None].astype(np.float32),
+      uppers=np.array([[(w - 1) * k, (h - 1) * k]], np.float32),
+      step_scales=np.array([refine.step_scale((h, w), s, 512)], np.float32)),
+      refiner.settings, rng=key)
+  np.testing.assert_allclose(np.asarray(b.prompts) / k, np.asarray(a.prompts), atol=2e-4 / k)
+  np.testing.assert_allclose(np.asarray(b.scores), np.asarray(a.scores), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mixed_sizes_share_one_evolution_and_batches_do_not_change_results(tmp_path):
+  """Five images of three sizes in batches of two (the last one padded): the evolution compiles
+  once; each image's result is the one it gets alone (batch_size=1)."""
+  images = tmp_path / "images"
+  sizes = [(48, 48), (40, 64), (64, 40), (48, 48), (40, 64)]
+  rows = ["file,x0,y0,x1,y1"]
+  for i, (h, w) in enumerate(sizes):
+    write_png(images / f"i{i}.png", h, w, i)
+    rows.append(f"i{i}.png,{w // 5},{h // 6},{w - w // 4},{h - h // 5}")
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("\n".join(rows) + "\n")
+  results = {}
+  for batch_size in (2, 1):
+    out = tmp_path / f"out{batch_size}"
+    summary = refine.run(tiny_config(images, prompts, batch_size=batch_size), out)
+    assert summary["processed"] == 5 and summary["batch_size"] == batch_size
+    assert summary["evolution_compilations"] == 1
+    assert summary["compiled_programs"] == 3  # the final masks: once per size
+    results[batch_size] = {r["file"]: r for r in read_rows(out / "results.csv")}
+  for name, row in results[2].items():
+    alone = results[1][name]
+    for field in ("evolved_x0", "evolved_y0", "evolved_x1", "evolved_y1", "score_evolved"):
+      assert float(row[field]) == pytest.approx(float(alone[field]), abs=1e-3), (name, field)
+    assert row["mask_pixels"] == alone["mask_pixels"], name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,21 +494,21 @@ def test_ctrl_c_writes_what_was_done_and_a_rerun_finishes(user_folder, tmp_path,
   out = tmp_path / "out"
   original = FakeRefiner.refine
 
-  def interrupted_on_the_second(self, item, image):
-    if len(FakeRefiner.calls) == 1:
+  def interrupted_on_the_third(self, item, image):
+    if len(FakeRefiner.calls) == 2:  # in the second batch of two: the first is written
       raise KeyboardInterrupt
     return original(self, item, image)
 
-  monkeypatch.setattr(FakeRefiner, "refine", interrupted_on_the_second)
-  with pytest.raises(errors.Interrupted, match="interrupted after 1 of 3 image"):
+  monkeypatch.setattr(FakeRefiner, "refine", interrupted_on_the_third)
+  with pytest.raises(errors.Interrupted, match="interrupted after 2 of 3 image"):
     refine.run(tiny_config(user_folder, prompts), out)
-  assert len(read_rows(out / "results.csv")) == 1
+  assert len(read_rows(out / "results.csv")) == 2
   assert json.loads((out / "summary.json").read_text())["interrupted"] is True
   assert not (out / common.LOCK_FILE).exists()
   monkeypatch.setattr(FakeRefiner, "refine", original)
   fake_refiner.calls = []
   summary = refine.run(tiny_config(user_folder, prompts), out)
-  assert summary["already_done"] == 1 and len(fake_refiner.calls) == 2
+  assert summary["already_done"] == 2 and len(fake_refiner.calls) == 1
   assert summary["interrupted"] is False and len(read_rows(out / "results.csv")) == 3
 
 

@@ -192,12 +192,16 @@ def check_prompts(prompts, original_size: tuple[int, int], ids=None) -> np.ndarr
   return prompts.astype(np.float32)
 
 
-def constrain_prompts(prompts: jax.Array, original_size: tuple[int, int],
-                      min_box_size: float = 1.0) -> jax.Array:
+def constrain_prompts(prompts: jax.Array, original_size: tuple[int, int] | None,
+                      min_box_size=1.0, upper: jax.Array | None = None) -> jax.Array:
   """(..., D) prompts moved to the nearest valid ones: inside the image, boxes ordered with
-  sides >= min_box_size (a side that shrank below it is re-centred at that size). jit-able."""
+  sides >= min_box_size (a side that shrank below it is re-centred at that size). jit-able.
+
+  `upper`: the largest (x, y), (..., 2) broadcastable to the prompts' batch axes (e.g. each
+  image's own, traced); None: click_upper(original_size). min_box_size may be traced too."""
   kind = prompt_kind(prompts.shape[-1])
-  upper = jnp.array(click_upper(original_size), prompts.dtype)
+  upper = (jnp.array(click_upper(original_size), prompts.dtype) if upper is None
+           else jnp.asarray(upper, prompts.dtype))
   out = jnp.clip(prompts, 0.0, jnp.tile(upper, prompts.shape[-1] // 2))
   if kind == "click":
     return out

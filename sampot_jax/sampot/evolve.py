@@ -123,9 +123,12 @@ def prompt_score(prompt, embedding, image_small, sam_params, score_variables, *,
   return score_fn(score_variables, image_small[None], mask[None])[0], iou[0, 0]
 
 
-def _evolve_start(start, embedding, image_side, image_small, sam_params, score_variables, *,
-                  sam_config, frame, score_fn, settings, decode_fn):
-  """One start of one image -> (prompts (T, D), scores (T,), ious (T,), nan_step ())."""
+def _evolve_start(start, embedding, image_side, image_small, upper, step_scale, sam_params,
+                  score_variables, *, sam_config, frame, score_fn, settings, decode_fn):
+  """One start of one image -> (prompts (T, D), scores (T,), ious (T,), nan_step ()).
+
+  upper (2,): the image's largest (x, y); step_scale (): multiplies Adam's steps and the
+  smallest box side (Batch.step_scale)."""
   score_iou = functools.partial(
       prompt_score, embedding=embedding, image_small=image_small, sam_params=sam_params,
       score_variables=score_variables, sam_config=sam_config, frame=frame, score_fn=score_fn,
@@ -146,8 +149,9 @@ def _evolve_start(start, embedding, image_side, image_small, sam_params, score_v
     ok = jnp.isfinite(value) & jnp.isfinite(ascended) & jnp.all(jnp.isfinite(grad))
     updates, new_state = tx.update(-grad, opt_state, prompt)  # ascent
     moving = alive & ok
-    moved = predictor.constrain_prompts(prompt + updates, frame.original_size,
-                                        settings.min_box_size)
+    # Adam's step is linear in its learning rate: scaling the update is Adam at lr x scale.
+    moved = predictor.constrain_prompts(prompt + updates * step_scale, None,
+                                        settings.min_box_size * step_scale, upper)
     new_prompt = jnp.where(moving, moved, prompt)
     new_state = jax.tree.map(lambda n, o: jnp.where(moving, n, o), new_state, opt_state)
     recorded = jnp.where(alive & jnp.isfinite(value), value, jnp.nan)
@@ -165,20 +169,21 @@ def _evolve_start(start, embedding, image_side, image_small, sam_params, score_v
 
 @functools.partial(jax.jit, static_argnames=("sam_config", "frame", "score_fn", "settings",
                                              "decode_fn"))
-def _evolve_batch(sam_params, score_variables, embeddings, images_small, prompts, rng, *,
-                  sam_config, frame, score_fn, settings, decode_fn):
+def _evolve_batch(sam_params, score_variables, embeddings, images_small, prompts, uppers,
+                  step_scales, rng, *, sam_config, frame, score_fn, settings, decode_fn):
   """Everything but the masks, in one program (eager ops would each compile)."""
-  starts = starting_points(prompts, settings, frame.original_size, rng)
+  starts = starting_points(prompts, settings, frame.original_size, rng, uppers, step_scales)
   one = functools.partial(_evolve_start, sam_config=sam_config, frame=frame,
                           score_fn=score_fn, settings=settings, decode_fn=decode_fn)
   # SAM's decoder does part of its work on the image alone: done here once per image rather
   # than at every step (XLA does not hoist it out of the scan). Other segmenters get None.
   image_side = (predictor.image_side(sam_params, embeddings, sam_config)
                 if decode_fn is predictor.decode_prompts else None)
-  per_image = jax.vmap(one, in_axes=(0, None, None, None, None, None))   # over starts
-  batched = jax.vmap(per_image, in_axes=(0, 0, 0, 0, None, None))        # over images
+  per_image = jax.vmap(one, in_axes=(0,) + (None,) * 7)                    # over starts
+  batched = jax.vmap(per_image, in_axes=(0, 0, 0, 0, 0, 0, None, None))    # over images
   prompts, values, scores, ious, nan_step = batched(starts, embeddings, image_side, images_small,
-                                                   sam_params, score_variables)
+                                                   uppers, step_scales, sam_params,
+                                                   score_variables)
   # The best prompt by the objective (the score, or SAM's IoU for that baseline); stopped
   # steps are NaN and never chosen.
   scores = jnp.where(jnp.isnan(values), jnp.nan, scores)
@@ -212,17 +217,25 @@ def _prompt_masks(sam_params, embeddings, initial_prompt, best_prompt, snapshot_
 
 
 def starting_points(prompts, settings: Settings, original_size: tuple[int, int],
-                    rng: jax.Array | None = None) -> jax.Array:
+                    rng: jax.Array | None = None, uppers: jax.Array | None = None,
+                    step_scales: jax.Array | None = None) -> jax.Array:
   """(B, D) prompts -> (B, R, D): each prompt, then R - 1 restarts with every coordinate
-  jittered by N(0, restart_jitter) pixels (then constrained, see predictor.constrain_prompts)."""
+  jittered by N(0, restart_jitter) pixels (then constrained, see predictor.constrain_prompts).
+  uppers (B, 2), step_scales (B,): as Batch's (None: the frame's image, 1)."""
   prompts = jnp.asarray(prompts, jnp.float32)
   if settings.num_starts == 1:
     return prompts[:, None]
   rng = jax.random.key(settings.seed) if rng is None else rng
-  noise = settings.restart_jitter * jax.random.normal(
-      rng, (prompts.shape[0], settings.num_starts - 1, prompts.shape[1]))
-  restarts = predictor.constrain_prompts(prompts[:, None] + noise, original_size,
-                                         settings.min_box_size)
+  scale = 1.0 if step_scales is None else jnp.asarray(step_scales)[:, None, None]
+  shape = (settings.num_starts - 1, prompts.shape[1])
+  if rng.ndim == 1:  # one key per image: an image's restarts do not depend on its batch
+    draws = jax.vmap(lambda key: jax.random.normal(key, shape))(rng)
+  else:
+    draws = jax.random.normal(rng, (prompts.shape[0],) + shape)
+  noise = settings.restart_jitter * scale * draws
+  min_box = settings.min_box_size * scale  # (B, 1, 1): per image, over its restarts
+  restarts = predictor.constrain_prompts(prompts[:, None] + noise, original_size, min_box,
+                                         None if uppers is None else uppers[:, None])
   return jnp.concatenate([prompts[:, None], restarts], axis=1)
 
 
@@ -236,11 +249,18 @@ class Batch:
     images_small: (B, S, S) float32 in [0, 1], the images as the scorer sees them.
     prompts: (B, D) in original pixels, inside the image: (x, y) clicks, (x0, y0, x1, y1)
       boxes, or both (predictor.PROMPT_KINDS).
+    uppers: (B, 2) each image's largest (x, y) in the frame's pixels, when images of several
+      sizes share one frame (the model's own: prompts in its input pixels, tasks/refine.py);
+      None: predictor.click_upper(frame.original_size) for every image.
+    step_scales: (B,) each image's Adam step, restart jitter and smallest box side, as a
+      multiple of the settings' (which are then pixels of a reference image); None: 1.
   """
   embeddings: jax.Array
   frame: predictor.ImageFrame
   images_small: jax.Array
   prompts: jax.Array
+  uppers: jax.Array | None = None
+  step_scales: jax.Array | None = None
 
 
 def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
@@ -253,7 +273,8 @@ def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
       compiled loop, so keep one object: a new one recompiles).
     batch: the images, their embeddings and prompts (Batch).
     settings: see Settings.
-    rng: key for the restarts; default jax.random.key(settings.seed).
+    rng: key for the restarts, or (B,) keys (one per image); default
+      jax.random.key(settings.seed).
 
   Returns:
     EvolveResult (jax arrays; the batch axis follows the inputs' sharding).
@@ -279,9 +300,14 @@ def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
     predictor.check_prompts(prompts, frame.original_size)
   predictor.warn_if_untrained(sam_config, kind)
   config = ml_collections.FrozenConfigDict(sam_config)
+  uppers = (jnp.tile(jnp.array(predictor.click_upper(frame.original_size), jnp.float32), (b, 1))
+            if batch.uppers is None else jnp.asarray(batch.uppers, jnp.float32))
+  step_scales = (jnp.ones((b,), jnp.float32) if batch.step_scales is None
+                 else jnp.asarray(batch.step_scales, jnp.float32))
   out = _evolve_batch(
       sam_params, scorer.variables, embeddings, jnp.asarray(images_small, jnp.float32),
-      jnp.asarray(prompts, jnp.float32), jax.random.key(settings.seed) if rng is None else rng,
+      jnp.asarray(prompts, jnp.float32), uppers, step_scales,
+      jax.random.key(settings.seed) if rng is None else rng,
       sam_config=config, frame=frame, score_fn=scorer.fn, settings=settings,
       decode_fn=decode_fn)
   masks = _prompt_masks(sam_params, embeddings, out["initial_prompt"], out["best_prompt"],

@@ -4,11 +4,13 @@ masks).
     python main.py --config configs/refine.py --config.images=PATH \
         --config.prompts=prompts.csv --workdir OUT
 
-refine, per image (one compiled call per image; programs are cached per image size, so a
-folder of one size compiles once and every new size compiles again):
+refine, per batch of config.batch_size images of any sizes (one compiled program for every
+batch: the last one is padded; only the final masks' upsampling is compiled per image size):
 
-  read (data/images.py) -> SAM encoder -> evolve_prompts (the user's prompt moved by gradient
-  ascent on the regressor's score) -> masks of both prompts at the original size ->
+  read (data/images.py) -> SAM encoder (the model's input, the same size for every image) ->
+  evolve_prompts in the model's input frame (the user's prompt moved by gradient ascent on the
+  regressor's score; step sizes scale with each image, Batch.step_scales) -> masks of both
+  prompts at each image's original size ->
   safeguards (keep the evolved prompt or fall back to the user's) ->
   OUT/masks/<name>.png (the kept prompt's mask, 0/255), OUT/overlays/<name>.png, a row of
   OUT/results.csv; OUT/summary.json at the end. With config.save_initial_masks also
@@ -21,10 +23,11 @@ prompt) exist is skipped on a rerun unless config.overwrite.
 What the regressor sees: the image in grey in [0, 1], zero padded at the bottom and right to a
 max(H, W) square and resized to the regressor's resolution S (data/images.to_square), so the
 aspect ratio is kept. SAM pads the same way, so its low-res logits over the whole padded model
-frame are that square: `regressor_frame` gives evolve_prompts a frame whose valid region is the
-whole model frame, and evolve's soft mask is then SAM's mask of the padded square, aligned with
-the image. The final masks are decoded again with the true frame (evolve_prompts' own masks,
-made with the regressor's frame, are not used).
+frame are that square: `model_frame` gives evolve_prompts a frame whose valid region is the
+whole model frame (prompts in the model's pixels, each kept inside its image by
+Batch.uppers), and evolve's soft mask is then SAM's mask of the padded square, aligned with the
+image. The final masks are the low-res logits of the two prompts taken to each image's size
+(evolve_prompts' own masks, in the model frame, are not used).
 
 Bad inputs (config.on_bad_example): an image without a prompt row, a row without an image, a
 row that does not parse or repeats an image, a prompt outside its image, an unreadable or
@@ -33,6 +36,7 @@ corrupt file. 'error' stops with every problem found, each naming the file and t
 the file headers are found before any model is loaded.
 """
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -43,6 +47,7 @@ import zlib
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -51,20 +56,15 @@ from sampot_jax.data import images as images_lib
 from sampot_jax.data import prompt_csv
 from sampot_jax.report import overlay
 from sampot_jax.regressor import shipped
+from sampot_jax.sam import model
 from sampot_jax.sam import predictor
+from sampot_jax.sam import processing
 from sampot_jax.sampot import evolve
 from sampot_jax.sampot import metrics
 from sampot_jax.sampot import safeguards
 from sampot_jax.storage import embedding_cache
 from sampot_jax.storage import files
 from sampot_jax.tasks import common
-
-
-def regressor_frame(frame: predictor.ImageFrame, img_size: int) -> predictor.ImageFrame:
-  """The frame handed to evolve_prompts: the true original size (prompts, clipping), and the
-  whole img_size model frame as the valid region, so that evolve's soft mask covers the image
-  padded to a square, as `images.to_square` pads the image the regressor sees."""
-  return predictor.ImageFrame((int(img_size), int(img_size)), tuple(frame.original_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,76 +196,130 @@ def move_stale(workdir: Path, names: list[str]) -> None:
 # refine: one image.
 # ---------------------------------------------------------------------------------------------
 
-def scaled_settings(settings: evolve.Settings, size: tuple[int, int],
-                    reference_side: float) -> evolve.Settings:
-  """Step size, restart jitter and smallest box side given for a `reference_side` image, scaled
-  to this one's longest side (0 = the pixels as given)."""
-  if not reference_side or reference_side <= 0:
-    return settings
-  factor = max(size) / float(reference_side)
-  return dataclasses.replace(settings, learning_rate=settings.learning_rate * factor,
-                             restart_jitter=settings.restart_jitter * factor,
-                             min_box_size=settings.min_box_size * factor)
+def step_scale(size: tuple[int, int], img_size: int, reference_side: float) -> float:
+  """An image's Adam step, restart jitter and smallest box side in the model's input pixels, as
+  a multiple of the settings' (given for a `reference_side` image, scaled to each image's
+  longest side; 0: pixels of every image as given)."""
+  if reference_side and reference_side > 0:
+    return img_size / float(reference_side)
+  return img_size / float(max(size))
+
+
+@functools.partial(jax.jit, static_argnames=("sam_config", "decode_fn"))
+def _model_frame_logits(sam_params, embeddings, prompts, *, sam_config, decode_fn):
+  """(B, g, g, C), (B, K, D) prompts in model pixels -> low-res logits (B, K, L, L), IoU (B, K)."""
+  b, k, d = prompts.shape
+  frame = model_frame(sam_config.img_size)
+  low_res, iou = decode_fn(sam_params, jnp.repeat(embeddings, k, axis=0),
+                           prompts.reshape(b * k, d), frame, sam_config)
+  return (low_res[:, 0].reshape((b, k) + low_res.shape[-2:]), iou[:, 0].reshape(b, k))
+
+
+def model_frame(img_size: int) -> predictor.ImageFrame:
+  """The model's own input frame, shared by images of every size: prompts in its pixels, the
+  whole padded square valid (the regressor sees the image padded to that square)."""
+  return predictor.ImageFrame((int(img_size), int(img_size)), (int(img_size), int(img_size)))
 
 
 class Refiner:
-  """The frozen models of a run and what it needs per image."""
+  """The frozen models of a run; refines a batch of images of any sizes in one compiled call."""
 
   def __init__(self, config, workdir: Path):
     t0 = time.time()
     self.sam = common.load_sam(config)
     self.scorer = common.load_scorer(config)
     self.side = self.scorer.resolution
+    self.img_size = int(self.sam.config.img_size)
+    self.proc = processing.processing_for(self.sam.config)
     self.settings = evolve.settings_from_config(config.evolve)
     self.reference_side = float(config.reference_side)
+    self.batch_size = int(config.batch_size)
+    if self.batch_size < 1:
+      raise errors.ConfigError(f"config.batch_size={self.batch_size}; it must be >= 1.")
     self.safeguards = config.safeguards
     self.key = jax.random.key(int(config.seed))
     self.cache = (embedding_cache.EmbeddingCache(config.embedding_cache_dir, self.sam.key,
                                                  self.sam.config)
                   if config.embedding_cache_dir else None)
-    self.compiled: set = set()
+    self.compiled: set = set()  # image sizes whose final masks were compiled
+    self.evolve_programs_before = evolve.compiled_programs()
     self.seconds_loading = time.time() - t0
-    logging.info("Models loaded in %.1f s: SAM %s (%s), regressor at %d x %d.",
-                 self.seconds_loading, self.sam.config.variant, self.sam.key, self.side,
-                 self.side)
+    logging.info("Models loaded in %.1f s: SAM %s (%s), regressor at %d x %d; %d image(s) per "
+                 "compiled call.", self.seconds_loading, self.sam.config.variant, self.sam.key,
+                 self.side, self.side, self.batch_size)
 
-  def encode(self, pixels: np.ndarray):
+  @property
+  def evolve_compilations(self) -> int:
+    """How often this run compiled the evolution (every image size shares one program)."""
+    return evolve.compiled_programs() - self.evolve_programs_before
+
+  def _pad(self, rows: list) -> np.ndarray:
+    """n rows -> batch_size rows (the last repeated): every call has one shape."""
+    return np.stack(rows + [rows[-1]] * (self.batch_size - len(rows)))
+
+  def encode(self, inputs: np.ndarray) -> jax.Array:
+    """(n, S, S, 3) model inputs -> (batch_size, g, g, C) embeddings (padded)."""
+    encode = lambda batch: model.encode_jit(self.sam.params, jnp.asarray(batch), self.sam.config)
     if self.cache is not None:
-      embeddings, _ = self.cache.embeddings(
-          [pixels], lambda batch: predictor.encode_images(self.sam.params, batch,
-                                                          self.sam.config)[0], 1)
-      return jnp.asarray(embeddings), predictor.frame_for(pixels.shape[:2],
-                                                          self.sam.config.img_size)
-    return predictor.encode_images(self.sam.params, pixels[None], self.sam.config)
+      embeddings, _ = self.cache.embeddings(list(inputs), encode, self.batch_size)
+      return jnp.asarray(self._pad(list(embeddings)))
+    return encode(self._pad(list(inputs)))
 
-  def refine(self, item: Item, image: images_lib.Image) -> dict:
-    """Evolves one image's prompt; returns host arrays and timings."""
-    seconds = {}
+  def refine_batch(self, items: list, images: list) -> list[dict]:
+    """Evolves the prompts of up to batch_size images (any sizes) in the model's input frame;
+    returns one dict of host arrays per image, masks at each image's own size."""
+    n, s = len(items), self.img_size
     t0 = time.time()
-    embeddings, frame = self.encode(image.pixels)
-    embeddings = jax.block_until_ready(embeddings)
-    seconds["encode"] = time.time() - t0
+    inputs = np.concatenate([self.proc.prepare_images(im.pixels[None], s)[0] for im in images])
+    embeddings = jax.block_until_ready(self.encode(inputs))
+    t_encode = time.time() - t0
     t0 = time.time()
-    small = images_lib.to_square(image.gray, self.side)[None]
-    settings = scaled_settings(self.settings, image.size, self.reference_side)
-    rng = jax.random.fold_in(self.key, zlib.crc32(item.name.encode()) & 0x7FFFFFFF)
-    batch = evolve.Batch(embeddings, regressor_frame(frame, self.sam.config.img_size),
-                         jnp.asarray(small), item.prompt[None].astype(np.float32))
-    result = evolve.evolve_prompts(self.sam, self.scorer, batch, settings, rng=rng)
-    initial = np.asarray(result.initial_prompt)[0]
-    best = np.asarray(result.best_prompt)[0]
-    masks, ious = predictor.prompt_masks(self.sam.params, self.sam.config, embeddings, frame,
-                                         np.stack([initial, best])[None])
-    masks, ious = np.asarray(masks)[0], np.asarray(ious)[0]
-    seconds["evolve"] = time.time() - t0
-    first = (image.size, settings) not in self.compiled
-    self.compiled.add((image.size, settings))
-    return dict(initial=initial, best=best, initial_score=float(result.initial_score[0]),
-                best_score=float(result.best_score[0]), initial_mask=masks[0],
-                best_mask=masks[1], initial_iou=float(ious[0]), best_iou=float(ious[1]),
-                best_step=int(result.best_step[0]),
-                nan_step=int(np.asarray(result.nan_step)[0].min()), seconds=seconds,
-                compiled=first)
+    prompts, uppers, scales, keys = [], [], [], []
+    for item, image in zip(items, images):
+      pairs = np.asarray(item.prompt, np.float64).reshape(-1, 2)
+      prompts.append(self.proc.apply_coords(pairs, image.size, s).reshape(-1))
+      uppers.append(self.proc.apply_coords(np.array([predictor.click_upper(image.size)]),
+                                           image.size, s)[0])
+      scales.append(step_scale(image.size, s, self.reference_side))
+      keys.append(jax.random.fold_in(self.key, zlib.crc32(item.name.encode()) & 0x7FFFFFFF))
+    small = [images_lib.to_square(im.gray, self.side) for im in images]
+    batch = evolve.Batch(embeddings, model_frame(s), jnp.asarray(self._pad(small)),
+                         self._pad(prompts).astype(np.float32), self._pad(uppers),
+                         self._pad(scales))
+    result = evolve.evolve_prompts(self.sam, self.scorer, batch, self.settings,
+                                   rng=jnp.stack(keys + [keys[-1]] * (self.batch_size - n)))
+    both = jnp.stack([result.initial_prompt, result.best_prompt], axis=1)
+    low_res, ious = _model_frame_logits(self.sam.params, embeddings, both,
+                                        sam_config=ml_collections.FrozenConfigDict(
+                                            self.sam.config), decode_fn=self.sam.decode)
+    low_res, ious = np.asarray(low_res), np.asarray(ious)
+    both = np.asarray(both, np.float64)
+    t_evolve = time.time() - t0
+    outs = []
+    for i, image in enumerate(images):
+      frame = predictor.frame_for(image.size, s)
+      first = image.size not in self.compiled
+      self.compiled.add(image.size)
+      masks = np.asarray(_to_original(jnp.asarray(low_res[i]), self.proc, frame, s))
+      # Back to the image's pixels: the inverse of apply_coords (a scale per axis).
+      unit = self.proc.apply_coords(np.ones((1, 2)), image.size, s)[0].astype(np.float64)
+      best = (both[i, 1].reshape(-1, 2) / unit).reshape(-1)
+      outs.append(dict(
+          initial=np.asarray(items[i].prompt, np.float64), best=best,
+          initial_score=float(result.initial_score[i]), best_score=float(result.best_score[i]),
+          initial_mask=masks[0], best_mask=masks[1], initial_iou=float(ious[i, 0]),
+          best_iou=float(ious[i, 1]), best_step=int(result.best_step[i]),
+          nan_step=int(np.asarray(result.nan_step)[i].min()),
+          seconds={"encode": t_encode / n, "evolve": t_evolve / n}, compiled=first))
+    return outs
+
+
+@functools.partial(jax.jit, static_argnames=("proc", "frame", "img_size"))
+def _to_original(low_res, proc, frame: predictor.ImageFrame, img_size: int):
+  """(K, L, L) low-res logits -> (K, H, W) bool masks at the image's size (one small program
+  per size: the evolution never sees the size)."""
+  logits = proc.postprocess_masks(low_res, frame.input_size, frame.original_size, img_size)
+  return logits > predictor.MASK_THRESHOLD
 
 
 def _prompt_text(prompt) -> str:
@@ -361,50 +415,64 @@ def _run(config, workdir: Path, mode: str) -> dict:
   last_write = time.time()
   interrupted = False
   try:
-    for item in tqdm(todo, desc="refine", unit="image"):
+    progress = tqdm(total=len(todo), desc="refine", unit="image")
+    for first in range(0, len(todo), refiner.batch_size if refiner else 1):
       t0 = time.time()
-      try:
-        image = images_lib.read_image(item.path)
-        predictor.check_prompts(item.prompt[None], image.size, ids=[item.name])
-      except (errors.BadInputError, ValueError) as e:
-        problem = errors.BadInputError(item.name, line=item.line, reason=getattr(e, "reason", str(e)))
-        if mode == "error":
-          if rows:  # what this run finished stays done
-            common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
-          raise errors.BadInputsError([problem]) from e
-        logging.warning("Skipping %s", problem)
-        late_problems.append(problem)
-        if rows.pop(item.name, None) is not None:
-          move_stale(workdir, [item.name])
+      loaded = []
+      for item in todo[first:first + refiner.batch_size]:
+        try:
+          image = images_lib.read_image(item.path)
+          predictor.check_prompts(item.prompt[None], image.size, ids=[item.name])
+        except (errors.BadInputError, ValueError) as e:
+          problem = errors.BadInputError(item.name, line=item.line,
+                                         reason=getattr(e, "reason", str(e)))
+          if mode == "error":
+            if rows:  # what this run finished stays done
+              common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+            raise errors.BadInputsError([problem]) from e
+          logging.warning("Skipping %s", problem)
+          late_problems.append(problem)
+          if rows.pop(item.name, None) is not None:
+            move_stale(workdir, [item.name])
+          progress.update(1)
+          continue
+        loaded.append((item, image))
+      if not loaded:
         continue
-      t_read = time.time() - t0
-      out = refiner.refine(item, image)
-      verdict = judge(config, out)
-      t1 = time.time()
-      kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
-      overlay.write_mask(workdir / "masks" / f"{item.out}.png", kept_mask)
-      if config.save_initial_masks:
-        overlay.write_mask(workdir / "initial_masks" / f"{item.out}.png", out["initial_mask"])
-      picture = overlay.draw(image.pixels, out["initial_mask"], out["best_mask"], out["initial"],
-                             out["best"], _caption(item, out, verdict),
-                             int(config.overlay_max_side))
-      overlay.write_png(workdir / "overlays" / f"{item.out}.png", picture)
-      t_write = time.time() - t1
-      seconds = time.time() - t0
-      row = results_row(item, image, dim, out, verdict, seconds)
-      row.update(image_sha256=item.sha256, run_key=key)
-      rows[item.name] = row
-      new_rows.append(row)
-      h, w = image.size
-      logging.info(
-          "%s (%dx%d): %.2f s = read %.2f, encode %.2f, evolve %.2f%s, write %.2f; score %.3f -> "
-          "%.3f, kept %s%s", item.name, w, h, seconds, t_read, out["seconds"]["encode"],
-          out["seconds"]["evolve"], f" (compiling for {w}x{h})" if out["compiled"] else "",
-          t_write, out["initial_score"], out["best_score"], verdict["kept"],
-          "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})")
+      t_read = (time.time() - t0) / len(loaded)
+      compilations = refiner.evolve_compilations
+      outs = refiner.refine_batch([it for it, _ in loaded], [im for _, im in loaded])
+      compiled_now = refiner.evolve_compilations > compilations
+      for (item, image), out in zip(loaded, outs):
+        verdict = judge(config, out)
+        t1 = time.time()
+        kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
+        overlay.write_mask(workdir / "masks" / f"{item.out}.png", kept_mask)
+        if config.save_initial_masks:
+          overlay.write_mask(workdir / "initial_masks" / f"{item.out}.png", out["initial_mask"])
+        picture = overlay.draw(image.pixels, out["initial_mask"], out["best_mask"],
+                               out["initial"], out["best"], _caption(item, out, verdict),
+                               int(config.overlay_max_side))
+        overlay.write_png(workdir / "overlays" / f"{item.out}.png", picture)
+        t_write = time.time() - t1
+        seconds = t_read + out["seconds"]["encode"] + out["seconds"]["evolve"] + t_write
+        row = results_row(item, image, dim, out, verdict, seconds)
+        row.update(image_sha256=item.sha256, run_key=key)
+        rows[item.name] = row
+        new_rows.append(row)
+        h, w = image.size
+        logging.info(
+            "%s (%dx%d): %.2f s = read %.2f, encode %.2f, evolve %.2f%s, write %.2f (a share "
+            "of a batch of %d); score %.3f -> %.3f, kept %s%s", item.name, w, h, seconds,
+            t_read, out["seconds"]["encode"], out["seconds"]["evolve"],
+            " (compiling the evolution)" if compiled_now else "", t_write, len(loaded),
+            out["initial_score"], out["best_score"], verdict["kept"],
+            "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})")
+        progress.update(1)
       if time.time() - last_write > 10.0:  # a killed run keeps what it finished
         common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
         last_write = time.time()
+    progress.close()
   except KeyboardInterrupt:  # Ctrl-C: the image in progress is abandoned (redone next time)
     interrupted = True
   if rows:
@@ -445,6 +513,10 @@ def summarize(config, kind, found, items, done, new_rows, problems, refiner, sec
       "mean_score": {"initial": mean("score_initial"), "evolved": mean("score_evolved"),
                      "kept": mean("score_kept")},
       "sizes": sizes,
+      # The evolution compiles once for every size (twice at most: a new batch shape); only
+      # the final masks' upsampling compiles per image size.
+      "evolution_compilations": refiner.evolve_compilations if refiner else 0,
+      "batch_size": refiner.batch_size if refiner else None,
       "compiled_programs": len(refiner.compiled) if refiner else 0,
       "regressor_side": refiner.side if refiner else None,
       "sam_variant": refiner.sam.config.variant if refiner else None,
