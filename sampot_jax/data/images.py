@@ -39,6 +39,7 @@ from sampot_jax import errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")  # NIfTI volumes (data/volumes.py), listed on request
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +86,14 @@ def _is_image_file(path: Path) -> bool:
   return suffix == "" and is_dicom(path)
 
 
-def list_images(path, exclude=()) -> dict[str, Path]:
+def list_images(path, exclude=(), volumes: bool = False) -> dict[str, Path]:
   """{name: file} of the images at `path`: one file, or every image file below a folder.
 
   A name is the file's path relative to the folder (POSIX separators; for a single file, its
   file name), as the prompts CSV's `file` column gives it. Hidden files and folders (a name
   starting with '.') are ignored, and so is anything below a folder of `exclude` (the run's own
   output folder when it lies inside `path`). Image files: IMAGE_SUFFIXES (any case), and files
-  without a suffix that carry the DICOM magic.
+  without a suffix that carry the DICOM magic; with `volumes`, NIfTI files too.
   """
   path = Path(path).expanduser()
   if not path.exists():
@@ -109,7 +110,7 @@ def list_images(path, exclude=()) -> dict[str, Path]:
     resolved = file.resolve()
     if any(resolved.is_relative_to(e) for e in excluded):
       continue
-    if _is_image_file(file):
+    if _is_image_file(file) or (volumes and file.name.lower().endswith(VOLUME_SUFFIXES)):
       found[rel.as_posix()] = file
   return found
 

