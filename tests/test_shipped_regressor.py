@@ -106,3 +106,7 @@ def test_the_package_regressors_load_and_match_their_cards(name):
   assert card["dtype"] == "float32" or check["max_abs_diff"] <= 0.003
   assert card["trained"]["command"].startswith("python main.py")
   json.dumps(card)  # plain JSON
+
+
+def test_the_two_lung_regressors_ship():
+  assert {"lite_medsam_lung_left", "lite_medsam_lung_right"} <= set(shipped.names())
