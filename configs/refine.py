@@ -45,5 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   # available but rejects good boxes around ring- or crescent-shaped structures.
   config.safeguards = settings.block(settings.Safeguards(rules=("score_gain", "mask_overlap")))
 
+  # Several processes (hosts) on one run: docs/refine.md, "Many processes".
+  config.distributed = settings.block(settings.Distributed())
   config.embedding_cache_dir = ""  # a folder keeps SAM embeddings for reruns; empty: no cache
   return config

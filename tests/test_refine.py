@@ -584,3 +584,44 @@ def test_images_the_models_cannot_take_are_skipped_at_plan_time(user_folder, tmp
   assert summary["processed"] == 3 and sorted(fake_refiner.calls) == ["a.png", "c.dcm", "sub/b.png"]
   reasons = {b["file"]: b["reason"] for b in summary["bad_inputs"]}
   assert "at least 16 pixels" in reasons["thin.png"] and "at least 16 pixels" in reasons["strip.png"]
+
+
+@pytest.mark.slow
+def test_two_processes_under_jax_distributed_equal_one(tmp_path):
+  """refine under jax.distributed, 2 CPU processes on localhost, each on its share of 5 images:
+  one results.csv and summary.json, the same as one process's (seconds aside)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "images"
+  rows = ["file,x0,y0,x1,y1"]
+  for i, (h, w) in enumerate([(48, 48), (40, 64), (64, 40), (48, 48), (40, 64)]):
+    write_png(images / f"i{i}.png", h, w, i)
+    rows.append(f"i{i}.png,{w // 5},{h // 6},{w - w // 4},{h - h // 5}")
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("\n".join(rows) + "\n")
+  args = ["--config", "configs/refine_tiny.py", f"--config.images={images}",
+          f"--config.prompts={prompts}", "--config.batch_size=2"]
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(helpers.ROOT))
+  both = [subprocess.Popen(
+      [sys.executable, "main.py", *args, "--workdir", str(tmp_path / "two"),
+       "--config.distributed.num_processes=2", f"--config.distributed.process_id={k}",
+       f"--config.distributed.coordinator=localhost:{port}"], cwd=helpers.ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+  logs = [p.communicate(timeout=600)[1] for p in both]
+  assert [p.returncode for p in both] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert "Process 1 of 2: 2 image(s) of this run are mine" in logs[1]
+  main_py(*args, "--workdir", str(tmp_path / "one"))
+  two = read_rows(tmp_path / "two" / "results.csv")
+  one = read_rows(tmp_path / "one" / "results.csv")
+  assert [r["file"] for r in two] == [r["file"] for r in one] == [f"i{i}.png" for i in range(5)]
+  for a, b in zip(two, one):
+    for field in a:
+      if field != "seconds":
+        assert a[field] == b[field], (a["file"], field)
+  s2, s1 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one"))
+  assert s2["processes"] == 2 and s1["processes"] == 1
+  for key in ("processed", "accepted", "mean_score", "sizes", "rejected_by"):
+    assert s2[key] == s1[key], key
+  assert not (tmp_path / "two" / "parts").exists()

@@ -204,8 +204,35 @@ class Baselines:
 
 
 # config field -> its dataclass, for the blocks tasks share.
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+  """config.distributed: one run over several processes (runtime/distributed.py), each on its
+  share of the images, one set of outputs.
+
+  Attributes:
+    num_processes: processes of the run; 1: this process alone.
+    process_id: this process's number, 0 .. num_processes - 1 (0 merges the outputs).
+    coordinator: host:port of process 0, where the others connect (e.g. 'node0:12345').
+    auto: jax.distributed.initialize() finds the cluster itself (TPU pods, SLURM, Open MPI);
+      the three fields above are then unused.
+  """
+  num_processes: int = 1
+  process_id: int = 0
+  coordinator: str = ""
+  auto: bool = False
+
+  def __post_init__(self):
+    _check("distributed", (
+        ("num_processes", self.num_processes >= 1, ">= 1", self.num_processes),
+        ("process_id", 0 <= self.process_id < self.num_processes,
+         f"in 0 .. {self.num_processes - 1}", self.process_id),
+        ("coordinator", bool(self.coordinator) or self.num_processes == 1 or self.auto,
+         "host:port of process 0 when num_processes > 1", self.coordinator)))
+
+
 BLOCKS = {"data": Data, "candidates": Candidates, "safeguards": Safeguards, "sam": Sam,
-          "regressor": Regressor, "evolve": Evolve, "baselines": Baselines}
+          "regressor": Regressor, "evolve": Evolve, "baselines": Baselines,
+          "distributed": Distributed}
 
 
 def block(settings: Any) -> ml_collections.ConfigDict:

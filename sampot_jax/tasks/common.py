@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 import socket
 import time
@@ -18,11 +19,14 @@ from sampot_jax.sampot.scorer import Scorer
 from sampot_jax.storage import files
 
 
-def run_locked(config, path, body):
+def run_locked(config, path, body, lock: bool = True):
   """A task on users' files: start (settings checked, workdir made), then
-  body(config, workdir, on_bad_example mode) under the workdir's lock; its result."""
+  body(config, workdir, on_bad_example mode) under the workdir's lock (one run per workdir;
+  `lock=False` for the other processes of a multi-process run, whose process 0 holds it)."""
   workdir = start(config, path)
-  with workdir_lock(workdir):  # one run per workdir
+  if not lock:
+    return body(config, workdir, check_mode(config))
+  with workdir_lock(workdir):
     return body(config, workdir, check_mode(config))
 
 
@@ -114,8 +118,14 @@ def workdir(path) -> Path:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+# A plain decimal number: a spreadsheet reads it as a number, not a formula, whatever its sign
+# (a "-1" read back from a CSV and written again stays "-1").
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _cell(value):
-  if isinstance(value, str) and value.startswith(FORMULA_STARTS + ("'",)):
+  if (isinstance(value, str) and value.startswith(FORMULA_STARTS + ("'",))
+      and not _NUMBER.fullmatch(value)):
     return "'" + value
   return value
 

@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+import shutil
 import time
 import zlib
 
@@ -63,6 +64,7 @@ from sampot_jax.sam import predictor
 from sampot_jax.sam import processing
 from sampot_jax.sampot import evolve
 from sampot_jax.sampot import metrics
+from sampot_jax.runtime import distributed
 from sampot_jax.sampot import safeguards
 from sampot_jax.storage import embedding_cache
 from sampot_jax.storage import files
@@ -423,11 +425,32 @@ def _caption(item: Item, out: dict, verdict: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def run(config, workdir) -> dict:
-  """Task 'refine' (see the module docstring); returns the summary."""
-  return common.run_locked(config, workdir, _run)
+  """Task 'refine' (see the module docstring); returns the summary. Under
+  config.distributed, each process refines its share and process 0 merges the outputs."""
+  index, count = distributed.start(config.distributed)
+  return common.run_locked(config, workdir, functools.partial(_run, index=index, count=count),
+                           lock=index == 0)
 
 
-def _run(config, workdir: Path, mode: str) -> dict:
+PARTS = "parts"  # WORKDIR/parts/results.K.csv, problems.K.json: each process's, merged by 0
+
+
+def _merge_parts(workdir: Path, count: int, rows: dict) -> tuple[list, list]:
+  """Process 0, after the barrier: every process's new rows into `rows` (by key) and their
+  late problems; the parts are then removed. Returns (new rows, problems)."""
+  new_rows, problems = [], []
+  for k in range(count):
+    for row in common.read_csv(workdir / PARTS / f"results.{k}.csv"):
+      rows[row_key(row["file"], row.get("slice"))] = row
+      new_rows.append(row)
+    for record in json.loads((workdir / PARTS / f"problems.{k}.json").read_text()):
+      problems.append(errors.BadInputError(record["file"], line=record.get("line"),
+                                           reason=record["reason"]))
+  shutil.rmtree(workdir / PARTS, ignore_errors=True)
+  return new_rows, problems
+
+
+def _run(config, workdir: Path, mode: str, index: int = 0, count: int = 1) -> dict:
   t_start = time.time()
   if not config.images or not config.prompts:
     raise errors.ConfigError("give the images and the prompts: --config.images=FOLDER_OR_FILE "
@@ -442,7 +465,7 @@ def _run(config, workdir: Path, mode: str) -> dict:
   previous = {row_key(row["file"], row.get("slice")): row
               for row in common.read_csv(results_path) if row.get("file")}
   stale = sorted(set(previous) - {it.key for it in items})
-  if stale:  # removed images, or prompts now invalid: their rows and outputs leave
+  if stale and index == 0:  # removed images, or prompts now invalid: their rows and outputs leave
     move_stale(workdir, stale)
     previous = {name: row for name, row in previous.items() if name not in stale}
   key = run_key(config)
@@ -460,6 +483,17 @@ def _run(config, workdir: Path, mode: str) -> dict:
                  "--config.overwrite=True redoes them.", len(done))
   rows = dict(previous)
   new_rows, late_problems = [], []
+  if count > 1:
+    # Whole batches, as one process would form them: an image meets the same companions in a
+    # batch, so its numbers are those of a one-process run, to the bit.
+    size = max(int(config.batch_size), 1)
+    batches = distributed.share([todo[i:i + size] for i in range(0, len(todo), size)], index,
+                                count)
+    todo = [item for batch in batches for item in batch]
+    logging.info("Process %d of %d: %d image(s) of this run are mine.", index, count, len(todo))
+    results_path = workdir / PARTS / f"results.{index}.csv"  # my rows only; 0 merges
+    results_path.parent.mkdir(exist_ok=True)
+    rows = {}
   refiner = Refiner(config, workdir) if todo else None
   last_write = time.time()
   interrupted = False
@@ -527,11 +561,26 @@ def _run(config, workdir: Path, mode: str) -> dict:
     interrupted = True
   if rows:
     common.write_csv(results_path, sorted(rows.values(), key=_order))
+  if count > 1:
+    files.write_json(workdir / PARTS / f"problems.{index}.json",
+                     [p.record() for p in late_problems])
+    if not rows:
+      common.write_csv(results_path, [])
+    distributed.barrier("refine: every share done")
+    if index != 0:
+      logging.info("Process %d: %d image(s) refined; process 0 writes results.csv and "
+                   "summary.json.", index, len(new_rows))
+      return {"task": "refine", "process": index, "processed": len(new_rows)}
+    rows = dict(previous)
+    new_rows, late_problems = _merge_parts(workdir, count, rows)
+    results_path = workdir / "results.csv"
+    common.write_csv(results_path, sorted(rows.values(), key=_order))
   problems = common.sort_problems(problems + late_problems)
   written = write_volumes(workdir, items, rows)
   summary = summarize(config, kind, found, items, done, new_rows, problems, refiner,
                       time.time() - t_start)
   summary["mask_volumes"] = written
+  summary["processes"] = count
   summary["interrupted"] = interrupted
   files.write_json(workdir / "summary.json", summary)
   if interrupted:
@@ -588,7 +637,7 @@ def summarize(config, kind, found, items, done, new_rows, problems, refiner, sec
   for row in new_rows:
     for rule in filter(None, row["rejected_by"].split(";")):
       rejected[rule] = rejected.get(rule, 0) + 1
-  mean = lambda key: float(np.mean([r[key] for r in new_rows])) if new_rows else None
+  mean = lambda key: float(np.mean([float(r[key]) for r in new_rows])) if new_rows else None
   sizes = {}
   for row in new_rows:
     sizes[f"{row['width']}x{row['height']}"] = sizes.get(f"{row['width']}x{row['height']}", 0) + 1
@@ -598,7 +647,7 @@ def summarize(config, kind, found, items, done, new_rows, problems, refiner, sec
       "images_found": found, "images_with_prompt": len(items),
       "processed": len(new_rows), "already_done": len(done),
       "skipped": len(problems), "bad_inputs": [p.record() for p in problems],
-      "accepted": sum(bool(r["accepted"]) for r in new_rows),
+      "accepted": sum(str(r["accepted"]) == "True" for r in new_rows),  # merged rows: text
       "rejected_by": rejected,
       "mean_score": {"initial": mean("score_initial"), "evolved": mean("score_evolved"),
                      "kept": mean("score_kept")},
