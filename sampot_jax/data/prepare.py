@@ -16,7 +16,6 @@ The NLM asks that the set not be shared outside a research group, so the project
 it: each user downloads it (DOWNLOAD_PAGE) and runs the prepare command.
 """
 import csv
-import hashlib
 import io
 import json
 import os
@@ -32,6 +31,7 @@ from sampot_jax import errors
 from sampot_jax.data import lungs
 from sampot_jax.data import raw
 from sampot_jax.data import splits as splits_lib
+from sampot_jax.storage import checkpoints
 from sampot_jax.storage import files
 
 DOWNLOAD_PAGE = ("https://data.lhncbc.nlm.nih.gov/public/Tuberculosis-Chest-X-ray-Datasets/"
@@ -51,14 +51,6 @@ def how_to_get() -> str:
   """The sentence a missing Montgomery folder is met with."""
   return (f"Download {ZIP_NAME} from the NLM ({DOWNLOAD_PAGE}), then run\n  {COMMAND}\n"
           "and pass --config.data.dir=DIR.")
-
-
-def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def _members(archive: zipfile.ZipFile) -> dict:
@@ -104,7 +96,7 @@ def verify(out: Path) -> dict:
     raise errors.BadInputError(out / MANIFEST, f"cannot be read ({e}); delete {out} and run "
                                f"the prepare command again:\n  {COMMAND}") from None
   bad = [rel for rel, digest in manifest["files"].items()
-         if not (out / rel).is_file() or _sha256(out / rel) != digest]
+         if not (out / rel).is_file() or checkpoints.sha256_file(out / rel) != digest]
   if bad:
     raise errors.BadInputError(out / MANIFEST, f"{len(bad)} prepared file(s) are missing or "
                                f"changed (e.g. {', '.join(bad[:3])}); delete {out} and run "
@@ -128,7 +120,7 @@ def prepare_montgomery(zip_path, out, image_size: int = 512, zip_sha256: str = Z
   if not zip_path.is_file():
     raise errors.MissingInputError(f"config.zip={str(zip_path)!r} does not exist. "
                                    + how_to_get())
-  digest = _sha256(zip_path)
+  digest = checkpoints.sha256_file(zip_path)
   if zip_sha256 and digest != zip_sha256:
     raise errors.BadInputError(zip_path, f"has sha256 {digest}, not the NLM release's "
                                f"{zip_sha256}: download it again (an interrupted download?), "
@@ -164,7 +156,7 @@ def prepare_montgomery(zip_path, out, image_size: int = 512, zip_sha256: str = Z
         for rel, array in arrays.items():
           (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
           (tmp / rel).write_bytes(_png(array))
-          written[rel] = _sha256(tmp / rel)
+          written[rel] = checkpoints.sha256_file(tmp / rel)
     (tmp / "scratch").rmdir()
     with open(tmp / "splits.csv", "w", newline="") as f:
       writer = csv.writer(f)
@@ -173,7 +165,7 @@ def prepare_montgomery(zip_path, out, image_size: int = 512, zip_sha256: str = Z
     (tmp / "README.md").write_text(_README.format(size=image_size, n=len(table),
                                                   page=DOWNLOAD_PAGE))
     for rel in ("splits.csv", "README.md"):
-      written[rel] = _sha256(tmp / rel)
+      written[rel] = checkpoints.sha256_file(tmp / rel)
     manifest = {"source": {"file": zip_path.name, "sha256": digest}, "image_size": image_size,
                 "subjects": len(table), "masks_swapped": swapped, "files": written}
     files.write_json(tmp / MANIFEST, manifest)

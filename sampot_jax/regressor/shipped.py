@@ -12,7 +12,6 @@ Each is two files in sampot_jax/regressor/weights/:
 `write` makes both (the ship_regressor task, from a train_regressor workdir: temporary files,
 then rename); `read` refuses a file whose sha256 differs from its card, naming it and the fix.
 """
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -59,10 +58,6 @@ def _flat(tree) -> dict:
           for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]}
 
 
-def _sha256(path: Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write(name: str, made: dict, variables, dtype: str, folder: Path | None = None) -> dict:
   """variables (a regressor's {'params', 'batch_stats'}) -> folder/NAME.npz in `dtype`, and
   NAME.json: `made` (model, data, sam_variant, trained: see the module docstring) with the
@@ -78,7 +73,7 @@ def write(name: str, made: dict, variables, dtype: str, folder: Path | None = No
     np.savez_compressed(f, **stored)
   os.replace(tmp, npz)
   found = {"format": FORMAT, "name": name, **made, "dtype": dtype,
-           "npz_sha256": _sha256(npz), "arrays": checkpoints.array_index(stored)}
+           "npz_sha256": checkpoints.sha256_file(npz), "arrays": checkpoints.array_index(stored)}
   files.write_json(folder / f"{name}.json", found)
   return found
 
@@ -91,7 +86,7 @@ def read(name: str, folder: Path | None = None) -> tuple[regressor.DiceRegressor
   fix = "reinstall sampot-jax (pip install -e . in a clean checkout)"
   if not npz.is_file():
     raise errors.RegressorError(f"{npz} is missing: {fix}.")
-  if _sha256(npz) != found["npz_sha256"]:
+  if checkpoints.sha256_file(npz) != found["npz_sha256"]:
     raise errors.RegressorError(f"{npz} does not match the sha256 in {name}.json (the file "
                                 f"was changed or damaged): {fix}.")
   model = regressor.from_config(found["model"])

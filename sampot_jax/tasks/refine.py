@@ -66,6 +66,7 @@ from sampot_jax.sampot import evolve
 from sampot_jax.sampot import metrics
 from sampot_jax.runtime import distributed
 from sampot_jax.sampot import safeguards
+from sampot_jax.storage import checkpoints
 from sampot_jax.storage import embedding_cache
 from sampot_jax.storage import files
 from sampot_jax.tasks import common
@@ -172,11 +173,7 @@ def _same_prompt(row: dict, prompt: np.ndarray, dim: int) -> bool:
 
 def file_sha256(path: Path) -> str:
   """sha256 (hex) of a file's bytes: an image replaced under the same name is another image."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+  return checkpoints.sha256_file(path)
 
 
 def _model_identity(block, files_that_say: tuple[str, ...]) -> dict:
