@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.regressor = settings.block(settings.Regressor(workdir="runs/regressor"))
   config.evolve = settings.block(settings.Evolve())  # the paper's values where it gives them
   config.safeguards = settings.block(settings.Safeguards())
+  # Several processes (hosts): the batches sharded over all their devices (docs/refine.md).
+  config.distributed = settings.block(settings.Distributed())
   config.baselines = settings.block(settings.Baselines())
 
   config.figures = ml_collections.ConfigDict()

@@ -90,6 +90,15 @@ def shard_batch(tree, mesh: jax.sharding.Mesh):
   return jax.tree.map(put, tree)
 
 
+def like(x, ref):
+  """A host array (the same on every host) split along axis 0 as `ref` (a global batch array)
+  is; in one process, `x` as it is."""
+  if jax.process_count() == 1:
+    return x
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, ref.sharding, lambda index: x[index])
+
+
 def replicate(tree, mesh: jax.sharding.Mesh):
   """A whole copy of every leaf on every device of the mesh (params)."""
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

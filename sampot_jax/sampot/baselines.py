@@ -85,7 +85,7 @@ def grid_maps(sam: frozen.Sam, scorer: Scorer, embeddings, frame, images_small, 
   padded, _ = sharding.pad_batch(np.swapaxes(prompts, 0, 1), chunk)
   padded = np.swapaxes(padded, 0, 1)
   maps = _grid_maps(sam.params, scorer.variables, embeddings, jnp.asarray(images_small),
-                    jnp.asarray(targets, bool), jnp.asarray(padded),
+                    jnp.asarray(targets, bool), sharding.like(padded, embeddings),
                     sam_config=ml_collections.FrozenConfigDict(sam.config), frame=frame,
                     score_fn=scorer.fn, slope=float(slope), chunk=chunk)
   return tuple(m[:, :k] for m in maps)
@@ -172,18 +172,22 @@ def box_methods(sam: frozen.Sam, scorer: Scorer, batch: evolve.Batch, targets, s
       dataclasses.replace(settings, iou_weight=0.0), rng=rng)
   out["true_dice_ascent_mask"] = bound.best_mask
   out["true_dice_ascent_prompt"] = bound.best_prompt
-  gt = prompts_lib.bounding_boxes(np.asarray(targets))
-  masks, _ = predictor.prompt_masks(sam.params, sam.config, embeddings, frame, gt[:, None])
+  # Host copies (every process gets the whole batch: sharding.gather) for the numpy work.
+  host_targets, host_boxes = sharding.gather((targets, boxes))
+  gt = prompts_lib.bounding_boxes(np.asarray(host_targets))
+  masks, _ = predictor.prompt_masks(sam.params, sam.config, embeddings, frame,
+                                    sharding.like(gt[:, None], embeddings))
   out["gt_box_mask"], out["gt_box_prompt"] = masks[:, 0], gt
   k = settings.num_steps + 1
   seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
-  candidates = np.asarray(boxes, np.float64)[:, None].repeat(k, axis=1)
+  candidates = np.asarray(host_boxes, np.float64)[:, None].repeat(k, axis=1)
   moved = prompts_lib.rough_boxes(candidates.reshape(-1, 4), config.search_jitter,
                               np.random.default_rng(seed), frame.original_size)
-  candidates = np.concatenate([np.asarray(boxes)[:, None],
+  candidates = np.concatenate([np.asarray(host_boxes)[:, None],
                                moved.reshape(len(candidates), k, 4)[:, 1:]], axis=1)
   scores, ious, dice = grid_maps(sam, scorer, embeddings, frame, images_small, targets,
                                  candidates, settings.slope, config.grid_chunk)
+  scores, ious, dice = sharding.gather((scores, ious, dice))
   scores = scorer_lib.blend(np.asarray(scores), np.asarray(ious), settings.iou_weight)
   best = np.nanargmax(np.where(np.isfinite(scores), scores, -np.inf), axis=1)
   rows = np.arange(len(best))

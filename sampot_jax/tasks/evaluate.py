@@ -30,6 +30,7 @@ from tqdm import tqdm
 from sampot_jax import errors
 from sampot_jax.data import prompt_csv
 from sampot_jax.report import figures
+from sampot_jax.runtime import distributed
 from sampot_jax.runtime import sharding
 from sampot_jax.sam import frozen
 from sampot_jax.sam import predictor
@@ -309,7 +310,9 @@ def embed(config, sam: frozen.Sam, images):
 
 
 def run(config, workdir) -> dict:
-  """Task 'evaluate': the whole evaluation; returns the summary."""
+  """Task 'evaluate': the whole evaluation; returns the summary. Under config.distributed the
+  batches are sharded over every process's devices (sharding.batch_mesh) and process 0 writes."""
+  distributed.start(config.distributed)
   workdir = common.start(config, workdir)
   files.write_json(workdir / "config.json", config.to_dict())
   t0 = time.time()
