@@ -100,8 +100,12 @@ def main():
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.baseline],
                    cwd=ROOT, check=True, capture_output=True)
     try:
+      # The same SAMPOT settings on both sides (the baseline's defaults were other ones).
       common = [f"--config.regressor.workdir={regressor}",
-                f"--config.sam.checkpoint_dir={ROOT / 'checkpoints' / 'lite_medsam'}"]
+                f"--config.sam.checkpoint_dir={ROOT / 'checkpoints' / 'lite_medsam'}",
+                "--config.evolve.num_steps=30", "--config.evolve.learning_rate=3.0",
+                "--config.evolve.restart_jitter=3.0", "--config.evolve.iou_weight=0.3",
+                "--config.evolve.ascend_blend=False"]
       baseline = run_refine(worktree, tmp / "images", prompts, tmp / "out_baseline", common)
       batched = run_refine(ROOT, tmp / "images", prompts, tmp / "out_batched",
                            common + [f"--config.batch_size={args.batch_size}"])
