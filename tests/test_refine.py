@@ -372,14 +372,17 @@ def test_the_model_frame_evolution_is_the_original_frame_one_rescaled(tmp_path):
 
 @pytest.mark.slow
 def test_mixed_sizes_share_one_evolution_and_batches_do_not_change_results(tmp_path):
-  """Five images of three sizes in batches of two (the last one padded): the evolution compiles
+  """Five images of four sizes in batches of two (the last one padded): the evolution compiles
   once; each image's result is the one it gets alone (batch_size=1)."""
   images = tmp_path / "images"
-  sizes = [(48, 48), (40, 64), (64, 40), (48, 48), (40, 64)]
+  sizes = [(48, 48), (40, 64), (64, 40), (48, 48), (80, 60)]
   rows = ["file,x0,y0,x1,y1"]
   for i, (h, w) in enumerate(sizes):
     write_png(images / f"i{i}.png", h, w, i)
     rows.append(f"i{i}.png,{w // 5},{h // 6},{w - w // 4},{h - h // 5}")
+  # An image larger than the model's 64 px with its box on the last row: in model pixels that
+  # row is 79 x 64 / 80 = 63.2, past the frame's last pixel (63), and still inside the image.
+  rows[-1] = "i4.png,12,13,45,79"
   prompts = tmp_path / "p.csv"
   prompts.write_text("\n".join(rows) + "\n")
   results = {}
@@ -388,7 +391,7 @@ def test_mixed_sizes_share_one_evolution_and_batches_do_not_change_results(tmp_p
     summary = refine.run(tiny_config(images, prompts, batch_size=batch_size), out)
     assert summary["processed"] == 5 and summary["batch_size"] == batch_size
     assert summary["evolution_compilations"] == 1
-    assert summary["compiled_programs"] == 3  # the final masks: once per size
+    assert summary["compiled_programs"] == 4  # the final masks: once per size
     results[batch_size] = {r["file"]: r for r in read_rows(out / "results.csv")}
   for name, row in results[2].items():
     alone = results[1][name]

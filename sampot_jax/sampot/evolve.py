@@ -297,7 +297,16 @@ def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
                      "click, (x0, y0, x1, y1) box or both per image.")
   kind = predictor.prompt_kind(np.shape(prompts)[1])
   if getattr(prompts, "is_fully_addressable", True):
-    predictor.check_prompts(prompts, frame.original_size)
+    if batch.uppers is None:
+      predictor.check_prompts(prompts, frame.original_size)
+    else:  # each image's own extent in the shared frame (it may pass the frame's last pixel)
+      values = np.asarray(prompts, np.float64)
+      upper = np.tile(np.asarray(batch.uppers, np.float64), (1, values.shape[1] // 2))
+      outside = ~np.isfinite(values) | (values < 0) | (values > upper + 1e-3)
+      if outside.any():
+        i = int(np.argwhere(outside.any(axis=1))[0][0])
+        raise ValueError(f"image #{i}'s prompt {values[i].tolist()} lies outside its extent "
+                         f"(0 to {np.asarray(batch.uppers)[i].tolist()}, x then y).")
   predictor.warn_if_untrained(sam_config, kind)
   config = ml_collections.FrozenConfigDict(sam_config)
   uppers = (jnp.tile(jnp.array(predictor.click_upper(frame.original_size), jnp.float32), (b, 1))
