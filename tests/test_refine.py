@@ -79,7 +79,7 @@ class FakeRefiner:
   calls: list = []
   fail_on_init = False
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, batch_size=None):
     if FakeRefiner.fail_on_init:
       raise AssertionError("models were loaded although the inputs were bad")
     self.side = 32
@@ -311,7 +311,8 @@ def test_tiny_models_end_to_end(tmp_path, record_figure):
   summary = json.loads((out / "summary.json").read_text())
   assert summary["processed"] == 3 and summary["skipped"] == 0
   # One batch, two sizes: the evolution compiled once; the final masks once per size.
-  assert summary["evolution_compilations"] == 1 and summary["batch_size"] == 8
+  # Three images: the batch is padded to 3, not to config.batch_size (8).
+  assert summary["evolution_compilations"] == 1 and summary["batch_size"] == 3
   assert summary["compiled_programs"] == 2 and summary["regressor_side"] == 32
   rows = {r["file"]: r for r in read_rows(out / "results.csv")}
   for name, (h, w) in (("a.png", (48, 48)), ("b.png", (40, 64)), ("c.dcm", (48, 48))):
