@@ -529,7 +529,10 @@ def test_sigint_to_main_py_exits_130_without_a_traceback(user_folder, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   proc = subprocess.Popen(
       [sys.executable, "main.py", "--config", "configs/refine_tiny.py", f"--config.images={images}",
-       f"--config.prompts={prompts}", "--config.evolve.num_steps=40", "--workdir", str(out)],
+       f"--config.prompts={prompts}", "--config.evolve.num_steps=40",
+       # One image per call: the signal lands while images remain (in batches of 8, the rest of
+       # the run could finish before a loaded machine delivers it).
+       "--config.batch_size=1", "--workdir", str(out)],
       cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
   seen = []
   for line in proc.stderr:  # wait for the first finished image
