@@ -244,3 +244,21 @@ def run_main(*args, timeout=900) -> subprocess.CompletedProcess:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_main_processes(*args, workdir, count=2, timeout=600) -> list[str]:
+  """main.py as `count` processes of one jax.distributed run on localhost (a free port for the
+  coordinator), all writing to `workdir`; each must exit 0. Returns their logs (stderr)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  procs = [subprocess.Popen(
+      [sys.executable, "main.py", *map(str, args), "--workdir", str(workdir),
+       f"--config.distributed.num_processes={count}", f"--config.distributed.process_id={k}",
+       f"--config.distributed.coordinator=localhost:{port}"], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(count)]
+  logs = [p.communicate(timeout=timeout)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0] * count, "".join(log[-3000:] for log in logs)
+  return logs

@@ -261,24 +261,10 @@ def test_two_processes_under_jax_distributed_equal_one(tmp_path):
   devices, process 0 writes. The same results as one process, up to float32 rounding (each
   device now runs 2 lanes, not 4): measured, 6.9e-5 px on the boxes after 4 Adam steps."""
   import csv  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import socket  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   from tests import helpers  # pylint: disable=g-import-not-at-top
   args = ["--config", "configs/lite_medsam_evaluate_tiny.py", "--config.max_images=4",
           "--config.batch_size=4"]
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(helpers.ROOT))
-  both = [subprocess.Popen(
-      [sys.executable, "main.py", *args, "--workdir", str(tmp_path / "two"),
-       "--config.distributed.num_processes=2", f"--config.distributed.process_id={k}",
-       f"--config.distributed.coordinator=localhost:{port}"], cwd=helpers.ROOT, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
-  logs = [p.communicate(timeout=600)[1] for p in both]
-  assert [p.returncode for p in both] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  helpers.run_main_processes(*args, workdir=tmp_path / "two")
   one = helpers.run_main(*args, "--workdir", tmp_path / "one")
   assert one.returncode == 0, one.stderr[-3000:]
   rows = {}

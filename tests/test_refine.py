@@ -597,7 +597,6 @@ def test_images_the_models_cannot_take_are_skipped_at_plan_time(user_folder, tmp
 def test_two_processes_under_jax_distributed_equal_one(tmp_path):
   """refine under jax.distributed, 2 CPU processes on localhost, each on its share of 5 images:
   one results.csv and summary.json, the same as one process's (seconds aside)."""
-  import socket  # pylint: disable=g-import-not-at-top
   images = tmp_path / "images"
   rows = ["file,x0,y0,x1,y1"]
   for i, (h, w) in enumerate([(48, 48), (40, 64), (64, 40), (48, 48), (40, 64)]):
@@ -607,17 +606,7 @@ def test_two_processes_under_jax_distributed_equal_one(tmp_path):
   prompts.write_text("\n".join(rows) + "\n")
   args = ["--config", "configs/refine_tiny.py", f"--config.images={images}",
           f"--config.prompts={prompts}", "--config.batch_size=2"]
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(helpers.ROOT))
-  both = [subprocess.Popen(
-      [sys.executable, "main.py", *args, "--workdir", str(tmp_path / "two"),
-       "--config.distributed.num_processes=2", f"--config.distributed.process_id={k}",
-       f"--config.distributed.coordinator=localhost:{port}"], cwd=helpers.ROOT, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
-  logs = [p.communicate(timeout=600)[1] for p in both]
-  assert [p.returncode for p in both] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  logs = helpers.run_main_processes(*args, workdir=tmp_path / "two")
   assert "Process 1 of 2: 2 image(s) of this run are mine" in logs[1]
   main_py(*args, "--workdir", str(tmp_path / "one"))
   two = read_rows(tmp_path / "two" / "results.csv")
