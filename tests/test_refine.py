@@ -110,7 +110,7 @@ class FakeRefiner:
     return dict(initial=initial, best=best, initial_score=0.5, best_score=0.6,
                 initial_mask=box_mask(initial), best_mask=box_mask(best), initial_iou=0.9,
                 best_iou=0.95, best_step=2, nan_step=-1,
-                seconds={"encode": 0.0, "evolve": 0.0}, compiled=False)
+                seconds={"encode": 0.0, "evolve": 0.0})
 
 
 @pytest.fixture

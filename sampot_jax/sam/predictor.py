@@ -156,11 +156,14 @@ def image_side(params, embeddings, config) -> dict:
   return sam_model.image_side(params, embeddings, config)
 
 
-def check_prompts(prompts, original_size: tuple[int, int], ids=None) -> np.ndarray:
+def check_prompts(prompts, original_size: tuple[int, int], ids=None,
+                  uppers=None) -> np.ndarray:
   """Validates (B, D) prompt vectors against an (H, W) image; returns them as float32.
 
   Clicks and box corners must be finite and inside the image (`click_upper`); boxes must have
-  x0 < x1 and y0 < y1. `ids` name the images in errors (else the row number).
+  x0 < x1 and y0 < y1. `ids` name the images in errors (else the row number). `uppers`
+  (B, 2): each row's own largest (x, y) instead, when images of several sizes share one frame
+  (evolve.Batch.uppers).
   """
   prompts = np.asarray(prompts, np.float64)
   if prompts.ndim != 2:
@@ -175,14 +178,17 @@ def check_prompts(prompts, original_size: tuple[int, int], ids=None) -> np.ndarr
     raise ValueError(f"the {what} {fields} of image {name(i)} is {prompts[i].tolist()}; it must "
                      "be finite pixel coordinates.")
   h, w = original_size
-  x_max, y_max = click_upper(original_size)
-  outside = outside_image(prompts.reshape(len(prompts), -1, 2), original_size).any(axis=1)
+  upper = np.broadcast_to(np.asarray(click_upper(original_size) if uppers is None else uppers,
+                                     np.float64), (len(prompts), 2))
+  points = prompts.reshape(len(prompts), -1, 2)
+  outside = ((points < 0) | (points > upper[:, None])).any(axis=(1, 2))
   if outside.any():
     i = int(np.argmax(outside))
+    extent = f"the {w}x{h} (W x H) image" if uppers is None else "its image's extent"
     raise ValueError(
-        f"{int(outside.sum())} {what}(s) lie outside the {w}x{h} (W x H) image, e.g. image "
+        f"{int(outside.sum())} {what}(s) lie outside {extent}, e.g. image "
         f"{name(i)} at {fields} = {prompts[i].tolist()}; coordinates are pixels with "
-        f"0 <= x <= {x_max:g}, 0 <= y <= {y_max:g}.")
+        f"0 <= x <= {upper[i, 0]:g}, 0 <= y <= {upper[i, 1]:g}.")
   if kind != "click":
     unordered = (prompts[:, 2] <= prompts[:, 0]) | (prompts[:, 3] <= prompts[:, 1])
     if unordered.any():

@@ -264,7 +264,8 @@ class Batch:
 
 
 def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
-                   settings: Settings = Settings(), rng: jax.Array | None = None) -> EvolveResult:
+                   settings: Settings = Settings(), rng: jax.Array | None = None,
+                   masks: bool = True) -> EvolveResult:
   """Evolves one prompt per image; one compiled call for the whole batch.
 
   Args:
@@ -277,7 +278,9 @@ def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
       jax.random.key(settings.seed).
 
   Returns:
-    EvolveResult (jax arrays; the batch axis follows the inputs' sharding).
+    EvolveResult (jax arrays; the batch axis follows the inputs' sharding). With
+    masks=False the masks and their IoUs (initial_/best_mask, snapshot_masks, initial_/best_iou)
+    are None: not decoded, for a caller that decodes the prompts itself (tasks/refine.py).
   """
   sam_params, sam_config, decode_fn = sam.params, sam.config, sam.decode
   embeddings, frame, images_small, prompts = (batch.embeddings, batch.frame,
@@ -297,16 +300,8 @@ def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
                      "click, (x0, y0, x1, y1) box or both per image.")
   kind = predictor.prompt_kind(np.shape(prompts)[1])
   if getattr(prompts, "is_fully_addressable", True):
-    if batch.uppers is None:
-      predictor.check_prompts(prompts, frame.original_size)
-    else:  # each image's own extent in the shared frame (it may pass the frame's last pixel)
-      values = np.asarray(prompts, np.float64)
-      upper = np.tile(np.asarray(batch.uppers, np.float64), (1, values.shape[1] // 2))
-      outside = ~np.isfinite(values) | (values < 0) | (values > upper + 1e-3)
-      if outside.any():
-        i = int(np.argwhere(outside.any(axis=1))[0][0])
-        raise ValueError(f"image #{i}'s prompt {values[i].tolist()} lies outside its extent "
-                         f"(0 to {np.asarray(batch.uppers)[i].tolist()}, x then y).")
+    # Each image's own extent when sizes share a frame: it may pass the frame's last pixel.
+    predictor.check_prompts(prompts, frame.original_size, uppers=batch.uppers)
   predictor.warn_if_untrained(sam_config, kind)
   config = ml_collections.FrozenConfigDict(sam_config)
   uppers = (jnp.tile(jnp.array(predictor.click_upper(frame.original_size), jnp.float32), (b, 1))
@@ -319,10 +314,13 @@ def evolve_prompts(sam: frozen.Sam, scorer: Scorer, batch: Batch,
       jax.random.key(settings.seed) if rng is None else rng,
       sam_config=config, frame=frame, score_fn=scorer.fn, settings=settings,
       decode_fn=decode_fn)
-  masks = _prompt_masks(sam_params, embeddings, out["initial_prompt"], out["best_prompt"],
-                        out.pop("snapshot_prompts"), sam_config=config, frame=frame,
-                        decode_fn=decode_fn)
-  return EvolveResult(**masks, **out)
+  snapshot_prompts = out.pop("snapshot_prompts")
+  if not masks:
+    return EvolveResult(**dict.fromkeys(("initial_mask", "best_mask", "initial_iou", "best_iou",
+                                         "snapshot_masks")), **out)
+  decoded = _prompt_masks(sam_params, embeddings, out["initial_prompt"], out["best_prompt"],
+                          snapshot_prompts, sam_config=config, frame=frame, decode_fn=decode_fn)
+  return EvolveResult(**decoded, **out)
 
 
 def compiled_programs() -> int:

@@ -298,9 +298,9 @@ class Refiner:
     """How often this run compiled the evolution (every image size shares one program)."""
     return evolve.compiled_programs() - self.evolve_programs_before
 
-  def _pad(self, rows: list) -> np.ndarray:
-    """n rows -> batch_size rows (the last repeated): every call has one shape."""
-    return np.stack(rows + [rows[-1]] * (self.batch_size - len(rows)))
+  def _pad(self, rows: list, stack=np.stack):
+    """n rows -> batch_size rows (the last repeated), stacked: every call has one shape."""
+    return stack(rows + [rows[-1]] * (self.batch_size - len(rows)))
 
   def encode(self, inputs: np.ndarray) -> jax.Array:
     """(n, S, S, 3) model inputs -> (batch_size, g, g, C) embeddings (padded)."""
@@ -331,8 +331,9 @@ class Refiner:
     batch = evolve.Batch(embeddings, model_frame(s), jnp.asarray(self._pad(small)),
                          self._pad(prompts).astype(np.float32), self._pad(uppers),
                          self._pad(scales))
+    # masks=False: the two prompts are decoded once, below, as logits for each image's size.
     result = evolve.evolve_prompts(self.sam, self.scorer, batch, self.settings,
-                                   rng=jnp.stack(keys + [keys[-1]] * (self.batch_size - n)))
+                                   rng=self._pad(keys, jnp.stack), masks=False)
     both = jnp.stack([result.initial_prompt, result.best_prompt], axis=1)
     low_res, ious = _model_frame_logits(self.sam.params, embeddings, both,
                                         sam_config=ml_collections.FrozenConfigDict(
@@ -343,7 +344,6 @@ class Refiner:
     outs = []
     for i, image in enumerate(images):
       frame = predictor.frame_for(image.size, s)
-      first = image.size not in self.compiled
       self.compiled.add(image.size)
       masks = np.asarray(_to_original(jnp.asarray(low_res[i]), self.proc, frame, s))
       # Back to the image's pixels: the inverse of apply_coords (a scale per axis).
@@ -355,7 +355,7 @@ class Refiner:
           initial_mask=masks[0], best_mask=masks[1], initial_iou=float(ious[i, 0]),
           best_iou=float(ious[i, 1]), best_step=int(result.best_step[i]),
           nan_step=int(np.asarray(result.nan_step)[i].min()),
-          seconds={"encode": t_encode / n, "evolve": t_evolve / n}, compiled=first))
+          seconds={"encode": t_encode / n, "evolve": t_evolve / n}))
     return outs
 
 
