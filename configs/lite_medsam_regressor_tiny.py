@@ -1,11 +1,11 @@
 """lite_medsam_regressor.py in seconds: a few images at 64 px, a tiny random TinyViT SAM."""
 from configs import lite_medsam_regressor
-from configs import train_regressor_tiny
+from configs import regressor_paper_tiny
 
 
 def get_config():
   config = lite_medsam_regressor.get_config()
-  tiny = train_regressor_tiny.get_config()
+  tiny = regressor_paper_tiny.get_config()
   for key in ("max_images_per_split", "batch_size", "num_epochs", "log_every",
               "eval_batch_size", "sweep_offsets"):
     config[key] = tiny[key]

@@ -1,64 +1,43 @@
-"""Trains the Dice regressor as the paper specifies (section 3.2).
+"""Your own Dice regressor from a labelled folder, and a verdict: should SAMPOT use it?
 
-Five 3x3 convolutions (stride 2) interleaved with BatchNorm and leaky ReLU, a
-linear readout and a sigmoid, on image + mask at 256x256; Adam at a constant
-1e-3, batch 32, MSE, up to 200 epochs, best validation loss kept.
+    python main.py --config configs/train_regressor.py --workdir runs/my_regressor \
+        --config.data.dir=MYDATA [--config.data.target=heart] [--config.data.label=N]
 
-python main.py --config configs/train_regressor.py \
-  --config.data.dir=../shared/data/montgomery --workdir /tmp/reg_runs/paper
+MYDATA holds `images/` (PNG/JPEG/TIFF, 8 or 16 bits, DICOM, single-slice NIfTI; any size) and
+the masks under the images' file names: in `masks/` (the structure only), in
+`masks/<target>/` (e.g. `masks/heart/` with --config.data.target=heart), or `masks/left/` +
+`masks/right/` for lungs. Masks are 0/1 or 0/255, or label maps with --config.data.label=N
+(the structure is the pixels equal to N). An `id,split[,finding]` splits.csv is used when
+present; else a seeded split (41/28/53 % train/val/test, --config.data.split_seed) is made and
+written to WORKDIR/splits.csv.
+
+What it does: the config.sam model's masks of rough boxes around each structure (and the
+synthetic failure masks) with their true Dice; the regressor trained on them
+(configs/lite_medsam_regressor.py's settings: 128 px, <= 25 epochs); its tables on the test
+images (regressor_eval.md); then WORKDIR/verdict.md: on the first 40 test images, the
+regressor against the model's own IoU head (r, r where Dice >= 0.8, within-image Spearman) and
+SAMPOT's outcome from rough boxes (mean gain, images improved and made worse), with a plain
+sentence on whether SAMPOT should use it. Then:
+
+    python main.py --config configs/refine.py --config.regressor.workdir=runs/my_regressor \
+        --config.data.target=heart ...
+
+A few labelled images of a new site: start from a shipped regressor, e.g.
+`--config.init_from=lite_medsam_lung_left --config.train_images=10` (configs/fine_tune_regressor.py).
 """
-import ml_collections
-
+from configs import lite_medsam_regressor
+from configs import refine
 from sampot_jax.runtime import settings
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.task = "train_regressor"
-  config.seed = 0
-
-  config.data = settings.block(settings.Data())
-  # 0 = every subject of each split; a small number makes quick runs.
-  config.max_images_per_split = 0
-  config.candidates = settings.block(settings.Candidates())
-  # Fields of config.candidates that differ for the train and val splits (the test split is the
-  # benchmark and keeps config.candidates), e.g. more model-made masks; empty: none differ.
-  config.train_val_candidates = ml_collections.ConfigDict()
-  # Cache of the candidate sets (.npz, keyed by the fields above); None means
-  # workdir/candidates. Point runs of several variants at one folder.
-  config.candidates_dir = ml_collections.config_dict.placeholder(str)
-
-  config.model = ml_collections.ConfigDict()
-  # The paper gives no widths, kernels or strides. A 4x4 stride-4 first
-  # convolution keeps 256x256 input affordable on a CPU (docs/regressor.md);
-  # the last map is 8x8x64.
-  config.model.features = (16, 32, 64, 64, 64)
-  config.model.strides = (4, 2, 2, 2, 1)
-  config.model.kernel_size = (4, 3, 3, 3, 3)
-  config.model.resolution = 256
-  config.model.coord_channels = False
-  config.model.readout = "flatten"
-  config.model.negative_slope = 0.01
-  config.model.bn_momentum = 0.9
-
-  # Dice-preserving jitter of training batches (see train_regressor.augment);
-  # the paper mentions none.
-  config.augment = ml_collections.ConfigDict()
-  config.augment.enabled = False
-  config.augment.max_shift = 0.05
-  config.augment.max_log_gamma = 0.3
-
-  config.batch_size = 32
-  config.learning_rate = 1e-3
-  config.num_epochs = 200
-  # Stop after this many epochs without a new best validation loss; 0 = never.
-  # The paper stops at the minimal validation loss (when it comes: docs/regressor.md).
-  config.patience = 25
-  config.checkpoint_every = 5
-  config.max_checkpoints = 2
-  config.log_every = 10
-  config.eval_batch_size = 64
-
-  # Erode (<0) / dilate (>0) sweeps of the ground truth, pixels at image_size.
-  config.sweep_offsets = (-16, -12, -8, -6, -4, -2, 0, 2, 4, 6, 8, 12, 16)
+def get_config():
+  config = lite_medsam_regressor.get_config()
+  config.data.source = "folder"
+  config.data.dir = ""  # required: --config.data.dir=MYDATA
+  # SAMPOT as refine runs it (30 Adam steps of 3 px, ranked by the 0.3 blend with the IoU head,
+  # its safeguards): the verdict judges the regressor in that use.
+  sampot = refine.get_config()
+  config.evolve = sampot.evolve
+  config.safeguards = sampot.safeguards
+  config.verdict = settings.block(settings.Verdict())
   return config

@@ -9,11 +9,11 @@ more shape; shift/gamma jitter (Dice unchanged) fights over-fitting to
 python main.py --config configs/train_regressor_coord.py \
   --config.data.dir=../shared/data/montgomery --workdir /tmp/reg_runs/coord
 """
-from configs import train_regressor
+from configs import regressor_paper
 
 
 def get_config():
-  config = train_regressor.get_config()
+  config = regressor_paper.get_config()
   config.model.coord_channels = True
   config.model.features = (16, 32, 64, 128, 128)
   config.augment.enabled = True

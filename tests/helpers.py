@@ -19,7 +19,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.dataset import FileMetaDataset
 
-from configs import train_regressor_tiny
+from configs import regressor_paper_tiny
 from sampot_jax.regressor.candidate_sets import CandidateSet
 from sampot_jax.sam import frozen
 from sampot_jax.sam import model as sam_model
@@ -136,7 +136,7 @@ def synthetic_set(n_images: int, seed: int) -> CandidateSet:
 
 
 def synthetic_config(num_epochs=5, checkpoint_every=2):
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   config.data.image_size = SIZE
   config.model.resolution = SIZE
   config.model.strides = (2, 2, 2, 1, 1)

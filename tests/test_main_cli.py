@@ -52,7 +52,7 @@ def test_the_command_line_prints_one_paragraph(tmp_path):
   """The real entry point (app.run, absl logging, exit status) in a subprocess."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   proc = subprocess.run(
-      [sys.executable, "main.py", "--config", "configs/train_regressor_tiny.py", "--workdir",
+      [sys.executable, "main.py", "--config", "configs/regressor_paper_tiny.py", "--workdir",
        str(tmp_path / "run"), "--config.batch_size=0"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert_one_error(proc.returncode, proc.stderr, 1, "config.batch_size=0")
@@ -68,7 +68,7 @@ def test_a_missing_checkpoint_is_one_message(tmp_path, capsys, monkeypatch):
 def test_traceback_flag_shows_the_stack(tmp_path, capsys, monkeypatch):
   from sampot_jax import errors  # pylint: disable=g-import-not-at-top
   with pytest.raises(errors.ConfigError, match="config.batch_size=0"):
-    run_main(capsys, monkeypatch, "--config", "configs/train_regressor_tiny.py", "--workdir", tmp_path,
+    run_main(capsys, monkeypatch, "--config", "configs/regressor_paper_tiny.py", "--workdir", tmp_path,
              "--config.batch_size=0", "--traceback")
 
 
@@ -87,14 +87,14 @@ def test_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
 
 
 def test_bad_flags_exit_with_status_2(tmp_path, capsys, monkeypatch):
-  code, err = run_main(capsys, monkeypatch, "--config", "configs/train_regressor_tiny.py", "--workdir",
+  code, err = run_main(capsys, monkeypatch, "--config", "configs/regressor_paper_tiny.py", "--workdir",
                        tmp_path, "--config.batch_siz=4")
   assert_one_error(code, err, 2, "batch_siz", 'Did you mean "batch_size"')
   code, err = run_main(capsys, monkeypatch, "--config", tmp_path / "absent.py", "--workdir", tmp_path)
   assert_one_error(code, err, 2, "absent.py")
-  code, err = run_main(capsys, monkeypatch, "--config", "configs/train_regressor_tiny.py", "--workdir",
+  code, err = run_main(capsys, monkeypatch, "--config", "configs/regressor_paper_tiny.py", "--workdir",
                        tmp_path, "--bogus")
   assert_one_error(code, err, 2, "bogus")
-  code, err = run_main(capsys, monkeypatch, "--config", "configs/train_regressor_tiny.py", "--workdir",
+  code, err = run_main(capsys, monkeypatch, "--config", "configs/regressor_paper_tiny.py", "--workdir",
                        tmp_path, "extra")
   assert code == 2 and "Unexpected arguments: ['extra']" in err

@@ -2,7 +2,7 @@
 import ml_collections
 import pytest
 
-from configs import train_regressor_tiny
+from configs import regressor_paper_tiny
 from sampot_jax import errors
 from sampot_jax.regressor import model as regressor
 from sampot_jax.regressor import store
@@ -40,7 +40,7 @@ def test_sam_variant_other_than_the_port_is_refused(vit_b_port):
 
 @pytest.fixture
 def left_regressor(tmp_path):
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   assert config.data.target == "left"
   model = regressor.from_config(config.model)
   store.save(tmp_path, config, store.random_variables(model))

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import train_regressor_tiny
+from configs import regressor_paper_tiny
 from sampot_jax.regressor import candidate_sets
 from sampot_jax.regressor import evaluation
 from sampot_jax.regressor import store
@@ -117,7 +117,7 @@ def test_evaluate_predictions_groups_and_targets():
 def real_run(tmp_path_factory):
   """The tiny config trained on a few real Montgomery images."""
   workdir = tmp_path_factory.mktemp("tiny_real")
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   config.data.dir = str(DATA)
   config.num_epochs = 6
   summary = train_regressor.run(config, str(workdir))
@@ -264,7 +264,7 @@ def test_candidate_parts_are_cached_apart_and_train_val_may_differ(tmp_path, mon
   from sampot_jax.runtime import settings
   from sampot_jax.data import fake_data
   fake_data.write("montgomery_team", tmp_path / "raw", n=9)
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   config.data.dir, config.data.tfds_dir = str(tmp_path / "raw"), str(tmp_path / "tfds")
   config.candidates.model_boxes = 2
   config.sam = settings.block(settings.Sam(checkpoint_dir=str(tmp_path / "unused"), variant="lite_medsam"))

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import train_regressor_tiny
+from configs import regressor_paper_tiny
 from sampot_jax import errors
 from sampot_jax.regressor import model as regressor
 from sampot_jax.regressor import shipped
@@ -17,7 +17,7 @@ from sampot_jax.regressor import store
 @pytest.fixture
 def tiny(tmp_path):
   """A random tiny regressor written as 'tiny_left' (float32) and 'tiny_half' (float16)."""
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   model = regressor.from_config(config.model)
   variables = store.random_variables(model, seed=3)
   made = {"model": config.model.to_dict(), "data": {"target": "left", "image_size": 64},
@@ -86,7 +86,7 @@ def test_chosen_by_name_checked_for_target_and_sam(tiny, monkeypatch, tmp_path):
   with pytest.raises(errors.ConfigError, match=r"names no regressor.*tiny_half, tiny_left"):
     store.from_config(block())
   # A workdir, when given, is used instead of the name.
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   other = store.random_variables(regressor.from_config(config.model), seed=9)
   store.save(tmp_path / "mine", config, other)
   scorer = store.from_config(block(name="tiny_left", workdir=str(tmp_path / "mine")))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import train_regressor_tiny
+from configs import regressor_paper_tiny
 from sampot_jax.data import fake_data
 from sampot_jax.data import splits as splits_lib
 from sampot_jax.regressor import model as regressor
@@ -70,7 +70,7 @@ def data_files(directory: Path) -> list[Path]:
 
 @pytest.fixture
 def regressor_dir(tmp_path):
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   model = regressor.from_config(config.model)
   variables = store.random_variables(model, seed=3)
   store.save(tmp_path, config, variables)
@@ -205,7 +205,7 @@ def test_skipped_bad_examples_are_in_metrics_json(tmp_path):
                          [[sid, splits_lib.SPLITS[i % 3], "normal"] for i, sid in enumerate(ids)])
   bad = root / "masks" / "left" / f"{ids[0]}.png"  # ids[0] is in train
   fake_data.write_image(bad, np.zeros((80, 64), np.uint8))
-  config = train_regressor_tiny.get_config()
+  config = regressor_paper_tiny.get_config()
   config.data.source = "folder"
   config.data.dir = str(root)
   config.data.on_bad_example = "skip"

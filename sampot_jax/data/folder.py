@@ -1,9 +1,11 @@
 """Plain-folder reader for users' own data (source='folder'), no TFDS involved.
 
-Layout: `images/` (PNG/JPEG/TIFF, 8- or 16-bit; 16-bit scaled by each image's own
-min/max) with masks of the same file name in `masks/left/` + `masks/right/`, or in
-one `masks/` folder holding the target structure only; an optional `splits.csv`
-(id,split[,finding]), else the deterministic split of splits.py.
+Layout: `images/` (PNG/JPEG/TIFF, 8- or 16-bit, 16-bit scaled by each image's own
+min/max; DICOM; single-slice NIfTI) with masks of the same file name in `masks/left/` +
+`masks/right/`, in `masks/<target>/` (any structure, e.g. `masks/heart/`), or in one
+`masks/` folder holding the target structure only; masks are 0/1 or 0/255, or label
+maps read with `label=N`; an optional `splits.csv` (id,split[,finding]), else the
+seeded deterministic split of splits.py (a training run writes it to its workdir).
 
 A subject has one image and one mask per folder: two files that could both be
 it (`X.png` beside `X.jpg` in images/, or `X.png` beside `X.gif` or `X_mask.png`
@@ -24,13 +26,13 @@ def _files_by_stem(folder: Path, suffixes) -> dict:
   out = {}
   if folder.is_dir():
     for path in raw.list_images(folder, suffixes):
-      out.setdefault(path.stem, []).append(path)
+      out.setdefault(sources.file_id(path), []).append(path)
   return out
 
 
 def _ambiguous(scan: sources.Scan, root: Path) -> dict:
   """{id: errors.BadInputError} for subjects with two files that could be their image or a mask."""
-  images = _files_by_stem(root / "images", raw.IMAGE_SUFFIXES)
+  images = _files_by_stem(root / "images", sources.FOLDER_SUFFIXES)
   masks = {}  # mask folder -> {stem: [files]}
   found = {}
   for sid, subject in scan.subjects.items():
@@ -44,7 +46,7 @@ def _ambiguous(scan: sources.Scan, root: Path) -> dict:
       if mask is None:
         continue
       if mask.parent not in masks:
-        masks[mask.parent] = _files_by_stem(mask.parent, raw.MASK_SUFFIXES)
+        masks[mask.parent] = _files_by_stem(mask.parent, sources.FOLDER_MASK_SUFFIXES)
       files = masks[mask.parent].get(sid, []) + masks[mask.parent].get(sid + "_mask", [])
       if len(files) > 1:
         found[sid] = errors.BadInputError(files[0], (
@@ -54,14 +56,15 @@ def _ambiguous(scan: sources.Scan, root: Path) -> dict:
   return found
 
 
-def read_split(root, split: str, size: int, on_bad_example: str = "error") -> tuple[list, list]:
-  """Reads one split at (size, size).
+def read_split(root, split: str, size: int, on_bad_example: str = "error", target: str = "left",
+               label: int = 0, split_seed: int = 0) -> tuple[list, list]:
+  """Reads one split at (size, size); `target`, `label`, `split_seed` as settings.Data's.
 
   Returns:
     (examples, skipped): examples as sources.read_subject dicts resized to `size`,
     sorted by id; skipped as [(file, problem)], empty unless on_bad_example='skip'.
   """
-  scan = sources.scan("folder", root)
+  scan = sources.scan("folder", root, target, split_seed)
   if scan.unlisted:
     logging.warning("%d image(s) under %s are not named in %s and are not used: %s",
                     len(scan.unlisted), root, scan.split_file, scan.unlisted[:10])
@@ -82,7 +85,7 @@ def read_split(root, split: str, size: int, on_bad_example: str = "error") -> tu
       bad(ambiguous[sid])
       continue
     try:
-      examples.append(sources.resize_example(sources.read_subject(scan.subjects[sid]), size))
+      examples.append(sources.resize_example(sources.read_subject(scan.subjects[sid], label), size))
     except errors.BadInputError as error:
       bad(error)
   return examples, skipped

@@ -405,11 +405,7 @@ def read_mask(path, label: int | None = None) -> np.ndarray:
   if not path.is_file():
     raise errors.BadInputError(path, "does not exist")
   if is_dicom(path):
-    ds = _dcmread(path)
-    try:
-      arr = np.asarray(ds.pixel_array, np.float64)
-    except Exception as e:  # pylint: disable=broad-except
-      raise errors.BadInputError(path, f"DICOM pixel data cannot be decoded ({e})") from e
+    arr = read_dicom_values(path).astype(np.float64)
   else:
     try:
       with PILImage.open(path) as im:
@@ -438,6 +434,15 @@ def read_mask(path, label: int | None = None) -> np.ndarray:
   if top <= 0:
     return np.zeros(arr.shape, bool)
   return arr > top / 2.0
+
+
+def read_dicom_values(path) -> np.ndarray:
+  """A DICOM file's pixel values as stored (a mask or label map), no windowing."""
+  ds = _dcmread(path)
+  try:
+    return np.asarray(ds.pixel_array)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.BadInputError(path, f"DICOM pixel data cannot be decoded ({e})") from e
 
 
 def _some(values) -> str:

@@ -24,25 +24,33 @@ class LungSet:
   Attributes:
     ids: subject ids, e.g. "MCUCXR_0001_0", sorted.
     images: (N, S, S) uint8.
-    left: (N, S, S) bool, the patient's left lung (image right side).
-    right: (N, S, S) bool, the patient's right lung.
+    left: (N, S, S) bool, the patient's left lung (image right side); None with
+      target_only.
+    right: (N, S, S) bool, the patient's right lung; None with target_only.
     target_only: None when both lungs are known. When the source gave a single
-      mask per image (a plain `masks/` folder) it names the one target those
-      masks are ('left' | 'right' | 'both'); only that target can be asked for.
+      mask per image (a plain `masks/` or `masks/<target>/` folder) it names the
+      one target those masks are ('left', 'right', 'both' or any structure, e.g.
+      'heart'); only that target can be asked for.
+    single: (N, S, S) bool, the masks of target_only; None without it.
     skipped: the split's bad examples left out under on_bad_example='skip', as
       ((file, problem), ...); empty when none were.
   """
   ids: list[str]
   images: np.ndarray
-  left: np.ndarray
-  right: np.ndarray
+  left: np.ndarray | None
+  right: np.ndarray | None
   target_only: str | None = None
   skipped: tuple = ()
+  single: np.ndarray | None = None
 
   def __post_init__(self):
     n = len(self.ids)
-    for name in ("images", "left", "right"):
+    masks = ("single",) if self.target_only is not None else ("left", "right")
+    for name in ("images",) + masks:
       arr = getattr(self, name)
+      if arr is None:
+        raise ValueError(f"LungSet.{name} is None; it is needed "
+                         f"{'with' if self.target_only else 'without'} target_only.")
       if arr.ndim != 3 or arr.shape[0] != n or arr.shape[1:] != self.images.shape[1:]:
         raise ValueError(f"LungSet.{name} has shape {arr.shape}; expected ({n}, S, S) "
                          f"matching images {self.images.shape}.")
@@ -51,14 +59,17 @@ class LungSet:
     return len(self.ids)
 
   def target(self, name: str = "left") -> np.ndarray:
-    """The target masks: 'left' (the paper's task) | 'right' | 'both'. (N, S, S) bool."""
+    """The target masks: 'left' (the paper's task) | 'right' | 'both', or the structure of a
+    single mask folder. (N, S, S) bool."""
+    if self.target_only is not None:
+      if name != self.target_only:
+        raise errors.ConfigError(
+            f"target={name!r} asked of a LungSet read from a single masks/ folder that holds "
+            f"the {self.target_only!r} target only; set target={self.target_only!r} or give "
+            "masks/left and masks/right.")
+      return self.single
     if name not in TARGETS:
       raise errors.ConfigError(f"target={name!r} is not one of {TARGETS}.")
-    if self.target_only is not None and name != self.target_only:
-      raise errors.ConfigError(
-          f"target={name!r} asked of a LungSet read from a single masks/ folder that holds "
-          f"the {self.target_only!r} target only; set target={self.target_only!r} or give "
-          "masks/left and masks/right.")
     if name == "left":
       return self.left
     if name == "right":

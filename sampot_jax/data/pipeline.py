@@ -30,15 +30,23 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   if on_bad not in lungs.ON_BAD_EXAMPLE:
     raise errors.ConfigError(f"config.data.on_bad_example={on_bad!r} is not one of "
                      f"{lungs.ON_BAD_EXAMPLE}.")
-  if target not in lungs.TARGETS:
-    raise errors.ConfigError(f"config.data.target={target!r} is not one of {lungs.TARGETS}.")
+  if target not in lungs.TARGETS and (source != "folder" or not _is_name(target)):
+    raise errors.ConfigError(f"config.data.target={target!r} is not one of {lungs.TARGETS}"
+                             + (" (another structure: its mask folder's name, e.g. 'heart')"
+                                if source == "folder" else
+                                "; other structures need source='folder' (masks/<target>/)")
+                             + ".")
+  if data_config.label and source != "folder":
+    raise errors.ConfigError(f"config.data.label={data_config.label} reads label maps of a plain "
+                             "folder; set config.data.source='folder' (or label=0).")
   if size < 8:
     raise errors.ConfigError(f"config.data.image_size={size} is too small; use e.g. 256.")
   if not data_config.dir:
     raise errors.ConfigError("config.data.dir is not set; point it at the raw data folder.")
 
   if source == "folder":
-    examples, skipped = folder.read_split(data_config.dir, split, size, on_bad)
+    examples, skipped = folder.read_split(data_config.dir, split, size, on_bad, target,
+                                          data_config.label, data_config.split_seed)
   else:
     # TFDS is imported only here: configs and the folder reader stay light.
     from sampot_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
@@ -54,13 +62,24 @@ def load_split(data_config, split: str) -> lungs.LungSet:
   stacked = sources.stack_examples(examples)
   skipped = tuple((str(path), str(problem)) for path, problem in skipped)
   if stacked["single"] is not None:
-    empty = np.zeros_like(stacked["single"])
-    left = stacked["single"] if target in ("left", "both") else empty
-    right = stacked["single"] if target in ("right", "both") else empty
-    return lungs.LungSet(stacked["ids"], stacked["images"], left, right, target_only=target,
-                         skipped=skipped)
+    return lungs.LungSet(stacked["ids"], stacked["images"], None, None, target_only=target,
+                         skipped=skipped, single=stacked["single"])
   return lungs.LungSet(stacked["ids"], stacked["images"], stacked["left"], stacked["right"],
                        skipped=skipped)
+
+
+def split_table(data_config) -> tuple[dict, dict] | None:
+  """The split a set without a split file gets: ({id: split}, {id: finding}); None when the data
+  folder has a split file. Only file names are read."""
+  scan = sources.scan(data_config.source, data_config.dir, data_config.target,
+                      data_config.split_seed)
+  if scan.split_file is not None:
+    return None
+  return scan.splits, {sid: s.finding for sid, s in scan.subjects.items()}
+
+
+def _is_name(target: str) -> bool:
+  return bool(target) and target.replace("_", "").replace("-", "").isalnum()
 
 
 def _prepared_skips(builder, split, on_bad) -> list:

@@ -6,8 +6,10 @@ Layouts (paths relative to the data directory):
 
 - montgomery_team: `images/ID.png`, `masks/left/ID.png`, `masks/right/ID.png`,
   `splits.csv` (id,split,finding). Required split file.
-- folder: like montgomery_team, any of PNG/JPEG/TIFF, and either `masks/left/` +
-  `masks/right/` or one `masks/` folder holding the target only; `splits.csv`
+- folder: like montgomery_team, any of PNG/JPEG/TIFF/DICOM and single-slice NIfTI,
+  and either `masks/left/` + `masks/right/`, `masks/<target>/` (any structure: the
+  target names the folder, e.g. `masks/heart/`), or one `masks/` folder holding
+  the target only; masks binary or, with a label, label maps; `splits.csv`
   optional.
 - montgomery_nlm: `CXR_png/MCUCXR_*.png`, `ManualMask/leftMask/`, `ManualMask/rightMask/`.
 - shenzhen: `CXR_png/CHNCXR_*.png` and merged two-lung masks in `mask/` (or `masks/`,
@@ -15,7 +17,7 @@ Layouts (paths relative to the data directory):
 - jsrt_scr: JSRT `*.IMG` anywhere below the directory; SCR `*.gif` masks in folders
   named `left lung/` and `right lung/` anywhere below it.
 
-Sets without a split file get `splits.deterministic_split`.
+Sets without a split file get `splits.deterministic_split` (seeded by `split_seed`).
 """
 import dataclasses
 from pathlib import Path
@@ -23,13 +25,19 @@ from pathlib import Path
 import numpy as np
 
 from sampot_jax import errors
+from sampot_jax.data import images as images_lib
 from sampot_jax.data import lungs
 from sampot_jax.data import prepare
 from sampot_jax.data import raw
 from sampot_jax.data import splits as splits_lib
+from sampot_jax.data import volumes
 
 SOURCES = ("montgomery_team", "montgomery_nlm", "shenzhen", "jsrt_scr", "folder")
 SPLIT_FILE = "splits.csv"
+# A plain folder also takes DICOM files and single-slice NIfTI files (images and masks).
+FOLDER_SUFFIXES = raw.IMAGE_SUFFIXES + images_lib.DICOM_SUFFIXES + (".nii", ".gz")
+FOLDER_MASK_SUFFIXES = raw.MASK_SUFFIXES + images_lib.DICOM_SUFFIXES + (".nii", ".gz")
+MASK_FILES = raw.MASK_SUFFIXES + images_lib.DICOM_SUFFIXES + images_lib.VOLUME_SUFFIXES
 FINDINGS = {"0": "normal", "1": "tuberculosis"}  # NLM file-name suffix _F
 
 
@@ -78,17 +86,22 @@ def check_dir(source: str, root) -> None:
                                    f"{how}")
 
 
-def scan(source: str, root) -> Scan:
-  """Lists the subjects of `source` under `root` (no decoding)."""
+def scan(source: str, root, target: str = "left", split_seed: int = 0) -> Scan:
+  """Lists the subjects of `source` under `root` (no decoding).
+
+  `target` picks the plain folder's mask folder (`masks/<target>/` when it exists);
+  `split_seed` seeds the split of a set without a split file."""
   root = Path(root).expanduser()
   if source not in SOURCES:
     raise errors.ConfigError(f"data source {source!r} is not one of {SOURCES}.")
   check_dir(source, root)
-  subjects = {
-      "montgomery_team": _scan_folder, "folder": _scan_folder,
-      "montgomery_nlm": _scan_montgomery_nlm, "shenzhen": _scan_shenzhen,
-      "jsrt_scr": _scan_jsrt_scr,
-  }[source](root, source)
+  if source == "folder":
+    subjects = _scan_folder(root, source, target)
+  else:
+    subjects = {
+        "montgomery_team": _scan_folder, "montgomery_nlm": _scan_montgomery_nlm,
+        "shenzhen": _scan_shenzhen, "jsrt_scr": _scan_jsrt_scr,
+    }[source](root, source)
   if not subjects:
     raise errors.MissingInputError(f"no images found for source {source!r} under {str(root)!r}; "
                             f"see the layout in {__name__}'s docstring.")
@@ -97,7 +110,8 @@ def scan(source: str, root) -> Scan:
     if source == "montgomery_team":
       raise errors.MissingInputError(f"{split_file} does not exist; the team layout carries a fixed "
                               "split file (id,split,finding).")
-    table = splits_lib.deterministic_split({s.id: s.finding for s in subjects.values()})
+    table = splits_lib.deterministic_split({s.id: s.finding for s in subjects.values()},
+                                           seed=split_seed)
     return Scan(subjects, table, None, {}, [])
   rows = splits_lib.read_splits_csv(split_file)
   absent = {}
@@ -114,8 +128,11 @@ def scan(source: str, root) -> Scan:
   return Scan(subjects, table, split_file, absent, unlisted)
 
 
-def read_subject(subject: Subject) -> dict:
+def read_subject(subject: Subject, label: int = 0) -> dict:
   """Decodes and checks one subject at its original resolution.
+
+  `label` > 0: a plain folder's masks are label maps and the structure is the pixels
+  equal to it.
 
   Returns:
     {'id': str, 'image': (H, W) uint8, 'left', 'right': (h, w) bool or None,
@@ -126,7 +143,12 @@ def read_subject(subject: Subject) -> dict:
   Raises:
     errors.BadInputError naming the offending file.
   """
-  image = raw.read_image(subject.image)
+  if label and subject.single is None:
+    raise errors.ConfigError(f"config.data.label={label} reads label maps from a single mask "
+                             "folder (masks/ or masks/<target>/); this layout has masks/left "
+                             "and masks/right: set config.data.label=0.")
+  image = (_read_folder_image(subject.image) if subject.dataset == "folder"
+           else raw.read_image(subject.image))
   if image.size == 0:
     raise errors.BadInputError(subject.image, "image has no pixels.")
   mask_shape = image.shape
@@ -139,8 +161,10 @@ def read_subject(subject: Subject) -> dict:
                               image.shape)
     left, right = lungs.split_lungs(merged, subject.merged)
   elif subject.single is not None:
-    single = lungs.check_mask(raw.read_mask_values(subject.single), subject.single,
-                              image.shape)
+    values = _read_folder_mask(subject.single)
+    if label:
+      values = _label_mask(values, label, subject.single)
+    single = lungs.check_mask(values, subject.single, image.shape)
   else:
     left = lungs.check_mask(raw.read_mask_values(subject.left), subject.left, mask_shape,
                             image.shape)
@@ -154,6 +178,45 @@ def read_subject(subject: Subject) -> dict:
           "dataset": subject.dataset, "finding": subject.finding,
           "file": subject.image.name, "height": int(image.shape[0]),
           "width": int(image.shape[1])}
+
+
+def _read_folder_image(path: Path) -> np.ndarray:
+  """A plain folder's image: PNG/JPEG/TIFF as raw.read_image, DICOM windowed as refine reads
+  it, a NIfTI slice by its own range. -> (H, W) uint8."""
+  if volumes.is_volume(path):
+    return volumes.slice_image(_one_slice(path), 0).pixels
+  if images_lib.is_dicom(path):
+    return np.rint(images_lib.read_image(path).gray * 255.0).astype(np.uint8)
+  return raw.read_image(path)
+
+
+def _read_folder_mask(path: Path) -> np.ndarray:
+  """A plain folder's mask values, (H, W) integer (DICOM and NIfTI slices as stored)."""
+  if path.is_file() and volumes.is_volume(path):
+    return np.rint(_one_slice(path).data[:, :, 0].T).astype(np.int64)
+  if path.is_file() and images_lib.is_dicom(path):
+    return np.asarray(images_lib.read_dicom_values(path)).astype(np.int64)
+  return raw.read_mask_values(path)
+
+
+def _one_slice(path: Path) -> volumes.Volume:
+  volume = volumes.read_volume(path)
+  if volume.data.shape[2] != 1:
+    raise errors.BadInputError(path, f"is a volume of {volume.data.shape[2]} slices; a training "
+                               "folder takes 2-D files (one slice per NIfTI file): save the "
+                               "labelled slices one per file.")
+  return volume
+
+
+def _label_mask(values: np.ndarray, label: int, path: Path) -> np.ndarray:
+  """A label map's structure `label` as a 0/1 mask (an error when no pixel has it)."""
+  mask = values == label
+  if not mask.any():
+    present = np.unique(values)
+    raise errors.BadInputError(path, f"label map has no pixel of label {label} (its values: "
+                               f"{present[:8].tolist()}{' ...' if present.size > 8 else ''}); "
+                               "set config.data.label to the structure's value.")
+  return mask.astype(np.uint8)
 
 
 def resize_example(example: dict, size: int) -> dict:
@@ -173,13 +236,20 @@ def _nlm_finding(stem: str) -> str:
   return FINDINGS.get(stem.rsplit("_", 1)[-1], "")
 
 
-def _scan_folder(root: Path, source: str) -> dict:
+def _scan_folder(root: Path, source: str, target: str = "left") -> dict:
   images_dir = root / "images"
   if not images_dir.is_dir():
     raise errors.MissingInputError(f"{images_dir} does not exist; the {source!r} layout is "
                             "images/ + masks/left/ + masks/right/ (or masks/).")
-  suffixes = (".png",) if source == "montgomery_team" else raw.IMAGE_SUFFIXES
+  suffixes = (".png",) if source == "montgomery_team" else FOLDER_SUFFIXES
   masks_dir = root / "masks"
+  if source == "folder" and target not in lungs.TARGETS:
+    # Any other structure: its own folder, masks/<target>/.
+    if not (masks_dir / target).is_dir():
+      raise errors.MissingInputError(
+          f"{masks_dir / target} does not exist: config.data.target={target!r} names the mask "
+          f"folder masks/{target}/ (or use 'left', 'right', 'both' for lungs).")
+    masks_dir = masks_dir / target
   two = (masks_dir / "left").is_dir() or (masks_dir / "right").is_dir()
   if source == "montgomery_team" and not two:
     raise errors.MissingInputError(f"{masks_dir}/left and {masks_dir}/right do not exist.")
@@ -189,22 +259,30 @@ def _scan_folder(root: Path, source: str) -> dict:
                             "target only).")
   subjects = {}
   for path in raw.list_images(images_dir, suffixes):
-    sid = path.stem
+    if path.suffix.lower() == ".gz" and not volumes.is_volume(path):
+      continue
+    sid = file_id(path)
     if two:
       subjects[sid] = Subject(sid, path, left=_mask_path(masks_dir / "left", sid, path),
                               right=_mask_path(masks_dir / "right", sid, path),
                               finding=_nlm_finding(sid) if sid.startswith("MCUCXR") else "",
                               dataset=source)
     else:
-      subjects[sid] = Subject(sid, path, single=_mask_path(masks_dir, sid, path),
+      subjects[sid] = Subject(sid, path, single=_mask_path(masks_dir, sid, path, MASK_FILES),
                               dataset=source)
   return subjects
 
 
-def _mask_path(folder: Path, sid: str, image_path: Path) -> Path:
+def file_id(path: Path) -> str:
+  """The id a file names: its name without the suffix (both of `.nii.gz`)."""
+  return path.name[:-len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+
+
+def _mask_path(folder: Path, sid: str, image_path: Path, suffixes=raw.MASK_SUFFIXES) -> Path:
   # A path that may not exist: read_subject reports it then, under the skip policy.
-  found = raw.find_with_stem(folder, sid) or raw.find_with_stem(folder, sid + "_mask")
-  return found if found is not None else folder / (sid + image_path.suffix)
+  found = (raw.find_with_stem(folder, sid, suffixes) or
+           raw.find_with_stem(folder, sid + "_mask", suffixes))
+  return found if found is not None else folder / (sid + image_path.name[len(sid):])
 
 
 def _scan_montgomery_nlm(root: Path, source: str) -> dict:

@@ -49,6 +49,8 @@ def _shape3(path: Path, shape) -> tuple[int, int, int]:
   shape = tuple(int(s) for s in shape)
   while len(shape) > 3 and shape[-1] == 1:
     shape = shape[:-1]
+  if len(shape) == 2:  # a 2-D NIfTI: one slice
+    shape = shape + (1,)
   if len(shape) != 3:
     raise errors.BadInputError(path, f"holds a {len(shape)}-D image of shape {shape}; refine "
                                "takes 3-D volumes (one time point: split 4-D series first)")

@@ -84,9 +84,18 @@ class CandidateSet:
 
 
 def _take_images(lungs, max_images: int):
-  """First `max_images` subjects of a LungSet (all when 0)."""
+  """First `max_images` subjects of a LungSet (all when 0), in id order."""
   n = len(lungs.ids) if max_images <= 0 else min(max_images, len(lungs.ids))
   return (list(lungs.ids[:n]), lungs.images[:n])
+
+
+def images_of_split(config: ml_collections.ConfigDict, split: str) -> int:
+  """How many of a split's subjects the run uses (0: all): config.train_images for train."""
+  limits = [config.max_images_per_split]
+  if split == "train" and config.train_images:
+    limits.append(config.train_images)
+  limits = [n for n in limits if n > 0]
+  return min(limits) if limits else 0
 
 
 def candidate_settings(config: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
@@ -106,7 +115,7 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict, split: str,
   subjects gets the same candidates as the full split and either part can be rebuilt alone.
   """
   settings = candidate_settings(config, split)
-  ids, images = _take_images(lungs, config.max_images_per_split)
+  ids, images = _take_images(lungs, images_of_split(config, split))
   target_name = config.data.target
   targets = lungs.target(target_name)[:len(ids)]
   other = lungs.other_lung(target_name)
@@ -185,10 +194,15 @@ def cache_key(config: ml_collections.ConfigDict, split: str, part: str = "synthe
     shaped = {k: settings.get(k) for k in model_keys}
   else:
     shaped = {k: v for k, v in settings.items() if k not in model_keys}
+  # Data fields added later key only when set, so caches built before them stay valid.
+  data_fields = {k: v for k, v in config.data.to_dict().items()
+                 if not (k in ("label", "split_seed") and v == 0)}
   keyed = {"version": CANDIDATE_CACHE_VERSION, "split": split, "part": part,
-           "seed": config.seed, "data": config.data.to_dict(), "candidates": shaped,
+           "seed": config.seed, "data": data_fields, "candidates": shaped,
            "sam": config.sam.to_dict() if part == "model" else None,
            "max_images_per_split": config.max_images_per_split}
+  if split == "train" and config.train_images:
+    keyed["train_images"] = config.train_images
   blob = json.dumps(files.json_ready(keyed), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -38,6 +38,11 @@ UNREADABLE_SUFFIX = ".unreadable"
 # hash of the settings that shape it), and the evaluation after training.
 HARMLESS = ("num_epochs", "patience", "log_every", "checkpoint_every", "eval_batch_size",
             "max_checkpoints", "candidates_dir", "sweep_offsets")
+# Blocks read only after training (the verdict's SAMPOT runs): any of their fields may change.
+HARMLESS_BLOCKS = ("verdict", "evolve", "safeguards")
+# Settings added after settings.json was introduced, at the value that reproduces a run
+# recorded before them: absent in the old record and at this value now is no difference.
+ADDED = {"train_images": 0, "init_from": "", "data.label": 0, "data.split_seed": 0}
 HISTORY = ("train_loss", "val_loss", "seconds")  # (num_epochs,) arrays of the state
 
 
@@ -58,7 +63,8 @@ def _flatten(tree, prefix=""):
 def settings_that_matter(config) -> dict:
   """{dotted config key: value} of every field but `HARMLESS` (values as JSON reads them)."""
   flat = _flatten(files.json_ready(config.to_dict()))
-  return json.loads(json.dumps({k: v for k, v in flat.items() if k not in HARMLESS},
+  return json.loads(json.dumps({k: v for k, v in flat.items()
+                                if k not in HARMLESS and k.split(".")[0] not in HARMLESS_BLOCKS},
                                sort_keys=True, default=str))
 
 
@@ -106,7 +112,8 @@ def check_settings(directory, config) -> None:
   new = current["settings"]
   absent = "(absent)"
   differ = [(k, old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys())
-            if old.get(k, absent) != new.get(k, absent)]
+            if old.get(k, absent) != new.get(k, absent)
+            and not (k not in old and k in ADDED and new[k] == ADDED[k])]
   if current["num_epochs"] < old_epochs:
     differ.append(("num_epochs", old_epochs, current["num_epochs"]))
   if differ:

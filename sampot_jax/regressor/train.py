@@ -32,7 +32,9 @@ from sampot_jax.regressor import candidate_sets
 from sampot_jax.regressor import evaluation
 from sampot_jax.regressor import model as regressor
 from sampot_jax.regressor import resume
+from sampot_jax.regressor import shipped
 from sampot_jax.regressor.candidate_sets import CandidateSet
+from sampot_jax.storage import files
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -105,10 +107,27 @@ def make_train_step(model: regressor.DiceRegressor,
   return train_step
 
 
+def initial_variables(config, model) -> dict:
+  """Random variables (config.seed), or a shipped regressor's with config.init_from: its card's
+  model fields must be config.model's (else a ConfigError naming both)."""
+  if not config.init_from:
+    return regressor.init_variables(model, jax.random.key(config.seed))
+  card = shipped.card(config.init_from)
+  differ = {k: (v, card["model"].get(k)) for k, v in files.json_ready(config.model.to_dict()).items()
+            if card["model"].get(k) != v}
+  if differ:
+    listed = ", ".join(f"model.{k}: {a!r} here, {b!r} in {config.init_from}"
+                       for k, (a, b) in sorted(differ.items()))
+    raise errors.ConfigError(f"config.init_from={config.init_from!r} is another model ({listed});"
+                             f" set those --config.model fields to the shipped regressor's.")
+  _, variables = shipped.read(config.init_from)
+  return variables
+
+
 def _initial_state(config, model, tx) -> dict:
   """The checkpointed training state at epoch 0 (all jax arrays)."""
   rng = jax.random.key(config.seed)
-  variables = regressor.init_variables(model, rng)
+  variables = initial_variables(config, model)
   e = config.num_epochs
   state = {
       "params": variables["params"],
@@ -130,7 +149,7 @@ def _initial_state(config, model, tx) -> dict:
 # Settings that must be whole numbers of at least this much (config.<name>).
 _AT_LEAST = {"batch_size": 1, "num_epochs": 1, "checkpoint_every": 1, "log_every": 1,
              "eval_batch_size": 1, "max_checkpoints": 1, "patience": 0,
-             "max_images_per_split": 0}
+             "max_images_per_split": 0, "train_images": 0}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -149,18 +168,20 @@ def _done(config, state) -> bool:
   epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
   if epoch >= config.num_epochs:
     return True
-  return config.patience > 0 and epoch - 1 - best_epoch >= config.patience
+  return (config.patience > 0 and not config.train_images
+          and epoch - 1 - best_epoch >= config.patience)
 
 
 def train(config: ml_collections.ConfigDict, workdir: Path,
-          train_set: CandidateSet, val_set: CandidateSet, *,
+          train_set: CandidateSet, val_set: CandidateSet | None, *,
           halt_after_epoch: int | None = None) -> dict:
   """Trains or resumes; returns the final checkpointed state (a dict).
 
   Args:
     config: the run's config.
     workdir: checkpoints go to workdir/checkpoints.
-    train_set, val_set: candidate sets.
+    train_set, val_set: candidate sets; val_set None (config.train_images > 0: a few labelled
+      images, none held out): every epoch is "best", so the last one is kept.
     halt_after_epoch: stop as if killed once this many epochs are done,
       before any checkpoint of that epoch; for tests of resumption.
 
@@ -191,7 +212,8 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
   # Like the data order, augmentation depends only on (seed, epoch, step).
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   predict = evaluation.make_predict(model, config.eval_batch_size)
-  val_images, val_masks, val_dice = candidate_sets.batch(val_set, np.arange(len(val_set)))
+  if val_set is not None:
+    val_images, val_masks, val_dice = candidate_sets.batch(val_set, np.arange(len(val_set)))
   n_batches = len(train_set) // config.batch_size
   params, batch_stats = state["params"], state["batch_stats"]
   opt_state = state["opt_state"]
@@ -209,15 +231,18 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
       losses.append(loss)
     train_loss = float(np.mean(jax.device_get(losses)))
     variables = {"params": params, "batch_stats": batch_stats}
-    val_pred = predict(variables, val_images, val_masks)
-    val_loss = float(np.mean((val_pred - val_dice) ** 2))
+    if val_set is None:
+      val_loss = float("nan")  # nothing held out
+    else:
+      val_pred = predict(variables, val_images, val_masks)
+      val_loss = float(np.mean((val_pred - val_dice) ** 2))
     seconds = time.time() - t0
     state = dict(state, params=params, batch_stats=batch_stats,
                  opt_state=opt_state, epoch=jnp.asarray(epoch + 1, jnp.int32),
                  train_loss=state["train_loss"].at[epoch].set(train_loss),
                  val_loss=state["val_loss"].at[epoch].set(val_loss),
                  seconds=state["seconds"].at[epoch].set(seconds))
-    if val_loss < float(state["best_val_loss"]):
+    if val_set is None or val_loss < float(state["best_val_loss"]):  # None: the last is kept
       state.update(best_params=params, best_batch_stats=batch_stats,
                    best_epoch=jnp.asarray(epoch, jnp.int32),
                    best_val_loss=jnp.asarray(val_loss, jnp.float32))

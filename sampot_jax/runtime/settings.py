@@ -41,8 +41,12 @@ class Data:
     dir: the raw data folder (the TFDS manual dir).
     tfds_dir: where TFDS writes the prepared data; None: ~/tensorflow_datasets.
     image_size: square side in pixels; images: antialiased bilinear, masks: area > 1/2.
-    target: 'left' (the paper's task), 'right' or 'both' lungs.
+    target: 'left' (the paper's task), 'right' or 'both' lungs; with source 'folder', any
+      structure, read from masks/<target>/ (e.g. 'heart').
     on_bad_example: 'error' stops at the first bad example; 'skip' logs and counts it.
+    label: 0: masks are binary; N > 0: a plain folder's masks are label maps and the
+      structure is the pixels equal to N.
+    split_seed: seeds the split of a set without splits.csv (splits.deterministic_split).
   """
   source: str = "montgomery_team"
   dir: str = "../shared/data/montgomery"
@@ -50,11 +54,14 @@ class Data:
   image_size: int = 256
   target: str = "left"
   on_bad_example: str = "error"
+  label: int = 0
+  split_seed: int = 0
 
   def __post_init__(self):
     _check("data", (("on_bad_example", self.on_bad_example in ON_BAD_EXAMPLE,
                      f"one of {ON_BAD_EXAMPLE}", self.on_bad_example),
-                    ("image_size", self.image_size >= 16, ">= 16 (e.g. 256)", self.image_size)))
+                    ("image_size", self.image_size >= 16, ">= 16 (e.g. 256)", self.image_size),
+                    ("label", self.label >= 0, ">= 0 (0: binary masks)", self.label)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +210,29 @@ class Baselines:
   search_jitter: float = 0.1
 
 
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """config.verdict: should SAMPOT use a regressor? (regressor/verdict.py)
+
+  Attributes:
+    images: the first this many test images (id order) are refined; 0: none (no verdict).
+    box_jitter, box_seed: their rough boxes, drawn as the evaluate task draws them.
+    batch_size: images refined together.
+    iou_ascent: also run the ascent on the model's IoU head (the alternative without a
+      regressor; doubles the time).
+  """
+  images: int = 40
+  box_jitter: float = 0.15
+  box_seed: int = 0
+  batch_size: int = 8
+  iou_ascent: bool = True
+
+  def __post_init__(self):
+    _check("verdict", (("images", self.images >= 0, ">= 0 (0: no verdict)", self.images),
+                       ("box_jitter", 0 <= self.box_jitter <= 1, "in [0, 1]", self.box_jitter),
+                       ("batch_size", self.batch_size >= 1, ">= 1", self.batch_size)))
+
+
 # config field -> its dataclass, for the blocks tasks share.
 @dataclasses.dataclass(frozen=True)
 class Distributed:
@@ -232,7 +262,7 @@ class Distributed:
 
 BLOCKS = {"data": Data, "candidates": Candidates, "safeguards": Safeguards, "sam": Sam,
           "regressor": Regressor, "evolve": Evolve, "baselines": Baselines,
-          "distributed": Distributed}
+          "distributed": Distributed, "verdict": Verdict}
 
 
 def block(settings: Any) -> ml_collections.ConfigDict:
