@@ -38,6 +38,7 @@ TASKS = {
     "score": "sampot_jax.tasks.score:run",
     "ship_regressor": "sampot_jax.tasks.ship_regressor:run",
     "prepare": "sampot_jax.tasks.prepare:run",
+    "verdict": "sampot_jax.tasks.verdict:run",
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task
