@@ -106,7 +106,7 @@ def test_config_errors_name_the_field(tmp_path):
   config, _, _ = _setup(tmp_path, "empty", "folder")
   with pytest.raises(ValueError, match="split='training'"):
     data.load_split(config, "training")
-  for field, value in (("source", "kaggle"), ("target", "heart"), ("on_bad_example", "warn")):
+  for field, value in (("source", "kaggle"), ("target", "../heart"), ("on_bad_example", "warn")):
     bad = config.copy_and_resolve_references()
     bad[field] = value
     with pytest.raises(ValueError, match=f"config.data.{field}="):

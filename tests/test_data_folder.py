@@ -4,6 +4,7 @@ from PIL import Image
 import pytest
 
 from sampot_jax import data
+from sampot_jax import errors
 from sampot_jax.data import fake_data
 from sampot_jax.data import raw
 from sampot_jax.runtime import settings
@@ -132,3 +133,115 @@ def test_two_mask_files_of_one_id_are_an_error_naming_both(tmp_path):
   with pytest.raises(ValueError, match=rf"{sid}.gif and {sid}.png in .*left could each be the "
                                        rf"mask of image '{sid}'"):
     data.load_split(_config(tmp_path), "train")
+
+
+# ---------------------------------------------------------------------------
+# Your own labelled folder: any structure, label maps, DICOM and NIfTI slices, a seeded split.
+
+
+def _label_folder(tmp_path, n=6):
+  """A folder whose masks/ are label maps: 0 background, 1 the right lung, 2 the left lung."""
+  ids = fake_data.write("folder", tmp_path, n=n)
+  for sid in ids:
+    left = np.array(Image.open(tmp_path / "masks" / "left" / f"{sid}.png")) > 0
+    right = np.array(Image.open(tmp_path / "masks" / "right" / f"{sid}.png")) > 0
+    labels = np.where(left, 2, np.where(right, 1, 0)).astype(np.uint8)
+    fake_data.write_image(tmp_path / "labels" / f"{sid}.png", labels)
+  return ids
+
+
+def test_any_structure_from_its_own_mask_folder(tmp_path):
+  ids = fake_data.write("montgomery_team", tmp_path, n=6)
+  # A third structure beside the lungs, as JSRT's masks/heart/: here the left lung's copy.
+  (tmp_path / "masks" / "heart").mkdir()
+  for sid in ids:
+    (tmp_path / "masks" / "heart" / f"{sid}.png").write_bytes(
+        (tmp_path / "masks" / "left" / f"{sid}.png").read_bytes())
+  ls = data.load_split(_config(tmp_path, target="heart"), "train")
+  lungs = data.load_split(_config(tmp_path), "train")
+  assert ls.target_only == "heart" and ls.other_lung("heart") is None
+  np.testing.assert_array_equal(ls.target("heart"), lungs.target("left"))
+  with pytest.raises(errors.MissingInputError, match="masks/kidney"):
+    data.load_split(_config(tmp_path, target="kidney"), "train")
+  with pytest.raises(ValueError, match="source='folder'"):
+    data.load_split(_config(tmp_path, target="heart", source="montgomery_team"), "train")
+
+
+def test_label_maps_read_with_the_label(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  _label_folder(tmp_path / "two")
+  lungs = data.load_split(_config(tmp_path / "two"), "test")
+  shutil.copytree(tmp_path / "two" / "images", tmp_path / "maps" / "images")
+  shutil.copytree(tmp_path / "two" / "labels", tmp_path / "maps" / "masks")
+  for side, label in (("left", 2), ("right", 1)):
+    ls = data.load_split(_config(tmp_path / "maps", target=side, label=label), "test")
+    assert ls.ids == lungs.ids
+    np.testing.assert_array_equal(ls.target(side), lungs.target(side))
+  # Without the label the label map's values 0/1/2 are refused; a label no pixel has is named.
+  with pytest.raises(ValueError, match="besides 0/1/255"):
+    data.load_split(_config(tmp_path / "maps"), "test")
+  with pytest.raises(ValueError, match="no pixel of label 7"):
+    data.load_split(_config(tmp_path / "maps", label=7), "test")
+
+
+def test_label_with_left_and_right_folders_is_refused(tmp_path):
+  fake_data.write("folder", tmp_path, n=3)
+  with pytest.raises(ValueError, match="config.data.label=2"):
+    data.load_split(_config(tmp_path, label=2), "train")
+
+
+def test_dicom_and_nifti_slices(tmp_path):
+  import nibabel  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  ids = fake_data.write("folder", tmp_path, n=6)
+  for path in (tmp_path / "images").iterdir():  # full range: DICOM/NIfTI scale by their own
+    fake_data.write_image(path, raw.scale_to_uint8(np.array(Image.open(path))))
+  expected = data.load_split(_config(tmp_path), "test")
+  for sid in expected.ids[:2]:  # one DICOM, one NIfTI image (each with a mask of its kind)
+    png = tmp_path / "images" / f"{sid}.png"
+    pixels = np.array(Image.open(png))
+    mask_png = tmp_path / "masks" / "left" / f"{sid}.png"
+    mask = (np.array(Image.open(mask_png)) > 0).astype(np.uint8)
+    if sid == expected.ids[0]:
+      helpers.write_dicom(png.with_suffix(".dcm"), pixels.astype(np.uint16) * 16, bits_stored=12)
+      helpers.write_dicom(mask_png.with_suffix(".dcm"), mask, bits_stored=1)
+    else:  # NIfTI: x is the first voxel axis, so the slice is stored transposed
+      nibabel.save(nibabel.Nifti1Image(pixels.T[:, :, None].astype(np.float32), np.eye(4)),
+                   str(tmp_path / "images" / f"{sid}.nii.gz"))
+      nibabel.save(nibabel.Nifti1Image(mask.T.astype(np.uint8), np.eye(4)),
+                   str(tmp_path / "masks" / "left" / f"{sid}.nii.gz"))
+    png.unlink()
+    mask_png.unlink()
+  # Only masks/left is converted: read the left lung from a single-structure copy of it.
+  (tmp_path / "masks" / "left").rename(tmp_path / "left")
+  for path in (tmp_path / "masks" / "right").iterdir():
+    path.unlink()
+  (tmp_path / "masks" / "right").rmdir()
+  (tmp_path / "masks").rmdir()
+  (tmp_path / "left").rename(tmp_path / "masks")
+  got = data.load_split(_config(tmp_path), "test")
+  assert got.ids == expected.ids and set(ids) >= set(got.ids)
+  np.testing.assert_array_equal(got.target("left"), expected.target("left"))
+  # 12-bit DICOM (windowed by its range) and float NIfTI: within one grey level of the PNG.
+  assert np.abs(got.images.astype(int) - expected.images).max() <= 1
+  # A NIfTI of several slices is refused, naming the file.
+  volume = tmp_path / "images" / f"{expected.ids[1]}.nii.gz"
+  nibabel.save(nibabel.Nifti1Image(np.zeros((64, 80, 3), np.float32), np.eye(4)), str(volume))
+  with pytest.raises(ValueError, match="volume of 3 slices"):
+    data.load_split(_config(tmp_path), "test")
+
+
+def test_seeded_split_is_stable_and_changes_with_the_seed(tmp_path):
+  from sampot_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  fake_data.write("folder", tmp_path, n=24)
+  table, findings = pipeline.split_table(_config(tmp_path))
+  again, _ = pipeline.split_table(_config(tmp_path))
+  other, _ = pipeline.split_table(_config(tmp_path, split_seed=1))
+  assert table == again and table != other
+  assert sorted(table.values()) == sorted(other.values())  # the same proportions
+  assert set(findings.values()) == {"normal", "tuberculosis"}  # from the NLM file names
+  assert [data.load_split(_config(tmp_path, split_seed=1), s).ids for s in data.SPLITS] == [
+      sorted(i for i, s in other.items() if s == split) for split in data.SPLITS]
+  # With a splits.csv there is nothing to derive.
+  fake_data.write("montgomery_team", tmp_path / "team", n=6)
+  assert pipeline.split_table(_config(tmp_path / "team")) is None

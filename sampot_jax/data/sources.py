@@ -262,14 +262,14 @@ def _scan_folder(root: Path, source: str, target: str = "left") -> dict:
     if path.suffix.lower() == ".gz" and not volumes.is_volume(path):
       continue
     sid = file_id(path)
+    finding = _nlm_finding(sid) if sid.startswith("MCUCXR") else ""
     if two:
       subjects[sid] = Subject(sid, path, left=_mask_path(masks_dir / "left", sid, path),
                               right=_mask_path(masks_dir / "right", sid, path),
-                              finding=_nlm_finding(sid) if sid.startswith("MCUCXR") else "",
-                              dataset=source)
+                              finding=finding, dataset=source)
     else:
       subjects[sid] = Subject(sid, path, single=_mask_path(masks_dir, sid, path, MASK_FILES),
-                              dataset=source)
+                              finding=finding, dataset=source)
   return subjects
 
 

@@ -177,8 +177,8 @@ def run(config, workdir: Path, scorer: Scorer, test_candidates, where: str = "")
 
   Args:
     config: a regressor config (data, sam, evolve, safeguards, verdict).
-    test_candidates: the test split's CandidateSet; its model-made masks (on every test image
-      it holds) give the score table, ranked with config.evolve.iou_weight as SAMPOT ranks.
+    test_candidates: the test split's CandidateSet; its model-made masks of the images SAMPOT
+      refines give the score table (the blend with config.evolve.iou_weight, as SAMPOT ranks).
     where: how a user points SAMPOT at this regressor (in the sentence).
   """
   from sampot_jax import data  # pylint: disable=g-import-not-at-top  # TFDS only when needed
@@ -186,13 +186,17 @@ def run(config, workdir: Path, scorer: Scorer, test_candidates, where: str = "")
   if block.images == 0:
     return None
   settings = evolve.settings_from_config(config.evolve)
-  made_set = candidate_sets.select(test_candidates, test_candidates.kinds == "model_box")
-  predict = evaluation.make_predict(scorer.model, config.eval_batch_size)
-  pred = evaluation.predict_candidates(predict, scorer.variables, made_set)
-  made = evaluation.model_made(pred, made_set, iou_weight=settings.iou_weight or None)
   lungs = data.load_split(config.data, "test")
   n = min(block.images, len(lungs.ids))
   ids, images = list(lungs.ids[:n]), lungs.images[:n]
+  # The score table on the masks of the images SAMPOT refines (the candidates' first images).
+  if list(test_candidates.ids[:n]) != ids[:len(test_candidates.ids)]:
+    raise ValueError("the test candidates were built on other images than the test split's.")
+  made_set = candidate_sets.select(test_candidates, (test_candidates.kinds == "model_box")
+                                   & (test_candidates.image_index < n))
+  predict = evaluation.make_predict(scorer.model, config.eval_batch_size)
+  pred = evaluation.predict_candidates(predict, scorer.variables, made_set)
+  made = evaluation.model_made(pred, made_set, iou_weight=settings.iou_weight or None)
   targets = lungs.target(config.data.target)[:n]
   boxes = prompt_lib.rough_boxes(prompt_lib.bounding_boxes(targets, ids), block.box_jitter,
                                  np.random.default_rng(block.box_seed), images.shape[1:3])
