@@ -39,6 +39,7 @@ TASKS = {
     "ship_regressor": "sampot_jax.tasks.ship_regressor:run",
     "prepare": "sampot_jax.tasks.prepare:run",
     "verdict": "sampot_jax.tasks.verdict:run",
+    "app": "sampot_jax.tasks.app:run",
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task

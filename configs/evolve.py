@@ -4,7 +4,7 @@
 
 Needs a ported SAM checkpoint (config.sam.checkpoint_dir; the run stops with the
 commands that fetch and port it when it is missing) and a trained regressor
-(config.regressor.workdir, from configs/train_regressor.py). Baselines: SAM's
+(config.regressor.workdir, from configs/regressor_paper.py). Baselines: SAM's
 multimask choice only; configs/evaluate.py adds the grid search and the oracle.
 """
 import ml_collections

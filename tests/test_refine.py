@@ -22,6 +22,7 @@ import pytest
 
 from sampot_jax import errors
 from sampot_jax.data import images as images_lib
+from sampot_jax.sampot import refiner as refiner_lib
 from sampot_jax.tasks import common
 from sampot_jax.tasks import refine
 from tests import helpers
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_evolve_soft_mask_is_aligned_with_the_padded_image():
   """A disk in SAM's low-res logits of a 40 x 100 image, through evolve.soft_mask with
-  refine.model_frame, lands where to_square puts the same disk of the image."""
+  refiner.model_frame, lands where to_square puts the same disk of the image."""
   from sampot_jax.sampot import evolve  # pylint: disable=g-import-not-at-top
   from sampot_jax.sam import predictor  # pylint: disable=g-import-not-at-top
   h, w, img_size, side = 40, 100, 64, 32
@@ -50,7 +51,7 @@ def test_evolve_soft_mask_is_aligned_with_the_padded_image():
   yy, xx = np.mgrid[0:h, 0:w] + 0.5
   disk = (np.hypot(xx - centre[0], yy - centre[1]) < radius).astype(np.float32)
   reference = images_lib.to_square(disk, side) > 0.5
-  seen = np.asarray(evolve.soft_mask(low_res, refine.model_frame(img_size),
+  seen = np.asarray(evolve.soft_mask(low_res, refiner_lib.model_frame(img_size),
                                      img_size, (side, side), 5.0)) > 0.5
   dice = 2 * (seen & reference).sum() / (seen.sum() + reference.sum())
   assert dice > 0.9, dice
@@ -64,9 +65,9 @@ def test_evolve_soft_mask_is_aligned_with_the_padded_image():
 def test_steps_scale_with_the_image():
   """Steps are given for a reference_side image: in model pixels (256 here) one scale for
   every image; with 0, pixels of each image as given, i.e. 256 / its longest side."""
-  assert refine.step_scale((1024, 2048), 256, 512) == 0.5  # 10 px at 512 = 40 px at 2048
-  assert refine.step_scale((100, 50), 256, 512) == 0.5
-  assert refine.step_scale((1024, 2048), 256, 0) == 0.125
+  assert refiner_lib.step_scale((1024, 2048), 256, 512) == 0.5  # 10 px at 512 = 40 px at 2048
+  assert refiner_lib.step_scale((100, 50), 256, 512) == 0.5
+  assert refiner_lib.step_scale((1024, 2048), 256, 0) == 0.125
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,9 +364,10 @@ def test_the_model_frame_evolution_is_the_original_frame_one_rescaled(tmp_path):
   # The model's pixels.
   k = s / w
   b = evolve.evolve_prompts(refiner.sam, refiner.scorer, evolve.Batch(
-      embeddings, refine.model_frame(s), jnp.asarray(small), (prompt * k)[None].astype(np.float32),
+      embeddings, refiner_lib.model_frame(s), jnp.asarray(small),
+      (prompt * k)[None].astype(np.float32),
       uppers=np.array([[(w - 1) * k, (h - 1) * k]], np.float32),
-      step_scales=np.array([refine.step_scale((h, w), s, 512)], np.float32)),
+      step_scales=np.array([refiner_lib.step_scale((h, w), s, 512)], np.float32)),
       refiner.settings, rng=key)
   np.testing.assert_allclose(np.asarray(b.prompts) / k, np.asarray(a.prompts), atol=2e-4 / k)
   np.testing.assert_allclose(np.asarray(b.scores), np.asarray(a.scores), atol=1e-5)

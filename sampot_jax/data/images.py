@@ -169,8 +169,12 @@ def read_size(path) -> tuple[int, int]:
   try:
     with PILImage.open(path) as im:
       w, h = im.size
+      if w * h > MAX_PIXELS:  # refused here: getexif decodes a PNG's pixels
+        check_size(path, (int(h), int(w)))
       if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned a quarter
         w, h = h, w
+  except errors.BadInputError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  # PIL raises many kinds
     raise errors.BadInputError(path, f"cannot be read as an image ({type(e).__name__}: {e})") from e
   return check_size(path, (int(h), int(w)))

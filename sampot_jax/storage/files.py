@@ -3,9 +3,12 @@
 Every writer puts its bytes in a temporary sibling (same directory, so the
 rename cannot cross file systems) and `os.replace`s it onto the target.
 """
+import csv
+import io
 import json
 import os
 from pathlib import Path
+import re
 import tempfile
 from typing import Any, Callable
 
@@ -74,3 +77,35 @@ def json_ready(x: Any) -> Any:
 def write_json(path, obj: Any) -> Path:
   """`obj` (see json_ready) as indented strict JSON, atomically."""
   return write_text(path, json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (a file named
+# "=cmd|' /C calc'!A0.png", say); text cells that do are written behind a "'", which the
+# spreadsheet shows as text (tasks/common.read_csv takes it off again). Numbers are written as
+# they are.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+# A plain decimal number: a spreadsheet reads it as a number, not a formula, whatever its sign
+# (a "-1" read back from a CSV and written again stays "-1").
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _cell(value):
+  if (isinstance(value, str) and value.startswith(FORMULA_STARTS + ("'",))
+      and not _NUMBER.fullmatch(value)):
+    return "'" + value
+  return value
+
+
+def csv_text(rows: list[dict], fields=()) -> str:
+  """rows as CSV text: `fields` first, then other columns in order of first appearance, missing
+  cells empty; text that a spreadsheet would run as a formula escaped (FORMULA_STARTS)."""
+  fields = list(fields)
+  for row in rows:
+    fields += [k for k in row if k not in fields]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=[_cell(f) for f in fields], restval="")
+  writer.writeheader()
+  writer.writerows({_cell(k): _cell(v) for k, v in row.items()} for row in rows)
+  return buffer.getvalue()

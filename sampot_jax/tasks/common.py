@@ -1,10 +1,8 @@
 """What every task does the same way: its workdir, its CSV files, its two frozen models."""
 import contextlib
 import csv
-import io
 import json
 import os
-import re
 from pathlib import Path
 import socket
 import time
@@ -112,36 +110,16 @@ def workdir(path) -> Path:
   return path
 
 
-# A spreadsheet runs a cell that starts with one of these as a formula (a file named
-# "=cmd|' /C calc'!A0.png", say); text cells that do are written behind a "'", which the
-# spreadsheet shows as text and read_csv takes off again. Numbers are written as they are.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-# A plain decimal number: a spreadsheet reads it as a number, not a formula, whatever its sign
-# (a "-1" read back from a CSV and written again stays "-1").
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _cell(value):
-  if (isinstance(value, str) and value.startswith(FORMULA_STARTS + ("'",))
-      and not _NUMBER.fullmatch(value)):
-    return "'" + value
-  return value
+# Text cells a spreadsheet would run as a formula are written behind a "'" (storage/files.py,
+# csv_text); read_csv takes it off again.
+FORMULA_STARTS = files.FORMULA_STARTS
 
 
 def write_csv(path: Path, rows: list[dict], fields=()) -> None:
-  """rows as CSV (atomically): `fields` first, then other columns in order of first appearance,
-  missing cells empty; text that a spreadsheet would run as a formula escaped (FORMULA_STARTS).
-  No rows and no fields: an empty file."""
-  fields = list(fields)
-  for row in rows:
-    fields += [k for k in row if k not in fields]
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=[_cell(f) for f in fields], restval="")
-  writer.writeheader()
-  writer.writerows({_cell(k): _cell(v) for k, v in row.items()} for row in rows)
-  files.write_text(path, buffer.getvalue())
+  """rows as CSV (atomically): files.csv_text (`fields` first, then other columns in order of
+  first appearance, missing cells empty, formulas escaped). No rows and no fields: an empty
+  file."""
+  files.write_text(path, files.csv_text(rows, fields))
 
 
 def _uncell(value: str) -> str:

@@ -34,6 +34,9 @@ row that does not parse or repeats an image, a prompt outside its image, an unre
 corrupt file. 'error' stops with every problem found, each naming the file and the CSV line;
 'skip' logs and skips them and lists them in summary.json. Problems visible from the CSV and
 the file headers are found before any model is loaded.
+
+The models' part (encode, evolve, decode, safeguards, the results row) is sampot/refiner.py,
+which the web page (task 'app') shares.
 """
 import dataclasses
 import functools
@@ -43,12 +46,8 @@ import os
 from pathlib import Path
 import shutil
 import time
-import zlib
 
 from absl import logging
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -59,15 +58,10 @@ from sampot_jax.data import prompt_csv
 from sampot_jax.data import volumes
 from sampot_jax.report import overlay
 from sampot_jax.regressor import shipped
-from sampot_jax.sam import model
 from sampot_jax.sam import predictor
-from sampot_jax.sam import processing
-from sampot_jax.sampot import evolve
-from sampot_jax.sampot import metrics
 from sampot_jax.runtime import distributed
-from sampot_jax.sampot import safeguards
+from sampot_jax.sampot import refiner as refiner_lib
 from sampot_jax.storage import checkpoints
-from sampot_jax.storage import embedding_cache
 from sampot_jax.storage import files
 from sampot_jax.tasks import common
 
@@ -241,171 +235,21 @@ def move_stale(workdir: Path, names: list[str]) -> None:
 # refine: one image.
 # ---------------------------------------------------------------------------------------------
 
-def step_scale(size: tuple[int, int], img_size: int, reference_side: float) -> float:
-  """An image's Adam step, restart jitter and smallest box side in the model's input pixels, as
-  a multiple of the settings' (given for a `reference_side` image, scaled to each image's
-  longest side; 0: pixels of every image as given)."""
-  if reference_side and reference_side > 0:
-    return img_size / float(reference_side)
-  return img_size / float(max(size))
-
-
-@functools.partial(jax.jit, static_argnames=("sam_config", "decode_fn"))
-def _model_frame_logits(sam_params, embeddings, prompts, *, sam_config, decode_fn):
-  """(B, g, g, C), (B, K, D) prompts in model pixels -> low-res logits (B, K, L, L), IoU (B, K)."""
-  b, k, d = prompts.shape
-  frame = model_frame(sam_config.img_size)
-  low_res, iou = decode_fn(sam_params, jnp.repeat(embeddings, k, axis=0),
-                           prompts.reshape(b * k, d), frame, sam_config)
-  return (low_res[:, 0].reshape((b, k) + low_res.shape[-2:]), iou[:, 0].reshape(b, k))
-
-
-def model_frame(img_size: int) -> predictor.ImageFrame:
-  """The model's own input frame, shared by images of every size: prompts in its pixels, the
-  whole padded square valid (the regressor sees the image padded to that square)."""
-  return predictor.ImageFrame((int(img_size), int(img_size)), (int(img_size), int(img_size)))
-
-
-class Refiner:
-  """The frozen models of a run; refines a batch of images of any sizes in one compiled call."""
+class Refiner(refiner_lib.Refiner):
+  """sampot.refiner.Refiner with the run's models, loaded from the config (and timed)."""
 
   def __init__(self, config, workdir: Path, batch_size: int | None = None):
+    del workdir
     t0 = time.time()
-    self.sam = common.load_sam(config)
-    self.scorer = common.load_scorer(config)
-    self.side = self.scorer.resolution
-    self.img_size = int(self.sam.config.img_size)
-    self.proc = processing.processing_for(self.sam.config)
-    self.settings = evolve.settings_from_config(config.evolve)
-    self.reference_side = float(config.reference_side)
-    self.batch_size = int(config.batch_size if batch_size is None else batch_size)
-    if self.batch_size < 1:
-      raise errors.ConfigError(f"config.batch_size={self.batch_size}; it must be >= 1.")
-    self.safeguards = config.safeguards
-    self.key = jax.random.key(int(config.seed))
-    self.cache = (embedding_cache.EmbeddingCache(config.embedding_cache_dir, self.sam.key,
-                                                 self.sam.config)
-                  if config.embedding_cache_dir else None)
-    self.compiled: set = set()  # image sizes whose final masks were compiled
-    self.evolve_programs_before = evolve.compiled_programs()
+    super().__init__(common.load_sam(config), common.load_scorer(config), config, batch_size)
     self.seconds_loading = time.time() - t0
     logging.info("Models loaded in %.1f s: SAM %s (%s), regressor at %d x %d; %d image(s) per "
                  "compiled call.", self.seconds_loading, self.sam.config.variant, self.sam.key,
                  self.side, self.side, self.batch_size)
 
-  @property
-  def evolve_compilations(self) -> int:
-    """How often this run compiled the evolution (every image size shares one program)."""
-    return evolve.compiled_programs() - self.evolve_programs_before
-
-  def _pad(self, rows: list, stack=np.stack):
-    """n rows -> batch_size rows (the last repeated), stacked: every call has one shape."""
-    return stack(rows + [rows[-1]] * (self.batch_size - len(rows)))
-
-  def encode(self, inputs: np.ndarray) -> jax.Array:
-    """(n, S, S, 3) model inputs -> (batch_size, g, g, C) embeddings (padded)."""
-    encode = lambda batch: model.encode_jit(self.sam.params, jnp.asarray(batch), self.sam.config)
-    if self.cache is not None:
-      embeddings, _ = self.cache.embeddings(list(inputs), encode, self.batch_size)
-      return jnp.asarray(self._pad(list(embeddings)))
-    return encode(self._pad(list(inputs)))
-
-  def refine_batch(self, items: list, images: list) -> list[dict]:
-    """Evolves the prompts of up to batch_size images (any sizes) in the model's input frame;
-    returns one dict of host arrays per image, masks at each image's own size."""
-    n, s = len(items), self.img_size
-    t0 = time.time()
-    inputs = np.concatenate([self.proc.prepare_images(im.pixels[None], s)[0] for im in images])
-    embeddings = jax.block_until_ready(self.encode(inputs))
-    t_encode = time.time() - t0
-    t0 = time.time()
-    prompts, uppers, scales, keys = [], [], [], []
-    for item, image in zip(items, images):
-      pairs = np.asarray(item.prompt, np.float64).reshape(-1, 2)
-      prompts.append(self.proc.apply_coords(pairs, image.size, s).reshape(-1))
-      uppers.append(self.proc.apply_coords(np.array([predictor.click_upper(image.size)]),
-                                           image.size, s)[0])
-      scales.append(step_scale(image.size, s, self.reference_side))
-      keys.append(jax.random.fold_in(self.key, zlib.crc32(item.key.encode()) & 0x7FFFFFFF))
-    small = [images_lib.to_square(im.gray, self.side) for im in images]
-    batch = evolve.Batch(embeddings, model_frame(s), jnp.asarray(self._pad(small)),
-                         self._pad(prompts).astype(np.float32), self._pad(uppers),
-                         self._pad(scales))
-    # masks=False: the two prompts are decoded once, below, as logits for each image's size.
-    result = evolve.evolve_prompts(self.sam, self.scorer, batch, self.settings,
-                                   rng=self._pad(keys, jnp.stack), masks=False)
-    both = jnp.stack([result.initial_prompt, result.best_prompt], axis=1)
-    low_res, ious = _model_frame_logits(self.sam.params, embeddings, both,
-                                        sam_config=ml_collections.FrozenConfigDict(
-                                            self.sam.config), decode_fn=self.sam.decode)
-    low_res, ious = np.asarray(low_res), np.asarray(ious)
-    both = np.asarray(both, np.float64)
-    t_evolve = time.time() - t0
-    outs = []
-    for i, image in enumerate(images):
-      frame = predictor.frame_for(image.size, s)
-      self.compiled.add(image.size)
-      masks = np.asarray(_to_original(jnp.asarray(low_res[i]), self.proc, frame, s))
-      # Back to the image's pixels: the inverse of apply_coords (a scale per axis).
-      unit = self.proc.apply_coords(np.ones((1, 2)), image.size, s)[0].astype(np.float64)
-      best = (both[i, 1].reshape(-1, 2) / unit).reshape(-1)
-      outs.append(dict(
-          initial=np.asarray(items[i].prompt, np.float64), best=best,
-          initial_score=float(result.initial_score[i]), best_score=float(result.best_score[i]),
-          initial_mask=masks[0], best_mask=masks[1], initial_iou=float(ious[i, 0]),
-          best_iou=float(ious[i, 1]), best_step=int(result.best_step[i]),
-          nan_step=int(np.asarray(result.nan_step)[i].min()),
-          seconds={"encode": t_encode / n, "evolve": t_evolve / n}))
-    return outs
-
-
-@functools.partial(jax.jit, static_argnames=("proc", "frame", "img_size"))
-def _to_original(low_res, proc, frame: predictor.ImageFrame, img_size: int):
-  """(K, L, L) low-res logits -> (K, H, W) bool masks at the image's size (one small program
-  per size: the evolution never sees the size)."""
-  logits = proc.postprocess_masks(low_res, frame.input_size, frame.original_size, img_size)
-  return logits > predictor.MASK_THRESHOLD
-
 
 def _prompt_text(prompt) -> str:
   return "(" + ", ".join(f"{v:.1f}" for v in np.asarray(prompt)) + ")"
-
-
-def judge(config, out: dict) -> dict:
-  """The safeguards' verdict on one image: accepted, the rules that rejected, the kept prompt."""
-  passed = safeguards.check(config.safeguards, np.array([out["initial_score"]]),
-                            np.array([out["best_score"]]), out["initial_mask"][None],
-                            out["best_mask"][None], out["best"][None])
-  passed = {rule: bool(ok[0]) for rule, ok in passed.items()}
-  accepted = all(passed.values())
-  return dict(passed=passed, accepted=accepted,
-              rejected_by=[rule for rule, ok in passed.items() if not ok],
-              kept="evolved" if accepted else "initial")
-
-
-def results_row(item: Item, image: images_lib.Image, dim: int, out: dict, verdict: dict,
-                seconds: float) -> dict:
-  fields = predictor.PROMPT_FIELDS[dim]
-  h, w = image.size
-  kept = out["best"] if verdict["accepted"] else out["initial"]
-  row = {"file": item.name, "slice": "" if item.slice is None else item.slice,
-         "line": item.line, "width": w, "height": h,
-         "intensity": image.intensity, "kind": predictor.PROMPT_KINDS[dim]}
-  for name, prompt in (("initial", out["initial"]), ("evolved", out["best"]), ("kept", kept)):
-    row.update({f"{name}_{f}": round(float(v), 3) for f, v in zip(fields, prompt)})
-  score_kept = out["best_score"] if verdict["accepted"] else out["initial_score"]
-  row.update(score_initial=out["initial_score"], score_evolved=out["best_score"],
-             score_kept=score_kept, score_gain=out["best_score"] - out["initial_score"],
-             iou_initial=out["initial_iou"], iou_evolved=out["best_iou"],
-             mask_overlap=float(metrics.dice(out["initial_mask"], out["best_mask"])),
-             accepted=verdict["accepted"], kept=verdict["kept"],
-             rejected_by=";".join(verdict["rejected_by"]))
-  row.update({f"rule_{rule}": ok for rule, ok in verdict["passed"].items()})
-  kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
-  row.update(mask_pixels=int(kept_mask.sum()), best_step=out["best_step"],
-             nan_step=out["nan_step"], seconds=round(seconds, 3),
-             mask=f"masks/{item.out}.png", overlay=f"overlays/{item.out}.png")
-  return row
 
 
 def _caption(item: Item, out: dict, verdict: dict) -> str:
@@ -528,7 +372,7 @@ def _run(config, workdir: Path, mode: str, index: int = 0, count: int = 1) -> di
       outs = refiner.refine_batch([it for it, _ in loaded], [im for _, im in loaded])
       compiled_now = refiner.evolve_compilations > compilations
       for (item, image), out in zip(loaded, outs):
-        verdict = judge(config, out)
+        verdict = refiner_lib.judge(config, out)
         t1 = time.time()
         kept_mask = out["best_mask"] if verdict["accepted"] else out["initial_mask"]
         overlay.write_mask(workdir / "masks" / f"{item.out}.png", kept_mask)
@@ -540,7 +384,7 @@ def _run(config, workdir: Path, mode: str, index: int = 0, count: int = 1) -> di
         overlay.write_png(workdir / "overlays" / f"{item.out}.png", picture)
         t_write = time.time() - t1
         seconds = t_read + out["seconds"]["encode"] + out["seconds"]["evolve"] + t_write
-        row = results_row(item, image, dim, out, verdict, seconds)
+        row = refiner_lib.results_row(item, image, dim, out, verdict, seconds)
         row.update(image_sha256=item.sha256, run_key=key)
         rows[item.key] = row
         new_rows.append(row)
