@@ -159,9 +159,12 @@ def markdown(found: dict) -> str:
                 f"{run['improved']} ({run['improved_share']:.0%})",
                 f"{run['degraded']} ({run['degraded_share']:.0%})"]
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
-  lines += ["", "SAMPOT's row: the box refine keeps (the evolved one when the safeguards pass); "
-            "the IoU head's: the same ascent with the model's IoU prediction as the objective.",
-            ""]
+  weight = found.get("iou_weight")
+  ranked = ("" if weight is None else " ranked by the regressor alone" if weight == 0 else
+            f" ranked by the blend with IoU weight {weight:g}")
+  lines += ["", f"SAMPOT's row: the box refine keeps{ranked} (the evolved one when the safeguards "
+            "pass); the IoU head's: the same ascent with the model's IoU prediction as the "
+            "objective.", ""]
   return "\n".join(lines)
 
 
@@ -171,7 +174,8 @@ def write(workdir: Path, found: dict) -> dict:
   return found
 
 
-def run(config, workdir: Path, scorer: Scorer, test_candidates, where: str = "") -> dict | None:
+def run(config, workdir: Path, scorer: Scorer, test_candidates, where: str = "",
+        iou_weight: float | None = None) -> dict | None:
   """The verdict of `scorer` on the first config.verdict.images test images of config.data;
   None when that is 0.
 
@@ -180,12 +184,18 @@ def run(config, workdir: Path, scorer: Scorer, test_candidates, where: str = "")
     test_candidates: the test split's CandidateSet; its model-made masks of the images SAMPOT
       refines give the score table (the blend with config.evolve.iou_weight, as SAMPOT ranks).
     where: how a user points SAMPOT at this regressor (in the sentence).
+    iou_weight: the blend weight chosen on the val split (evaluation.choose_iou_weight), used
+      instead of config.evolve.iou_weight (and named in the sentence when it differs); None:
+      the config's.
   """
   from sampot_jax import data  # pylint: disable=g-import-not-at-top  # TFDS only when needed
   block = settings_lib.typed(settings_lib.Verdict, config.verdict, "config.verdict")
   if block.images == 0:
     return None
   settings = evolve.settings_from_config(config.evolve)
+  if iou_weight is not None and iou_weight != settings.iou_weight:
+    settings = dataclasses.replace(settings, iou_weight=float(iou_weight))
+    where += f" --config.evolve.iou_weight={iou_weight:g} (chosen on the val split)"
   lungs = data.load_split(config.data, "test")
   n = min(block.images, len(lungs.ids))
   ids, images = list(lungs.ids[:n]), lungs.images[:n]
@@ -207,6 +217,7 @@ def run(config, workdir: Path, scorer: Scorer, test_candidates, where: str = "")
                      block.batch_size, seed=config.seed, iou_ascent=block.iou_ascent)
   found = judge(made, runs, where)
   found.update(ids=ids, box_jitter=block.box_jitter, box_seed=block.box_seed,
+               iou_weight=settings.iou_weight,
                dice={k: runs[k].tolist() for k in runs if k != "accepted"})
   write(workdir, found)
   logging.info("%s", found["sentence"])

@@ -57,7 +57,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if "verdict" in config:
     t1 = time.time()
     found = verdict.run(config, workdir, store.load(workdir), sets["test"],
-                        where=f"--config.regressor.workdir={workdir}")
+                        where=f"--config.regressor.workdir={workdir}",
+                        iou_weight=report["model_made"].get("iou_weight"))
     verdict_seconds = time.time() - t1
 
   epochs = int(state["epoch"])
