@@ -40,6 +40,7 @@ TASKS = {
     "prepare": "sampot_jax.tasks.prepare:run",
     "verdict": "sampot_jax.tasks.verdict:run",
     "app": "sampot_jax.tasks.app:run",
+    "compare": "sampot_jax.tasks.compare:run",
 }
 USAGE_EXIT = 2  # bad flags or arguments
 ERROR_EXIT = 1  # a user error raised by the task

@@ -6,6 +6,7 @@
   trajectory           Fig. 5: a prompt's path with mask snapshots and their Dice
   initial_vs_evolved   Fig. 6: Dice after evolution vs Dice at the initial click
   regressor_scatter       Fig. 4 (a): predicted vs true Dice of the test candidates
+  dice_vs_budget       the compare task: mean Dice against decoder budget, a line per method
 
 Every function takes arrays and a path, draws one figure and writes it atomically.
 """
@@ -186,3 +187,28 @@ def regressor_scatter(path: Path, pred: np.ndarray, atlas_pred: np.ndarray,
   axes[0].legend(fontsize=7, markerscale=2, loc="upper left")
   fig.tight_layout()
   save(fig, path)
+
+
+def dice_vs_budget(path, budgets, curves: dict, bounds=(), title=""):
+  """Mean Dice against budget: budgets (K,) decoder evaluations per image; curves {method:
+  (mean (K,), std (K,))} over draws, each a line with mean +- std shaded; `bounds` (methods
+  that read the ground truth) dashed."""
+  budgets = np.asarray(budgets, np.float64)
+  fig, ax = plt.subplots(figsize=(8.5, 5.2))
+  cmap = plt.get_cmap("tab10")
+  for k, (method, (mean, std)) in enumerate(curves.items()):
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    color = "black" if k == 0 else cmap((k - 1) % 10)  # the first (the rough box) in black
+    ax.plot(budgets, mean, "--" if method in bounds else "-", marker="o", ms=3.5, lw=1.3,
+            color=color, label=method + (" (bound)" if method in bounds else ""))
+    ax.fill_between(budgets, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+  if len(budgets) > 1 and budgets.min() > 0:
+    ax.set_xscale("log", base=2)
+  ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+  ax.set_xlabel("budget: decoder evaluations per image")
+  ax.set_ylabel("mean Dice (shaded: +- std over draws)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  ax.set_title(title or "Dice against budget", fontsize=10)
+  fig.tight_layout()
+  return save(fig, path)

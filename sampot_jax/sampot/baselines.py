@@ -146,6 +146,16 @@ def soft_dice_with_target(variables, target_small, soft_mask):
 TRUE_DICE = Scorer(fn=soft_dice_with_target, variables=None, resolution=0)
 
 
+def random_boxes(boxes, k: int, jitter: float, rng: np.random.Generator,
+                 original_size: tuple[int, int]) -> np.ndarray:
+  """(B, 4) boxes -> (B, k, 4): each box, then k - 1 rough boxes around it (prompts.rough_boxes
+  of the box, each coordinate moved by up to jitter x its width/height, inside the image)."""
+  candidates = np.asarray(boxes, np.float64)[:, None].repeat(k, axis=1)
+  moved = prompts_lib.rough_boxes(candidates.reshape(-1, 4), jitter, rng, original_size)
+  return np.concatenate([np.asarray(boxes)[:, None],
+                         moved.reshape(len(candidates), k, 4)[:, 1:]], axis=1)
+
+
 def box_methods(sam: frozen.Sam, scorer: Scorer, batch: evolve.Batch, targets, settings,
                 config, rng) -> dict:
   """Every box baseline for a batch, as masks (B, H, W) or Dice (B,):
@@ -180,11 +190,8 @@ def box_methods(sam: frozen.Sam, scorer: Scorer, batch: evolve.Batch, targets, s
   out["gt_box_mask"], out["gt_box_prompt"] = masks[:, 0], gt
   k = settings.num_steps + 1
   seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
-  candidates = np.asarray(host_boxes, np.float64)[:, None].repeat(k, axis=1)
-  moved = prompts_lib.rough_boxes(candidates.reshape(-1, 4), config.search_jitter,
-                              np.random.default_rng(seed), frame.original_size)
-  candidates = np.concatenate([np.asarray(host_boxes)[:, None],
-                               moved.reshape(len(candidates), k, 4)[:, 1:]], axis=1)
+  candidates = random_boxes(host_boxes, k, config.search_jitter, np.random.default_rng(seed),
+                            frame.original_size)
   scores, ious, dice = grid_maps(sam, scorer, embeddings, frame, images_small, targets,
                                  candidates, settings.slope, config.grid_chunk)
   scores, ious, dice = sharding.gather((scores, ious, dice))

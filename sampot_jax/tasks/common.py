@@ -1,4 +1,5 @@
-"""What every task does the same way: its workdir, its CSV files, its two frozen models."""
+"""What every task does the same way: its workdir, its CSV files, its two frozen models, the
+split it evaluates and its cached embeddings."""
 import contextlib
 import csv
 import json
@@ -13,7 +14,9 @@ from sampot_jax import errors
 from sampot_jax.regressor import store
 from sampot_jax.runtime import settings
 from sampot_jax.sam import frozen
+from sampot_jax.sam import predictor
 from sampot_jax.sampot.scorer import Scorer
+from sampot_jax.storage import embedding_cache
 from sampot_jax.storage import files
 
 
@@ -151,6 +154,37 @@ def load_scorer(config, check_target: bool = False) -> Scorer:
   return store.from_config(config.regressor,
                            expected_target=config.data.target if check_target else None,
                            sam_variant=config.sam.variant if "sam" in config else None)
+
+
+def split_images(config):
+  """The evaluated split (config.data, config.split), its first config.max_images (0: all) ->
+  (ids, images (N, H, W) uint8, targets (N, H, W) bool: config.data.target, every id of the
+  split)."""
+  from sampot_jax import data  # pylint: disable=g-import-not-at-top
+  lungs = data.load_split(config.data, config.split)
+  n = len(lungs.ids) if config.max_images <= 0 else min(config.max_images, len(lungs.ids))
+  return (list(lungs.ids[:n]), lungs.images[:n], lungs.target(config.data.target)[:n],
+          list(lungs.ids))
+
+
+def embedding_cache_dir(config) -> Path:
+  """config.embedding_cache_dir, else $SAMPOT_CACHE/embeddings."""
+  if config.embedding_cache_dir:
+    return Path(config.embedding_cache_dir).expanduser()
+  from sampot_jax.storage import checkpoints  # pylint: disable=g-import-not-at-top
+  return checkpoints.cache_dir() / "embeddings"
+
+
+def embed(config, sam: frozen.Sam, images):
+  """Embeddings through the cache -> ((N, g, g, C) float32, ImageFrame, number encoded now)."""
+  cache = embedding_cache.EmbeddingCache(embedding_cache_dir(config), sam.key, sam.config)
+  embeddings, encoded = cache.embeddings(
+      images, lambda batch: predictor.encode_images(sam.params, batch, sam.config)[0],
+      config.encode_batch_size)
+  frame = predictor.frame_for(images.shape[1:3], sam.config.img_size)
+  logging.info("Embeddings: %d encoded, %d from the cache %s", encoded, len(images) - encoded,
+               cache.directory)
+  return embeddings, frame, encoded
 
 
 def output_name(name: str) -> str:

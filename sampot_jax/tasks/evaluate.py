@@ -40,7 +40,6 @@ from sampot_jax.sampot import metrics
 from sampot_jax.sampot import prompts as prompt_lib
 from sampot_jax.sampot import safeguards
 from sampot_jax.sampot.scorer import Scorer
-from sampot_jax.storage import embedding_cache
 from sampot_jax.storage import files
 from sampot_jax.tasks import common
 
@@ -64,18 +63,13 @@ def load_inputs(config):
   config.box_jitter of its width/height, numpy default_rng(config.box_seed), one draw of 4 per
   image in id order) for boxes.
   """
-  from sampot_jax import data  # pylint: disable=g-import-not-at-top
-  lungs = data.load_split(config.data, config.split)
-  n = len(lungs.ids) if config.max_images <= 0 else min(config.max_images, len(lungs.ids))
-  ids = list(lungs.ids[:n])
-  images = lungs.images[:n]
-  targets = lungs.target(config.data.target)[:n]
+  ids, images, targets, split_ids = common.split_images(config)
   kind = config.prompt
   if kind not in ("click", "box"):
     raise errors.ConfigError(f"config.prompt={kind!r} is not 'click' or 'box'.")
   if config.prompts_file:
     prompts = prompt_csv.prompts_for_ids(config.prompts_file, ids, images.shape[1:3],
-                                         split_ids=list(lungs.ids))
+                                         split_ids=split_ids)
   elif kind == "click":
     prompts = prompt_lib.centroid_clicks(targets, ids)
   else:
@@ -85,11 +79,7 @@ def load_inputs(config):
   return ids, images, targets, prompts
 
 
-def cache_dir(config) -> Path:
-  if config.embedding_cache_dir:
-    return Path(config.embedding_cache_dir).expanduser()
-  from sampot_jax.storage import checkpoints  # pylint: disable=g-import-not-at-top
-  return checkpoints.cache_dir() / "embeddings"
+cache_dir = common.embedding_cache_dir  # moved to common, shared with the compare task
 
 
 # ----------------------------------------------------------------------------
@@ -297,16 +287,7 @@ def draw_figures(workdir: Path, ids, images, targets, out, verdict, config) -> l
 # The tasks.
 
 
-def embed(config, sam: frozen.Sam, images):
-  """Embeddings through the cache -> ((N, g, g, C) float32, ImageFrame, number encoded now)."""
-  cache = embedding_cache.EmbeddingCache(cache_dir(config), sam.key, sam.config)
-  embeddings, encoded = cache.embeddings(
-      images, lambda batch: predictor.encode_images(sam.params, batch, sam.config)[0],
-      config.encode_batch_size)
-  frame = predictor.frame_for(images.shape[1:3], sam.config.img_size)
-  logging.info("Embeddings: %d encoded, %d from the cache %s", encoded, len(images) - encoded,
-               cache.directory)
-  return embeddings, frame, encoded
+embed = common.embed  # moved to common, shared with the compare task
 
 
 def run(config, workdir) -> dict:
