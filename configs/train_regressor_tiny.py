@@ -15,4 +15,5 @@ def get_config():
   config.evolve.num_steps = 3
   config.verdict.images = 2
   config.verdict.batch_size = 2
+  config.verdict.image_size = 64
   return config

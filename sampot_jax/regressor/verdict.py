@@ -12,7 +12,7 @@ Two things are measured on the held-out (test) images:
   (SAMPOT keeps one image's best-scored mask, so order within an image is what counts); for the
   regressor, the IoU head and the blend SAMPOT ranks by;
 - SAMPOT itself: rough boxes (the evaluate task's draw: J = verdict.box_jitter, seed
-  verdict.box_seed), SAMPOT with this regressor (config.evolve; the evolved box kept when
+  verdict.box_seed, at verdict.image_size as the evaluate configs), SAMPOT with this regressor (config.evolve; the evolved box kept when
   config.safeguards pass, as refine keeps it) and the same ascent on the IoU head alone
   (objective 'iou', what a user without a regressor can run): mean Dice, images improved, images
   made worse by more than DEGRADED.
@@ -25,6 +25,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
 from absl import logging
@@ -196,7 +197,9 @@ def run(config, workdir: Path, scorer: Scorer, test_candidates, where: str = "",
   if iou_weight is not None and iou_weight != settings.iou_weight:
     settings = dataclasses.replace(settings, iou_weight=float(iou_weight))
     where += f" --config.evolve.iou_weight={iou_weight:g} (chosen on the val split)"
-  lungs = data.load_split(config.data, "test")
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  data_config.image_size = block.image_size
+  lungs = data.load_split(data_config, "test")
   n = min(block.images, len(lungs.ids))
   ids, images = list(lungs.ids[:n]), lungs.images[:n]
   # The score table on the masks of the images SAMPOT refines (the candidates' first images).

@@ -217,6 +217,9 @@ class Verdict:
   Attributes:
     images: the first this many test images (id order) are refined; 0: none (no verdict).
     box_jitter, box_seed: their rough boxes, drawn as the evaluate task draws them.
+    image_size: the test images' square side for SAMPOT (config.evolve's steps are in its
+      pixels): 512, the evaluate configs' and the shipped regressors' tables'; the regressor
+      sees its own resolution either way.
     batch_size: images refined together.
     iou_ascent: also run the ascent on the model's IoU head (the alternative without a
       regressor; doubles the time).
@@ -224,12 +227,15 @@ class Verdict:
   images: int = 40
   box_jitter: float = 0.15
   box_seed: int = 0
+  image_size: int = 512
   batch_size: int = 8
   iou_ascent: bool = True
 
   def __post_init__(self):
     _check("verdict", (("images", self.images >= 0, ">= 0 (0: no verdict)", self.images),
                        ("box_jitter", 0 <= self.box_jitter <= 1, "in [0, 1]", self.box_jitter),
+                       ("image_size", self.image_size >= 16, ">= 16 (e.g. 512)",
+                        self.image_size),
                        ("batch_size", self.batch_size >= 1, ">= 1", self.batch_size)))
 
 
