@@ -117,14 +117,14 @@ def judge(made: dict, runs: dict, where: str = "") -> dict:
     said += f"; the same ascent on the model's IoU head reached {iou['mean_dice']:.3f}"
   said += "."
   if sampot["mean_gain"] <= 0:
-    use, why = False, ("It does not raise the mean Dice: keep the boxes as drawn, or train it on "
+    use, why = False, ("it does not raise the mean Dice: keep the boxes as drawn, or train it on "
                        "more (or more typical) labelled images.")
   elif sampot["degraded_share"] > MAX_DEGRADED_SHARE:
-    use, why = False, (f"It makes over {MAX_DEGRADED_SHARE:.0%} of the images worse: not safe to "
+    use, why = False, (f"it makes over {MAX_DEGRADED_SHARE:.0%} of the images worse: not safe to "
                        "run unattended; train it on more labelled images of this kind, or check "
                        "each refined mask.")
   elif iou is not None and sampot["mean_dice"] < iou["mean_dice"] - TIE:
-    use, why = False, ("The IoU head alone does better: refine with "
+    use, why = False, ("the IoU head alone does better: refine with "
                        "--config.evolve.objective=iou instead.")
   else:
     use, why = True, f"SAMPOT should use it{(': ' + where) if where else ''}."
