@@ -262,3 +262,13 @@ def run_main_processes(*args, workdir, count=2, timeout=600) -> list[str]:
   logs = [p.communicate(timeout=timeout)[1] for p in procs]
   assert [p.returncode for p in procs] == [0] * count, "".join(log[-3000:] for log in logs)
   return logs
+
+
+def on_montgomery(config, tmp_path):
+  """An evaluate-like tiny config pointed at the Montgomery data, with this test's own TFDS and
+  embedding folders."""
+  from tests.conftest import MONTGOMERY  # pylint: disable=g-import-not-at-top
+  config.data.dir = str(MONTGOMERY)
+  config.data.tfds_dir = str(tmp_path / "tfds")
+  config.embedding_cache_dir = str(tmp_path / "embeddings")
+  return config

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sampot_jax.sampot import prompts
+from tests import helpers
 from tests.conftest import MONTGOMERY
 
 
@@ -35,10 +36,7 @@ def test_rough_boxes_move_each_coordinate_within_the_jitter():
 def test_lite_medsam_evaluate_tiny_writes_every_box_method(tmp_path):
   from configs import lite_medsam_evaluate_tiny
   from sampot_jax.tasks import evaluate
-  config = lite_medsam_evaluate_tiny.get_config()
-  config.data.dir = str(MONTGOMERY)
-  config.data.tfds_dir = str(tmp_path / "tfds")
-  config.embedding_cache_dir = str(tmp_path / "embeddings")
+  config = helpers.on_montgomery(lite_medsam_evaluate_tiny.get_config(), tmp_path)
   summary = evaluate.run(config, tmp_path / "run")
   assert summary["prompt"] == "box" and summary["box_jitter"] == 0.15
   methods = {"initial", "evolved", "safeguarded", "multimask", "iou_ascent", "random_search",

@@ -19,7 +19,7 @@ from sampot_jax.sampot import evolve
 from sampot_jax.sampot import metrics
 from sampot_jax.sampot import peers
 from sampot_jax.sampot import prompts
-from tests.conftest import MONTGOMERY
+from tests import helpers
 from tests.helpers import (DISK_CONFIG, DISK_FRAME, box_decoder, disk_batch, disk_sam, soft_dice,
                            target_scorer)
 
@@ -321,10 +321,7 @@ def test_dice_vs_budget_plot(tmp_path):
 def test_compare_tiny_end_to_end(tmp_path):
   from configs import compare_tiny  # pylint: disable=g-import-not-at-top
   from sampot_jax.tasks import compare as compare_task  # pylint: disable=g-import-not-at-top
-  config = compare_tiny.get_config()
-  config.data.dir = str(MONTGOMERY)
-  config.data.tfds_dir = str(tmp_path / "tfds")
-  config.embedding_cache_dir = str(tmp_path / "embeddings")
+  config = helpers.on_montgomery(compare_tiny.get_config(), tmp_path)
   summary = compare_task.run(config, tmp_path / "run")
   run = tmp_path / "run"
   for name in ("per_image.csv", "summary.json", "tables.md", "config.json",

@@ -1,6 +1,5 @@
 """`load_split`: one split of any source, in memory, as a `LungSet`."""
 from absl import logging
-import numpy as np
 
 from sampot_jax import errors
 from sampot_jax.data import folder
