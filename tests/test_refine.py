@@ -538,7 +538,11 @@ def test_sigint_to_main_py_exits_130_without_a_traceback(user_folder, tmp_path):
        # One image per call: the signal lands while images remain (in batches of 8, the rest of
        # the run could finish before a loaded machine delivers it).
        "--config.batch_size=1", "--workdir", str(out)],
-      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+      # SIGINT as a terminal gives it: a test process that ignores SIGINT (earlier tests in the
+      # same pytest-xdist worker can leave it so) would pass the ignore on to main.py, which then
+      # refined every image (both failures of this test in CI, with 12 and then 48 images).
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   seen = []
   for line in proc.stderr:  # wait for the first finished image
     seen.append(line)
