@@ -159,8 +159,10 @@ def assert_trees_equal(a, b):
 # ---------------------------------------------------------------------------------------------
 
 def write_dicom(path, stored, photometric="MONOCHROME2", bits_stored=12, rescale=None,
-                window=None, function=None, voi_lut=None, frames=None, truncate=False):
-  """An uncompressed single-sample DICOM file (16 bits allocated, unsigned) via pydicom."""
+                window=None, function=None, voi_lut=None, frames=None, truncate=False,
+                tags=None):
+  """An uncompressed single-sample DICOM file (16 bits allocated, unsigned) via pydicom; `tags`
+  {keyword: value} are set last."""
   stored = np.asarray(stored, np.uint16)
   meta = FileMetaDataset()
   meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
@@ -193,10 +195,36 @@ def write_dicom(path, stored, photometric="MONOCHROME2", bits_stored=12, rescale
     values = np.asarray(data).astype("<u2").tobytes() if vr == "OW" else [int(v) for v in data]
     item.add_new(0x00283006, vr, values)  # LUT Data
     ds.VOILUTSequence = [item]
+  for keyword, value in (tags or {}).items():
+    setattr(ds, keyword, value)
   data = stored.astype("<u2").tobytes()
   ds.PixelData = data[:len(data) // 2] if truncate else data
   ds.save_as(str(path), enforce_file_format=True)
   return Path(path)
+
+
+def write_series(folder, data, affine, window=None, series_uid=None, seed=0, prefix="IM"):
+  """A DICOM series of (X, Y, Z) uint16 `data` whose voxel -> RAS+ mm affine is `affine` (its
+  first two columns orthogonal): one file per slice, Image Position/Orientation (Patient) and
+  Pixel Spacing from the affine (LPS+ is RAS+ with x and y negated), files named in a shuffled
+  order so that only their positions tell the slice order. Returns the files in slice order."""
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, np.float64)
+  x_spacing, y_spacing = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+  orientation = np.concatenate([lps[:3, 0] / x_spacing, lps[:3, 1] / y_spacing])
+  series_uid = series_uid or uid.generate_uid()
+  names = np.random.default_rng(seed).permutation(data.shape[2])
+  files = []
+  for z in range(data.shape[2]):
+    position = (lps @ np.array([0.0, 0.0, z, 1.0]))[:3]
+    files.append(write_dicom(
+        folder / f"{prefix}{names[z]:04d}", np.asarray(data[:, :, z]).T, window=window,
+        tags=dict(SeriesInstanceUID=series_uid, InstanceNumber=z + 1,
+                  ImagePositionPatient=[round(float(v), 6) for v in position],
+                  ImageOrientationPatient=[round(float(v), 6) for v in orientation],
+                  PixelSpacing=[round(float(y_spacing), 6), round(float(x_spacing), 6)])))
+  return files
 
 
 def linear_window(x, c, w):

@@ -119,7 +119,8 @@ def list_images(path, exclude=(), volumes: bool = False) -> dict[str, Path]:
 # Reading.
 # ---------------------------------------------------------------------------------------------
 
-def _dcmread(path, stop_before_pixels: bool = False):
+def read_dicom(path, stop_before_pixels: bool = False):
+  """A DICOM file's dataset (pydicom); unreadable raises BadInputError naming the file."""
   try:
     import pydicom  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -128,6 +129,11 @@ def _dcmread(path, stop_before_pixels: bool = False):
     return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
   except Exception as e:  # pylint: disable=broad-except  # pydicom raises many kinds
     raise errors.BadInputError(path, f"cannot be read as DICOM ({type(e).__name__}: {e})") from e
+
+
+def read_dicom_header(path):
+  """A DICOM file's dataset without its pixel data."""
+  return read_dicom(path, stop_before_pixels=True)
 
 
 # Sizes an image may have, checked from its header (read_size) and on reading (read_image):
@@ -161,7 +167,7 @@ def read_size(path) -> tuple[int, int]:
   without decoding the pixels; sizes outside MIN_SIDE, MAX_PIXELS, MAX_ASPECT are refused."""
   path = Path(path)
   if is_dicom(path):
-    ds = _dcmread(path, stop_before_pixels=True)
+    ds = read_dicom_header(path)
     try:
       return check_size(path, (int(ds.Rows), int(ds.Columns)))
     except AttributeError as e:
@@ -265,7 +271,7 @@ def _is_gray(arr: np.ndarray) -> bool:
 
 # DICOM ----------------------------------------------------------------------------------------
 
-def _first(value) -> float:
+def first_value(value) -> float:
   """A DS/IS value, or the first of several (Window Center may hold one per window)."""
   if not isinstance(value, (int, float, str)):
     value = value[0]
@@ -326,7 +332,7 @@ def voi_lut(values: np.ndarray, item, ds=None) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
-  ds = _dcmread(path)
+  ds = read_dicom(path)
   if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
     raise errors.BadInputError(path, "is DICOM without pixel data (not an image)")
   frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -361,7 +367,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
     if item is not None:
       unit, how = voi_lut(values, item, ds), "voi_lut"
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-      center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+      center, width = first_value(ds.WindowCenter), first_value(ds.WindowWidth)
       function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
       if width <= 0 or not np.isfinite(width) or not np.isfinite(center):
         warnings.warn(f"{path}: Window Width {width:g} is not > 0; using the image's own range")
@@ -442,7 +448,7 @@ def read_mask(path, label: int | None = None) -> np.ndarray:
 
 def read_dicom_values(path) -> np.ndarray:
   """A DICOM file's pixel values as stored (a mask or label map), no windowing."""
-  ds = _dcmread(path)
+  ds = read_dicom(path)
   try:
     return np.asarray(ds.pixel_array)
   except Exception as e:  # pylint: disable=broad-except

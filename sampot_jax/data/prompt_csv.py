@@ -46,11 +46,11 @@ class PromptRow:
 
 
 def normalise_name(name: str) -> str:
-  """'./a\\b.png' -> 'a/b.png' (POSIX, no leading ./)."""
+  """'./a\\b.png' -> 'a/b.png', './ct/' -> 'ct' (POSIX, no leading ./, no trailing /)."""
   name = name.strip().replace("\\", "/")
   while name.startswith("./"):
     name = name[2:]
-  return name
+  return name.rstrip("/")
 
 
 def decode(path: Path) -> str:

@@ -53,6 +53,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sampot_jax import errors
+from sampot_jax.data import dicom_series
 from sampot_jax.data import images as images_lib
 from sampot_jax.data import prompt_csv
 from sampot_jax.data import volumes
@@ -98,11 +99,12 @@ def out_name(key: str) -> str:
 
 
 def volume_out(name: str) -> str:
-  """'sub/ct.nii.gz' -> 'sub/ct': a volume's outputs' name (masks/<it>.nii.gz)."""
+  """'sub/ct.nii.gz' -> 'sub/ct', a DICOM series folder 'sub/ct.1' -> 'sub/ct.1': a volume's
+  outputs' name (masks/<it>.nii.gz, masks/<it>/slice_0007.png)."""
   for suffix in images_lib.VOLUME_SUFFIXES[::-1]:
     if name.lower().endswith(suffix):
       return name[:-len(suffix)]
-  return common.output_name(name)
+  return name
 
 
 def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputError], int]:
@@ -112,13 +114,16 @@ def plan(config, workdir: Path) -> tuple[int, list[Item], list[errors.BadInputEr
   """
   found = images_lib.list_images(config.images, exclude=[workdir], volumes=True)
   dim, rows, bad_rows = prompt_csv.read_prompts(config.prompts)
+  found = dicom_series.fold_series(found, config.images, [row.key for row in rows])
   pairs, problems = prompt_csv.match(found, rows, bad_rows)
+  outs = {name: volume_out(name) if volumes.is_volume(found[name]) else common.output_name(name)
+          for name, _ in pairs}
   by_out: dict[str, set[str]] = {}
   for name, _ in pairs:
-    by_out.setdefault(volume_out(name), set()).add(name)
+    by_out.setdefault(outs[name], set()).add(name)
   items, shapes, hashes = [], {}, {}
   for name, row in pairs:
-    out = volume_out(name)
+    out = outs[name]
     if len(by_out[out]) > 1:
       others = sorted(n for n in by_out[out] if n != name)
       problems.append(errors.BadInputError(name, line=row.line, reason=f"its outputs masks/{out}.png would overwrite "
@@ -166,8 +171,14 @@ def _same_prompt(row: dict, prompt: np.ndarray, dim: int) -> bool:
 
 
 def file_sha256(path: Path) -> str:
-  """sha256 (hex) of a file's bytes: an image replaced under the same name is another image."""
-  return checkpoints.sha256_file(path)
+  """sha256 (hex) of a file's bytes (a DICOM series: of its files' names and sha256s): an image
+  replaced under the same name is another image."""
+  if not dicom_series.is_series(path):
+    return checkpoints.sha256_file(path)
+  digest = hashlib.sha256()
+  for f in dicom_series.series_files(path):
+    digest.update(f"{f.name}\0{checkpoints.sha256_file(f)}\n".encode())
+  return digest.hexdigest()
 
 
 def _model_identity(block, files_that_say: tuple[str, ...]) -> dict:
