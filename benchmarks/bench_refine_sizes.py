@@ -1,6 +1,6 @@
 """refine on a folder of mixed sizes: batched (one compiled evolution) against one image per call.
 
-    python -m benchmarks.bench_refine_sizes --baseline 7a66a79 --out benchmarks/results/refine_sizes_cpu.json
+    python -m benchmarks.bench_refine_sizes --baseline c5d0ad2 --out benchmarks/results/refine_sizes_cpu.json
 
 Makes a folder of 64 images of 8 sizes (the Montgomery test X-rays, resized; random images where
 ../shared is absent), one rough box each around the left lung (or the image's right half), and

@@ -22,10 +22,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = settings.block(settings.Data())
   # 0 = every subject of each split; a small number makes quick runs.
   config.max_images_per_split = 0
-  # 0 = the whole train split; N: its first N subjects (id order), e.g. a few labelled images of
-  # a new site. With N > 0 nothing is held out: the val split is not read, the run trains
-  # num_epochs and keeps the last epoch (patience does not apply).
+  # 0 = the whole train split; N: N of its subjects (the first N in id order, or a draw: below),
+  # e.g. a few labelled images of a new site. With N > 0 nothing is held out: the val split is
+  # not read, the run trains num_epochs and keeps the last epoch (patience does not apply).
   config.train_images = 0
+  # 0 = those N are the first N; k > 0: N subjects drawn at random with seed k (another choice
+  # of the few labelled images, to see how much a result depends on which images they were).
+  config.train_images_draw = 0
   # '' = random init; a shipped regressor's name (regressor/shipped.py): start from its weights
   # (fine-tuning; config.model must match its card).
   config.init_from = ""

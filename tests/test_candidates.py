@@ -197,3 +197,34 @@ def test_real_lung_spreads():
   for kind in ("level_set",) + cands.FAILURE_KINDS:
     d = [c.dice for c in out if c.kind == kind]
     assert max(d) - min(d) > 0.3, (kind, d)
+
+
+def test_a_few_label_draw_takes_other_train_images_and_keys_its_cache(lungs):
+  """config.train_images_draw = k picks N train subjects at random (seed k, in id order), with
+  their own masks; 0 keeps the first N and the cache key of runs made before the setting."""
+  from configs import regressor_paper_tiny  # pylint: disable=g-import-not-at-top
+  from sampot_jax.data.lungs import LungSet  # pylint: disable=g-import-not-at-top
+  from sampot_jax.regressor import candidate_sets  # pylint: disable=g-import-not-at-top
+  image, left, right = lungs
+  n = 12
+  shifts = [np.roll(m, 3 * i, axis=1) for i, m in enumerate([left] * n)]
+  subjects = LungSet([f"s{i:02d}" for i in range(n)], np.stack([image] * n), np.stack(shifts),
+                     np.stack([right] * n))
+  config = regressor_paper_tiny.get_config()
+  config.max_images_per_split, config.train_images = 0, 4
+  first = candidate_sets.build_candidate_set(subjects, config, "train", "synthetic")
+  assert list(first.ids) == ["s00", "s01", "s02", "s03"]
+  key_first = candidate_sets.cache_key(config, "train")
+  config.train_images_draw = 3
+  drawn = candidate_sets.build_candidate_set(subjects, config, "train", "synthetic")
+  rows = [int(i[1:]) for i in drawn.ids]
+  assert len(rows) == 4 and rows == sorted(set(rows)) and rows != [0, 1, 2, 3]
+  np.testing.assert_array_equal(drawn.targets, np.stack(shifts)[rows])  # each its own mask
+  again = candidate_sets.build_candidate_set(subjects, config, "train", "synthetic")
+  assert list(again.ids) == list(drawn.ids)
+  assert candidate_sets.cache_key(config, "train") != key_first
+  plain = regressor_paper_tiny.get_config()
+  plain.max_images_per_split = 0
+  assert candidate_sets.cache_key(config, "test") == candidate_sets.cache_key(plain, "test")
+  del config["train_images_draw"]  # a config from before the setting: the same cache as 0
+  assert candidate_sets.cache_key(config, "train") == key_first

@@ -432,10 +432,7 @@ def read_mask(path, label: int | None = None) -> np.ndarray:
   values, counts = np.unique(arr, return_counts=True)
   labels = values[counts >= max(LABEL_SHARE * arr.size, LABEL_PIXELS)]
   if label is not None:
-    if label not in values:
-      raise errors.BadInputError(path, f"has no pixel of label {label}; its values are "
-                                 f"{_some(values)}")
-    return arr == label
+    return label_of(arr, label, path)
   if len(labels) > 2:
     raise errors.BadInputError(
         path, f"is a label map (values {_some(labels)} each cover over {LABEL_SHARE:.1%} of it): "
@@ -444,6 +441,16 @@ def read_mask(path, label: int | None = None) -> np.ndarray:
   if top <= 0:
     return np.zeros(arr.shape, bool)
   return arr > top / 2.0
+
+
+def label_of(values: np.ndarray, label: int, path) -> np.ndarray:
+  """A label map's structure `label` -> bool mask; no pixel of it raises BadInputError naming
+  the values the map has."""
+  mask = values == label
+  if not mask.any():
+    raise errors.BadInputError(path, f"has no pixel of label {label}; its values are "
+                               f"{_some(np.unique(values))} (set the label to the structure's)")
+  return mask
 
 
 def read_dicom_values(path) -> np.ndarray:

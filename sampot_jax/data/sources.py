@@ -163,7 +163,7 @@ def read_subject(subject: Subject, label: int = 0) -> dict:
   elif subject.single is not None:
     values = _read_folder_mask(subject.single)
     if label:
-      values = _label_mask(values, label, subject.single)
+      values = images_lib.label_of(values, label, subject.single).astype(np.uint8)
     single = lungs.check_mask(values, subject.single, image.shape)
   else:
     left = lungs.check_mask(raw.read_mask_values(subject.left), subject.left, mask_shape,
@@ -206,17 +206,6 @@ def _one_slice(path: Path) -> volumes.Volume:
                                "folder takes 2-D files (one slice per NIfTI file): save the "
                                "labelled slices one per file.")
   return volume
-
-
-def _label_mask(values: np.ndarray, label: int, path: Path) -> np.ndarray:
-  """A label map's structure `label` as a 0/1 mask (an error when no pixel has it)."""
-  mask = values == label
-  if not mask.any():
-    present = np.unique(values)
-    raise errors.BadInputError(path, f"label map has no pixel of label {label} (its values: "
-                               f"{present[:8].tolist()}{' ...' if present.size > 8 else ''}); "
-                               "set config.data.label to the structure's value.")
-  return mask.astype(np.uint8)
 
 
 def resize_example(example: dict, size: int) -> dict:

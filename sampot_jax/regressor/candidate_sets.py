@@ -83,10 +83,21 @@ class CandidateSet:
       return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
 
 
-def _take_images(lungs, max_images: int):
-  """First `max_images` subjects of a LungSet (all when 0), in id order."""
-  n = len(lungs.ids) if max_images <= 0 else min(max_images, len(lungs.ids))
-  return (list(lungs.ids[:n]), lungs.images[:n])
+def _rows(lungs, max_images: int, draw: int = 0) -> np.ndarray:
+  """The subjects of a LungSet a run uses: the first `max_images` (all when 0) in id order, or
+  with `draw` > 0 that many drawn at random with seed `draw` (kept in id order)."""
+  total = len(lungs.ids)
+  n = total if max_images <= 0 else min(max_images, total)
+  if draw > 0 and n < total:
+    return np.sort(np.random.default_rng([draw, total]).choice(total, n, replace=False))
+  return np.arange(n)
+
+
+def train_draw(config: ml_collections.ConfigDict, split: str) -> int:
+  """config.train_images_draw where it applies (the train split of a few-label run), else 0."""
+  if split != "train" or not config.train_images:
+    return 0
+  return int(config.get("train_images_draw", 0))
 
 
 def images_of_split(config: ml_collections.ConfigDict, split: str) -> int:
@@ -115,10 +126,12 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict, split: str,
   subjects gets the same candidates as the full split and either part can be rebuilt alone.
   """
   settings = candidate_settings(config, split)
-  ids, images = _take_images(lungs, images_of_split(config, split))
+  rows = _rows(lungs, images_of_split(config, split), train_draw(config, split))
+  ids, images = [lungs.ids[r] for r in rows], lungs.images[rows]
   target_name = config.data.target
-  targets = lungs.target(target_name)[:len(ids)]
+  targets = lungs.target(target_name)[rows]
   other = lungs.other_lung(target_name)
+  other = None if other is None else other[rows]
   split_code = {"train": 0, "val": 1, "test": 2}[split]
   segment_boxes = _box_segmenter(config) if part == "model" else None
   masks, index, dice, kinds, ious = [], [], [], [], []
@@ -146,7 +159,7 @@ def build_candidate_set(lungs, config: ml_collections.ConfigDict, split: str,
       ids=np.asarray(ids, dtype=str), images=np.asarray(images, np.uint8),
       targets=np.asarray(targets, bool),
       others=(np.zeros_like(targets, bool) if other is None
-              else np.asarray(other[:len(ids)], bool)),
+              else np.asarray(other, bool)),
       masks=np.stack(masks),
       image_index=np.asarray(index, np.int32),
       dice=np.asarray(dice, np.float32), kinds=np.asarray(kinds, dtype=str),
@@ -203,6 +216,8 @@ def cache_key(config: ml_collections.ConfigDict, split: str, part: str = "synthe
            "max_images_per_split": config.max_images_per_split}
   if split == "train" and config.train_images:
     keyed["train_images"] = config.train_images
+  if train_draw(config, split):
+    keyed["train_images_draw"] = train_draw(config, split)
   blob = json.dumps(files.json_ready(keyed), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -149,7 +149,7 @@ def _initial_state(config, model, tx) -> dict:
 # Settings that must be whole numbers of at least this much (config.<name>).
 _AT_LEAST = {"batch_size": 1, "num_epochs": 1, "checkpoint_every": 1, "log_every": 1,
              "eval_batch_size": 1, "max_checkpoints": 1, "patience": 0,
-             "max_images_per_split": 0, "train_images": 0}
+             "max_images_per_split": 0, "train_images": 0, "train_images_draw": 0}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
