@@ -251,6 +251,14 @@ def test_model_made_compares_the_regressor_with_the_iou_head():
   assert made["n"] == len(cands)
   assert made["regressor"]["pearson_r"] == pytest.approx(1.0)
   assert made["regressor"]["median_within_image_spearman"] == pytest.approx(1.0)
+  assert made["regressor"]["median_top1_regret"] == made["regressor"]["mean_top1_regret"] == 0
+  # The IoU head's regret, image by image: the best mask's Dice minus that of its first pick.
+  regrets = [cands.dice[cands.image_index == i].max()
+             - cands.dice[cands.image_index == i][np.argmax(iou[cands.image_index == i])]
+             for i in range(4)]
+  assert made["iou_head"]["mean_top1_regret"] == pytest.approx(np.mean(regrets))
+  assert made["iou_head"]["median_top1_regret"] == pytest.approx(np.median(regrets))
+  assert made["iou_head"]["mean_top1_regret"] > 0
   assert made["iou_head"]["pearson_r"] < 0.99
   assert made["iou_head"]["pearson_r"] == pytest.approx(metrics.pearson(iou, cands.dice))
   assert evaluation.model_made(cands.dice, candidate_sets.CandidateSet(

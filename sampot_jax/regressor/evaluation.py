@@ -166,8 +166,10 @@ def model_made(pred: np.ndarray, cands: CandidateSet, kind: str = "model_box",
 
   Pearson r / MAE against the true Dice, overall and in the band Dice >= 0.8 (where SAMPOT
   works), and the median over images of the within-image Spearman rho (does the score order
-  one image's masks as the true Dice does?). With `iou_weight`, also the blend SAMPOT ranks by
-  with evolve.Settings.iou_weight (sampot.scorer.blend). {} when there are none.
+  one image's masks as the true Dice does?), and the top-1 regret (per image, the best mask's
+  true Dice minus that of the mask the score ranks first: what keeping the argmax loses; median
+  and mean over images). With `iou_weight`, also the blend SAMPOT ranks by with
+  evolve.Settings.iou_weight (sampot.scorer.blend). {} when there are none.
   """
   sel = cands.kinds == kind
   if not sel.any():
@@ -183,8 +185,20 @@ def model_made(pred: np.ndarray, cands: CandidateSet, kind: str = "model_box",
   for name, values in scores:
     out[name] = dict(metrics.agreement(values, true),
                      band_pearson_r=metrics.pearson(values[band], true[band]),
-                     median_within_image_spearman=_within_image_spearman(values, true, index))
+                     median_within_image_spearman=_within_image_spearman(values, true, index),
+                     **_top1_regret(values, true, index))
   return out
+
+
+def _top1_regret(values, true, image_index) -> dict:
+  """Per image: max true Dice - true Dice of the argmax of `values` (ties: the first); its
+  median and mean over images."""
+  regrets = []
+  for i in np.unique(image_index):
+    rows = np.flatnonzero(image_index == i)
+    regrets.append(float(true[rows].max() - true[rows[np.argmax(values[rows])]]))
+  return {"median_top1_regret": float(np.median(regrets)),
+          "mean_top1_regret": float(np.mean(regrets))}
 
 
 def _within_image_spearman(values, true, image_index) -> float:
@@ -274,14 +288,15 @@ def markdown_table(report: dict) -> str:
               "against the model's own IoU head"
               + (f", and their blend with iou_weight {made['iou_weight']:.1f} (chosen on the val "
                  "split: evolve.Settings.iou_weight)" if "blend" in made else "") + ".", "",
-              "| score | r | MAE | r (Dice >= 0.8) | median within-image Spearman |",
-              "|---|---|---|---|---|"]
+              "| score | r | MAE | r (Dice >= 0.8) | median within-image Spearman | top-1 regret: "
+              "median / mean |", "|---|---|---|---|---|---|"]
     for name in ("regressor", "iou_head", "blend"):
       if name not in made:
         continue
       a = made[name]
       lines.append(f"| {name} | {f(a['pearson_r'])} | {f(a['mae'])} | "
-                   f"{f(a['band_pearson_r'])} | {f(a['median_within_image_spearman'])} |")
+                   f"{f(a['band_pearson_r'])} | {f(a['median_within_image_spearman'])} | "
+                   f"{f(a.get('median_top1_regret'))} / {f(a.get('mean_top1_regret'))} |")
     lines.append("")
   lines += ["| target | measured | pass |", "|---|---|---|"]
   for name, t in report["targets"].items():

@@ -143,8 +143,9 @@ def markdown(found: dict) -> str:
            f"Score on the model's masks of rough boxes ({score.get('n', 0)} masks, "
            f"{score.get('n_band', 0)} with Dice >= 0.8); SAMPOT from rough boxes on {n} images "
            f"(initial mean Dice {found['initial_mean_dice']:.3f}):", "",
-           "| score | r | r (Dice >= 0.8) | median within-image Spearman | SAMPOT mean Dice | "
-           "mean gain | improved | worse by > 0.02 |", "|---|---|---|---|---|---|---|---|"]
+           "| score | r | r (Dice >= 0.8) | median within-image Spearman | top-1 regret median / mean | "
+           "SAMPOT mean Dice | mean gain | improved | worse by > 0.02 |",
+           "|---|---|---|---|---|---|---|---|---|"]
   rows = [("regressor", "regressor", found["sampot"]), ("IoU head", "iou_head",
                                                        found["iou_ascent"])]
   if "blend" in score:
@@ -152,7 +153,8 @@ def markdown(found: dict) -> str:
   for label, key, run in rows:
     s = score.get(key, {})
     cells = [f(s.get("pearson_r")), f(s.get("band_pearson_r")),
-             f(s.get("median_within_image_spearman"))]
+             f(s.get("median_within_image_spearman")),
+             f"{f(s.get('median_top1_regret'))} / {f(s.get('mean_top1_regret'))}"]
     if run is None:
       cells += ["", "", "", ""]
     else:
