@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.max_shift = 0.05
   config.augment.max_log_gamma = 0.3
 
+  # A within-image ranking loss beside the regression loss (settings.Rank); weight 0: none, as
+  # in the paper and the shipped regressors.
+  config.rank = settings.block(settings.Rank())
+
   config.batch_size = 32
   config.learning_rate = 1e-3
   config.num_epochs = 200

@@ -325,3 +325,64 @@ def test_the_iou_weight_is_chosen_where_the_blend_orders_masks_best():
   np.testing.assert_allclose(made["blend"]["pearson_r"], metrics.pearson(
       (1 - weight) * pred + weight * iou, cands.dice), rtol=1e-6)
   assert evaluation.choose_iou_weight(cands.dice.copy(), cands)[0] == 0.0
+
+
+def test_rank_loss_counts_the_ordered_pairs_of_one_image_only():
+  pred = np.array([0.9, 0.5, 0.2, 0.7], np.float32)
+  dice = np.array([0.8, 0.9, 0.1, 0.0], np.float32)
+  softplus = lambda x: np.log1p(np.exp(x))
+  # Runs of 2: (0, 1) and (2, 3); 1 is better than 0, 2 than 3 (by 0.1 each).
+  expected = np.mean([softplus(-20 * (0.5 - 0.9)), softplus(-20 * (0.2 - 0.7))])
+  np.testing.assert_allclose(tr.rank_loss(pred, dice, 2, 20.0, 0.02), expected, rtol=1e-6)
+  assert float(tr.rank_loss(pred, dice, 2, 20.0, 0.2)) == 0.0  # no pair apart by > 0.2
+  # One run of 4: every ordered pair of the four counts (the 0.8 vs 0.1 pair among them).
+  pairs = [(i, j) for i in range(4) for j in range(4) if dice[i] - dice[j] > 0.02]
+  expected = np.mean([softplus(-20 * (pred[i] - pred[j])) for i, j in pairs])
+  np.testing.assert_allclose(tr.rank_loss(pred, dice, 4, 20.0, 0.02), expected, rtol=1e-6)
+
+
+def test_grouped_order_is_runs_of_one_image():
+  index = np.repeat(np.arange(5), [7, 3, 6, 1, 9])
+  order = tr.grouped_order(0, 2, index, 3)
+  np.testing.assert_array_equal(order, tr.grouped_order(0, 2, index, 3))
+  assert not np.array_equal(order, tr.grouped_order(0, 3, index, 3))
+  assert len(order) == 3 * (2 + 1 + 2 + 0 + 3) and len(set(order.tolist())) == len(order)
+  runs = index[order].reshape(-1, 3)
+  assert (runs == runs[:, :1]).all()  # each run from one image
+  assert len(np.unique(runs[:, 0])) == 4  # the image of one candidate sits out
+
+
+def test_a_ranked_step_adds_the_weighted_rank_loss(tmp_path):
+  """The jitted step's loss is the MSE plus rank.weight x rank_loss on the same predictions."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from sampot_jax.runtime import settings  # pylint: disable=g-import-not-at-top
+  config = synthetic_config()
+  model = regressor.from_config(config.model)
+  tx = optax.adam(1e-3)
+  state = tr._initial_state(config, model, tx)
+  cands = synthetic_set(2, 0)
+  rows = tr.grouped_order(0, 0, cands.image_index, 3)[:6]
+  images, masks, dice = candidate_sets.batch(cands, rows)
+  args = (state["params"], state["batch_stats"], state["opt_state"], images, masks, dice,
+          jax.random.key(0))
+  plain = tr.make_train_step(model, tx, None, settings.Rank())(*args)[-1]
+  rank = settings.Rank(weight=2.0, group=3)
+  ranked = tr.make_train_step(model, tx, None, rank)(*args)[-1]
+  pred, _ = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
+                        images, masks, train=True, mutable=["batch_stats"])
+  extra = 2.0 * tr.rank_loss(pred, dice, 3, rank.temperature, rank.min_gap)
+  assert float(extra) > 0
+  np.testing.assert_allclose(float(ranked), float(plain) + float(extra), rtol=1e-5)
+
+
+def test_a_ranked_run_trains_and_its_settings_guard_resumption(tmp_path):
+  config = synthetic_config(num_epochs=2)
+  config.batch_size, config.rank.weight, config.rank.group = 6, 1.0, 3
+  state = tr.train(config, tmp_path, synthetic_set(6, 0), synthetic_set(3, 1))
+  assert int(state["epoch"]) == 2 and np.isfinite(np.asarray(state["train_loss"])).all()
+  config.rank.weight = 0.5
+  with pytest.raises(Exception, match="rank.weight: 1.0 -> 0.5"):
+    tr.train(config, tmp_path, synthetic_set(6, 0), synthetic_set(3, 1))
+  config.batch_size = 8
+  with pytest.raises(ValueError, match="batch_size=8 is not a multiple of config.rank.group=3"):
+    tr.train(config, tmp_path / "other", synthetic_set(6, 0), synthetic_set(3, 1))

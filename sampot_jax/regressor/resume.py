@@ -42,7 +42,9 @@ HARMLESS = ("num_epochs", "patience", "log_every", "checkpoint_every", "eval_bat
 HARMLESS_BLOCKS = ("verdict", "evolve", "safeguards")
 # Settings added after settings.json was introduced, at the value that reproduces a run
 # recorded before them: absent in the old record and at this value now is no difference.
-ADDED = {"train_images": 0, "train_images_draw": 0, "init_from": "", "data.label": 0, "data.split_seed": 0}
+ADDED = {"train_images": 0, "train_images_draw": 0, "init_from": "", "data.label": 0,
+         "data.split_seed": 0, "rank.weight": 0.0, "rank.group": 8, "rank.temperature": 20.0,
+         "rank.min_gap": 0.02}
 HISTORY = ("train_loss", "val_loss", "seconds")  # (num_epochs,) arrays of the state
 
 

@@ -34,12 +34,38 @@ from sampot_jax.regressor import model as regressor
 from sampot_jax.regressor import resume
 from sampot_jax.regressor import shipped
 from sampot_jax.regressor.candidate_sets import CandidateSet
+from sampot_jax.runtime import settings
 from sampot_jax.storage import files
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   """Permutation of range(n) that depends only on (seed, epoch)."""
   return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def grouped_order(seed: int, epoch: int, image_index: np.ndarray, group: int) -> np.ndarray:
+  """Candidate rows in runs of `group` from one image each (for the ranking loss): each image's
+  candidates shuffled and cut into runs (the remainder sits this epoch out), the runs shuffled.
+  Depends only on (seed, epoch)."""
+  rng = np.random.default_rng([seed, epoch, 1])
+  runs = []
+  for i in np.unique(image_index):
+    rows = rng.permutation(np.flatnonzero(image_index == i))
+    runs += [rows[k:k + group] for k in range(0, len(rows) - group + 1, group)]
+  if not runs:
+    return np.zeros((0,), np.int64)
+  return np.concatenate([runs[j] for j in rng.permutation(len(runs))])
+
+
+def rank_loss(pred: jax.Array, dice: jax.Array, group: int, temperature: float,
+              min_gap: float) -> jax.Array:
+  """Mean softplus(-temperature (pred_i - pred_j)) over the pairs (i, j) of one run of `group`
+  rows (a batch is runs of one image each) with dice_i - dice_j > min_gap; 0 without such pairs.
+  pred, dice: (B,), B a multiple of group."""
+  runs = jnp.arange(pred.shape[0]) // group
+  better = (runs[:, None] == runs[None, :]) & (dice[:, None] - dice[None, :] > min_gap)
+  losses = jax.nn.softplus(-temperature * (pred[:, None] - pred[None, :]))
+  return jnp.sum(jnp.where(better, losses, 0.0)) / jnp.maximum(jnp.sum(better), 1)
 
 
 def augment(rng: jax.Array, images: jax.Array, masks: jax.Array,
@@ -83,10 +109,13 @@ def augment(rng: jax.Array, images: jax.Array, masks: jax.Array,
 
 def make_train_step(model: regressor.DiceRegressor,
                     tx: optax.GradientTransformation,
-                    augment_config: ml_collections.ConfigDict | None = None):
+                    augment_config: ml_collections.ConfigDict | None = None,
+                    rank: settings.Rank | None = None):
   """Jitted step: (params, batch_stats, opt_state, images, masks, dice, rng)
   -> (params, batch_stats, opt_state, loss). `rng` drives `augment` when
-  augment_config.enabled."""
+  augment_config.enabled; with rank.weight > 0 the batch is runs of rank.group candidates of
+  one image (grouped_order) and the loss adds rank.weight x rank_loss."""
+  ranked = rank is not None and rank.weight > 0
 
   @jax.jit
   def train_step(params, batch_stats, opt_state, images, masks, dice, rng):
@@ -98,7 +127,10 @@ def make_train_step(model: regressor.DiceRegressor,
       pred, updates = model.apply(
           {"params": p, "batch_stats": batch_stats}, images, masks,
           train=True, mutable=["batch_stats"])
-      return jnp.mean((pred - dice) ** 2), updates["batch_stats"]
+      loss = jnp.mean((pred - dice) ** 2)
+      if ranked:
+        loss += rank.weight * rank_loss(pred, dice, rank.group, rank.temperature, rank.min_gap)
+      return loss, updates["batch_stats"]
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -149,7 +181,7 @@ def _initial_state(config, model, tx) -> dict:
 # Settings that must be whole numbers of at least this much (config.<name>).
 _AT_LEAST = {"batch_size": 1, "num_epochs": 1, "checkpoint_every": 1, "log_every": 1,
              "eval_batch_size": 1, "max_checkpoints": 1, "patience": 0,
-             "max_images_per_split": 0, "train_images": 0, "train_images_draw": 0}
+             "max_images_per_split": 0, "train_images": 0}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -162,6 +194,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   rate = config.learning_rate if "learning_rate" in config else None
   if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < np.inf:
     raise errors.ConfigError(f"config.learning_rate={rate!r}; it must be a number > 0.")
+  draw = config.get("train_images_draw", 0)
+  if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+    raise errors.ConfigError(f"config.train_images_draw={draw!r}; it must be a whole number >= 0 "
+                             "(0: the first train_images images).")
+  rank = settings.typed(settings.Rank, config.get("rank", {}), "config.rank")
+  if rank.weight > 0 and config.batch_size % rank.group:
+    raise errors.ConfigError(f"config.batch_size={config.batch_size} is not a multiple of "
+                             f"config.rank.group={rank.group}: a ranked batch is whole runs of "
+                             "one image's candidates.")
 
 
 def _done(config, state) -> bool:
@@ -208,19 +249,26 @@ def train(config: ml_collections.ConfigDict, workdir: Path,
       directory, options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints,
                                                       create=True))
 
-  train_step = make_train_step(model, tx, config.augment)
+  rank = settings.typed(settings.Rank, config.get("rank", {}), "config.rank")
+  train_step = make_train_step(model, tx, config.augment, rank)
   # Like the data order, augmentation depends only on (seed, epoch, step).
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   predict = evaluation.make_predict(model, config.eval_batch_size)
   if val_set is not None:
     val_images, val_masks, val_dice = candidate_sets.batch(val_set, np.arange(len(val_set)))
-  n_batches = len(train_set) // config.batch_size
   params, batch_stats = state["params"], state["batch_stats"]
   opt_state = state["opt_state"]
   while not _done(config, state):
     epoch = int(state["epoch"])
     t0 = time.time()
-    order = epoch_order(config.seed, epoch, len(train_set))
+    if rank.weight > 0:
+      order = grouped_order(config.seed, epoch, train_set.image_index, rank.group)
+    else:
+      order = epoch_order(config.seed, epoch, len(train_set))
+    n_batches = len(order) // config.batch_size
+    if n_batches == 0:
+      raise errors.ConfigError(f"no batch of {config.batch_size} candidates in runs of "
+                               f"config.rank.group={rank.group} per image; lower either.")
     losses = []
     for b in range(n_batches):
       idx = order[b * config.batch_size:(b + 1) * config.batch_size]

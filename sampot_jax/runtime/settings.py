@@ -239,6 +239,33 @@ class Verdict:
                        ("batch_size", self.batch_size >= 1, ">= 1", self.batch_size)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Rank:
+  """config.rank: a within-image ranking loss beside the regression loss (regressor/train.py).
+
+  SAMPOT keeps the best-scoring prompt of one image, so the order of one image's masks is what
+  counts. With weight > 0 every batch holds batch_size / group images, `group` candidates of
+  each, and the loss adds weight x the mean of softplus(-temperature (s_i - s_j)) over the pairs
+  of one image whose true Dice differ by more than min_gap (i the better).
+
+  Attributes:
+    weight: 0: the regression loss alone (the shipped regressors); e.g. 1.
+    group: candidates of one image in a batch (batch_size must be a multiple of it).
+    temperature: sharpness of the pairwise logistic, per unit of score.
+    min_gap: pairs closer than this in true Dice are not ranked.
+  """
+  weight: float = 0.0
+  group: int = 8
+  temperature: float = 20.0
+  min_gap: float = 0.02
+
+  def __post_init__(self):
+    _check("rank", (("weight", self.weight >= 0, ">= 0 (0: no ranking loss)", self.weight),
+                    ("group", self.group >= 2, ">= 2 (pairs of one image)", self.group),
+                    ("temperature", self.temperature > 0, "> 0", self.temperature),
+                    ("min_gap", self.min_gap >= 0, ">= 0", self.min_gap)))
+
+
 # config field -> its dataclass, for the blocks tasks share.
 @dataclasses.dataclass(frozen=True)
 class Distributed:
@@ -268,7 +295,7 @@ class Distributed:
 
 BLOCKS = {"data": Data, "candidates": Candidates, "safeguards": Safeguards, "sam": Sam,
           "regressor": Regressor, "evolve": Evolve, "baselines": Baselines,
-          "distributed": Distributed, "verdict": Verdict}
+          "distributed": Distributed, "verdict": Verdict, "rank": Rank}
 
 
 def block(settings: Any) -> ml_collections.ConfigDict:
