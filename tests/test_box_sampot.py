@@ -83,7 +83,11 @@ def test_lite_medsam_regressor_tiny_reports_model_made_masks(tmp_path):
   for name in ("regressor", "iou_head"):
     assert set(made[name]) >= {"pearson_r", "mae", "band_pearson_r",
                                "median_within_image_spearman"}
-  assert "Model-made masks" in (tmp_path / "run" / "regressor_eval.md").read_text()
+  val = report["val_model_made"]  # where regressors are compared and chosen
+  assert val["n"] > 0 and set(val["regressor"]) >= {"median_within_image_spearman",
+                                                      "median_top1_regret"}
+  text = (tmp_path / "run" / "regressor_eval.md").read_text()
+  assert "Model-made masks of the test split" in text and "of the val split" in text
 
 
 def test_summary_table_rows_follow_the_summaries():

@@ -282,10 +282,20 @@ def markdown_table(report: dict) -> str:
           f"{f(a['pred_max'])}] | {f(a['bias'])} | "
           f"{f(a['outranks_better_sweep'])} |")
     lines.append("")
-  made = report.get("model_made") or {}
+  for split, key in (("test", "model_made"), ("val", "val_model_made")):
+    lines += _model_made_table(report.get(key) or {}, split, f)
+  lines += ["| target | measured | pass |", "|---|---|---|"]
+  for name, t in report["targets"].items():
+    lines.append(f"| {name} | {f(t['value'])} | "
+                 f"{'yes' if t['pass'] else 'NO'} |")
+  return "\n".join(lines) + "\n"
+
+
+def _model_made_table(made: dict, split: str, f) -> list[str]:
+  lines = []
   if made:
-    lines += [f"Model-made masks ({made['n']}, {made['n_band']} with Dice >= 0.8): the regressor "
-              "against the model's own IoU head"
+    lines += [f"Model-made masks of the {split} split ({made['n']}, {made['n_band']} with Dice "
+              ">= 0.8): the regressor against the model's own IoU head"
               + (f", and their blend with iou_weight {made['iou_weight']:.1f} (chosen on the val "
                  "split: evolve.Settings.iou_weight)" if "blend" in made else "") + ".", "",
               "| score | r | MAE | r (Dice >= 0.8) | median within-image Spearman | top-1 regret: "
@@ -298,11 +308,7 @@ def markdown_table(report: dict) -> str:
                    f"{f(a['band_pearson_r'])} | {f(a['median_within_image_spearman'])} | "
                    f"{f(a.get('median_top1_regret'))} / {f(a.get('mean_top1_regret'))} |")
     lines.append("")
-  lines += ["| target | measured | pass |", "|---|---|---|"]
-  for name, t in report["targets"].items():
-    lines.append(f"| {name} | {f(t['value'])} | "
-                 f"{'yes' if t['pass'] else 'NO'} |")
-  return "\n".join(lines) + "\n"
+  return lines
 
 
 def evaluate_and_write(config: ml_collections.ConfigDict, variables: dict,
@@ -323,15 +329,18 @@ def evaluate_and_write(config: ml_collections.ConfigDict, variables: dict,
   sweeps = sweep_spearman(predict, variables, test, offsets)
   anatomy = anatomy_checks(predict, variables, test, offsets)
   targets = check_targets(by_kind, sweeps, failure_kinds)
-  iou_weight, val_rho = None, {}
+  iou_weight, val_rho, val_made = None, {}, {}
   if "val" in sets:  # only the model-made masks are scored
     made = candidate_sets.select(sets["val"], sets["val"].kinds == "model_box")
     if len(made):
-      iou_weight, val_rho = choose_iou_weight(predict_candidates(predict, variables, made), made)
+      val_pred = predict_candidates(predict, variables, made)
+      iou_weight, val_rho = choose_iou_weight(val_pred, made)
+      # The same figures on val: where regressors and their settings are compared and chosen.
+      val_made = model_made(val_pred, made, iou_weight=iou_weight)
   report = {"split": "test", "num_images": len(test.ids), "num_candidates": len(test),
             "by_kind": by_kind, "sweeps": sweeps, "anatomy": anatomy, "targets": targets,
             "model_made": model_made(pred, test, iou_weight=iou_weight),
-            "iou_weight_val_spearman": val_rho,
+            "iou_weight_val_spearman": val_rho, "val_model_made": val_made,
             "all_targets_pass": all(t["pass"] for t in targets.values())}
   files.write_json(workdir / "regressor_eval.json", report)
   report = json.loads((workdir / "regressor_eval.json").read_text())  # NaN -> None, as on disk
