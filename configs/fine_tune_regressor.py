@@ -8,7 +8,8 @@ trains it further on the model's masks of the first train_images images of MYSIT
 (a folder as configs/train_regressor.py reads it), at a tenth of the learning rate, for a fixed
 num_epochs: with a few labels nothing is held out, so there is no early stopping and the last
 epoch is kept. Then the tables and the verdict on MYSITE's test images, as train_regressor's.
---config.train_images=0 would fine-tune on the whole train split.
+--config.train_images=0 would fine-tune on the whole train split; --config.train_images_draw=K
+takes train_images images drawn at random with seed K instead of the first ones.
 """
 from configs import train_regressor
 
