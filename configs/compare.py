@@ -23,6 +23,9 @@ def get_config():
   for key in ("prompt", "prompts_file", "box_jitter", "safeguards", "figures", "baselines",
               "distributed"):
     del config[key]
+  # Images per compiled call. Memory grows with it: at 8 the Montgomery run passed 20 GB and
+  # was killed on a 24 GB machine; at 2 it peaked at ~3.2 GB (2-core AMD EPYC, 2026-12-06).
+  config.batch_size = 2
   config.budgets = (1, 8, 16, 32, 64)  # decoder evaluations per image
   config.jitters = (0.05, 0.10, 0.15, 0.20)  # rough boxes: each coordinate moved up to J x size
   config.draws = 3  # independent draws of the rough boxes: default_rng(box_seed + draw)

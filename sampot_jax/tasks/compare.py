@@ -103,7 +103,8 @@ def run_methods(sam, scorer, embeddings, frame, images_small, targets, gt_boxes,
                                    np.random.default_rng(config.box_seed + d),
                                    images_small.shape[1:3])
     res.rough[d, j] = rough
-    for start in range(0, n, batch):
+    for start in tqdm(range(0, n, batch), desc=f"draw {d}, J {plan.jitters[j]:g}: batches",
+                      unit="batch", leave=False):
       rows = slice(start, start + batch)
       host, m = sharding.pad_batch(dict(emb=embeddings[rows], small=images_small[rows],
                                         targets=targets[rows], boxes=rough[rows]), batch)
