@@ -155,9 +155,11 @@ def read_values(series: Series):
   the middle slice, or None) and whether it is MONOCHROME1 (higher = darker)."""
   from pydicom import pixels as dcm_pixels  # pylint: disable=g-import-not-at-top
   data = np.empty(series.shape, np.float32)
-  photometrics = set()
+  photometrics, middle = set(), None
   for z, f in enumerate(series.files):
     ds = images_lib.read_dicom(f)
+    if z == len(series.files) // 2:
+      middle = ds  # its window is the series' (read here, not again)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
       raise errors.BadInputError(series.folder, f"{f.name} is {photometric}; a series volume "
@@ -171,7 +173,6 @@ def read_values(series: Series):
     data[:, :, z] = np.asarray(values, np.float32).T
   if len(photometrics) > 1:
     raise errors.BadInputError(series.folder, "mixes MONOCHROME1 and MONOCHROME2 slices")
-  middle = images_lib.read_dicom_header(series.files[len(series.files) // 2])
   window = None
   if "WindowCenter" in middle and "WindowWidth" in middle:
     center, width = images_lib.first_value(middle.WindowCenter), images_lib.first_value(
