@@ -20,8 +20,7 @@ def get_config():
   config.task = "compare"
   # The evaluate task's single prompt, safeguards, figures, baselines and many-process settings
   # do not apply: the prompts are the rough boxes drawn below, the methods those listed.
-  for key in ("prompt", "prompts_file", "box_jitter", "safeguards", "figures", "baselines",
-              "distributed"):
+  for key in ("prompt", "prompts_file", "box_jitter", "figures", "baselines", "distributed"):
     del config[key]
   # Images per compiled call. Memory grows with it: at 8 the Montgomery run passed 20 GB and
   # was killed on a 24 GB machine; at 2 it peaked at ~3.2 GB (2-core AMD EPYC, 2026-12-06).
@@ -35,6 +34,12 @@ def get_config():
   # step_cost_probes boxes per image); > 0: this ratio instead (e.g. another run's).
   config.step_cost = 0.0
   config.step_cost_probes = 8
+  # Each of these is also reported as '<method>+guard': its move kept only where the rules of
+  # config.safeguards pass (sampot/safeguards.py), else the rough box.
+  config.guarded = ("random_search", "cma_es", "sampot", "hybrid")
+  config.safeguards.rules = ("score_gain", "iou_agrees")
+  config.safeguards.min_score_gain = 0.0
+  config.safeguards.max_iou_drop = 0.0
   # sampot_jax.sampot.peers.Settings (the same defaults; docs/compare.md says why).
   config.peers = ml_collections.ConfigDict(dict(
       sam_u_jitter=0.1, medsam_u_sigma=0.05, saif_jitter=0.1, saif_delta=1.0,

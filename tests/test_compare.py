@@ -329,7 +329,8 @@ def test_compare_tiny_end_to_end(tmp_path):
     assert (run / name).is_file(), name
   with open(run / "per_image.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  methods, budgets, jitters = list(peers.METHODS), (1, 4, 8), (0.1, 0.2)
+  guarded = [f"{m}+guard" for m in config.guarded]
+  methods, budgets, jitters = list(peers.METHODS) + guarded, (1, 4, 8), (0.1, 0.2)
   ids = sorted({r["id"] for r in rows})
   assert len(ids) == 3
   keys = {(r["id"], int(r["draw"]), float(r["jitter"]), r["method"], int(r["budget"]))
@@ -363,11 +364,33 @@ def test_compare_tiny_end_to_end(tmp_path):
   mean = lambda m: np.mean([float(r["dice"]) for r in rows if r["method"] == m])
   assert mean("gt_box") >= mean("initial") - 1e-9
   assert mean("true_dice_ascent") >= mean("initial") - 1e-9
+  # The safeguard: a guarded method keeps its move where SAMPOT's score rose and the IoU head
+  # did not fall (compare_tiny's rules), else the rough box and its Dice; the scores of the
+  # rough box are the same for every method that keeps its box's mask.
+  by_key = {(r["id"], r["draw"], r["jitter"], r["method"], r["budget"]): r for r in rows}
+  seen = {"accepted": 0, "rejected": 0}
+  for r in rows:
+    if r["method"] not in guarded:
+      continue
+    method = r["method"][:-len("+guard")]
+    own = by_key[r["id"], r["draw"], r["jitter"], method, r["budget"]]
+    first = by_key[r["id"], r["draw"], r["jitter"], "initial", "1"]
+    value = lambda name: float(own[name])  # pylint: disable=cell-var-from-loop
+    assert value("score_rough") == float(first["score_rough"])
+    ok = (value("score_kept") - value("score_rough") > config.safeguards.min_score_gain
+          and value("iou_kept") >= value("iou_rough") - config.safeguards.max_iou_drop)
+    assert int(float(r["accepted"])) == ok and own["accepted"] == "1", r
+    source = own if ok else first
+    assert float(r["dice"]) == float(source["dice"]), r
+    assert [r[f"kept_{k}"] for k in ("x0", "x1")] == [source[f"kept_{k}"] for k in ("x0", "x1")]
+    seen["accepted" if ok else "rejected"] += 1
+  assert min(seen.values()) > 0, seen  # both branches ran
+  assert all(r["score_kept"] == "" for r in rows if r["method"] in peers.NOT_BOX_MASKS)
   stored = json.loads((run / "summary.json").read_text())
   assert stored["step_cost"]["step_cost"] == 2.0 and stored["budgets"] == [1, 4, 8]
   cell = stored["results"]["0.2"]["sampot"]["8"]
   assert set(cell) == {"mean_dice", "improved_share", "degraded_share", "seconds_per_image",
-                       "decoder_evals_used"}
+                       "accepted_share", "decoder_evals_used"}
   per_draw = [np.mean([float(r["dice"]) for r in rows if r["method"] == "sampot"
                        and r["budget"] == "8" and r["jitter"] == "0.2" and r["draw"] == str(d)])
               for d in (0, 1)]

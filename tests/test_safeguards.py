@@ -40,6 +40,21 @@ def test_each_rule_as_documented():
   np.testing.assert_array_equal(safeguards.accept(passed, 4), [True, False, False, False])
 
 
+def test_iou_agrees_reads_the_iou_head():
+  initial_iou = np.array([0.8, 0.8, 0.8, np.nan])
+  best_iou = np.array([0.9, 0.79, 0.7, 0.9])
+  passed = safeguards.check(config(rules=("iou_agrees",)), INITIAL_SCORE, BEST_SCORE, INITIAL,
+                            BEST, CLICKS, initial_iou, best_iou)
+  # The IoU head must not fall (a NaN fails); max_iou_drop = 0.05 forgives image 1's 0.01.
+  np.testing.assert_array_equal(passed["iou_agrees"], [True, False, False, False])
+  passed = safeguards.check(config(rules=("iou_agrees",), max_iou_drop=0.05), INITIAL_SCORE,
+                            BEST_SCORE, INITIAL, BEST, CLICKS, initial_iou, best_iou)
+  np.testing.assert_array_equal(passed["iou_agrees"], [True, True, False, False])
+  with pytest.raises(ValueError, match="iou_agrees needs initial_iou"):
+    safeguards.check(config(rules=("iou_agrees",)), INITIAL_SCORE, BEST_SCORE, INITIAL, BEST,
+                     CLICKS)
+
+
 def test_thresholds_and_switching_rules_off():
   passed = safeguards.check(config(min_score_gain=0.08, rules=("score_gain",)),
                             INITIAL_SCORE, BEST_SCORE, INITIAL, BEST, CLICKS)

@@ -72,7 +72,8 @@ def sampot_runs(sam: frozen.Sam, scorer: Scorer, images: np.ndarray, targets: np
     rng = jax.random.fold_in(key, start)
     res = evolve.evolve_prompts(sam, scorer, work, settings, rng=rng)
     out = {k: np.asarray(getattr(res, k))[:n] for k in
-           ("initial_mask", "best_mask", "initial_score", "best_score", "best_prompt")}
+           ("initial_mask", "best_mask", "initial_score", "best_score", "best_prompt",
+            "initial_iou", "best_iou")}
     if iou_ascent:
       iou = evolve.evolve_prompts(sam, scorer, work,
                                   dataclasses.replace(settings, objective="iou"), rng=rng)
@@ -80,7 +81,8 @@ def sampot_runs(sam: frozen.Sam, scorer: Scorer, images: np.ndarray, targets: np
     parts.append(out)
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   passed = safeguards.check(safeguard_config, out["initial_score"], out["best_score"],
-                            out["initial_mask"], out["best_mask"], out["best_prompt"])
+                            out["initial_mask"], out["best_mask"], out["best_prompt"],
+                            out["initial_iou"], out["best_iou"])
   accepted = safeguards.accept(passed, len(images))
   dice = {"initial": metrics.dice_rows(out["initial_mask"], targets),
           "evolved": metrics.dice_rows(out["best_mask"], targets)}

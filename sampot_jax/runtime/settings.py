@@ -23,7 +23,7 @@ ON_BAD_EXAMPLE = ("error", "skip")
 FAILURE_KINDS = ("shift", "scale", "rotate", "holes", "ragged", "leak_other_lung",
                  "leak_outside", "fragments")
 # Safeguards that decide whether an evolved prompt replaces the user's (sampot/safeguards.py).
-SAFEGUARD_RULES = ("score_gain", "mask_overlap", "click_inside")
+SAFEGUARD_RULES = ("score_gain", "mask_overlap", "click_inside", "iou_agrees")
 
 
 def _check(name: str, checks) -> None:
@@ -85,10 +85,12 @@ class Candidates:
 @dataclasses.dataclass(frozen=True)
 class Safeguards:
   """config.safeguards: the rules in force (sampot/safeguards.py) and their thresholds;
-  --config.safeguards.rules="('score_gain',)" keeps one."""
-  rules: tuple[str, ...] = SAFEGUARD_RULES
+  --config.safeguards.rules="('score_gain',)" keeps one. The default is the first three rules:
+  iou_agrees (the model's IoU head must not contradict the regressor) is asked for by name."""
+  rules: tuple[str, ...] = SAFEGUARD_RULES[:3]
   min_score_gain: float = 0.0
   min_mask_dice: float = 0.5
+  max_iou_drop: float = 0.0
 
   def __post_init__(self):
     rules = (self.rules,) if isinstance(self.rules, str) else tuple(self.rules)
@@ -317,6 +319,8 @@ def typed(cls: type[T], config_block, name: str) -> T:
   Missing fields take the dataclass defaults; lists become tuples (so the result stays
   hashable, e.g. a static argument of jit).
   """
+  if isinstance(config_block, cls):  # already typed
+    return config_block
   fields = {f.name for f in dataclasses.fields(cls) if f.init}
   if "parent" in fields:  # a Flax module: its own `parent` and `name` are not config fields
     fields -= {"parent", "name"}

@@ -229,6 +229,19 @@ def _mean_probability(sam_params, embeddings, candidates, *, sam_config, frame, 
   return total / candidates.shape[1]
 
 
+def score_parts(sam: frozen.Sam, scorer: Scorer, embeddings, frame, images_small, candidates,
+                settings: evolve.Settings, chunk: int = 16) -> dict:
+  """The two parts of SAMPOT's score of K boxes per image: (B, K, 4) -> {"regressor": (B, K),
+  "iou": (B, K)} float numpy, and "score": their blend by settings.iou_weight (what the methods
+  rank by). Two compiled calls (the regressor alone, the IoU head alone)."""
+  part = lambda w: np.asarray(candidate_scores(
+      sam, scorer, embeddings, frame, images_small, candidates,
+      dataclasses.replace(settings, iou_weight=w), chunk), np.float64)
+  regressor, iou = part(0.0), part(1.0)
+  return {"regressor": regressor, "iou": iou,
+          "score": np.asarray(scorer_lib.blend(regressor, iou, float(settings.iou_weight)))}
+
+
 def box_masks(sam: frozen.Sam, embeddings, frame, boxes):
   """(B, 4) boxes -> (B, H, W) bool masks at the original size (one compiled call)."""
   masks, _ = predictor.prompt_masks(sam.params, sam.config, embeddings, frame,
@@ -579,6 +592,8 @@ METHODS = {"initial": initial, "multimask": multimask, "sam_u": sam_u, "medsam_u
            "hybrid": hybrid, "true_dice_ascent": true_dice_ascent, "gt_box": gt_box}
 BOUNDS = ("true_dice_ascent", "gt_box")  # read the ground truth
 FIXED = ("initial", "multimask", "gt_box")  # spend 1 evaluation whatever the budget
+# The mask kept is not the kept box's own mask (an average, or another multimask output).
+NOT_BOX_MASKS = ("multimask", "sam_u")
 
 
 # ----------------------------------------------------------------------------

@@ -225,7 +225,8 @@ def judge(config, out: dict) -> dict:
   """The safeguards' verdict on one image: accepted, the rules that rejected, the kept prompt."""
   passed = safeguards.check(config.safeguards, np.array([out["initial_score"]]),
                             np.array([out["best_score"]]), out["initial_mask"][None],
-                            out["best_mask"][None], out["best"][None])
+                            out["best_mask"][None], out["best"][None],
+                            np.array([out["initial_iou"]]), np.array([out["best_iou"]]))
   passed = {rule: bool(ok[0]) for rule, ok in passed.items()}
   accepted = all(passed.values())
   return dict(passed=passed, accepted=accepted,

@@ -7,11 +7,21 @@ jitter J of config.jitters and each of config.draws draws, the evaluate task's d
 (prompts.rough_boxes(bounding_boxes(targets), J, default_rng(box_seed + draw))), at each budget
 of config.budgets decoder evaluations per image. The cost of an Adam step in decoder evaluations
 is measured first, in this run (peers.measure_step_cost), unless config.step_cost gives it.
-Each method's first call at a budget compiles outside the timing. Outputs in the workdir:
+Each method's first call at a budget compiles outside the timing.
+
+The safeguard. For each method of config.guarded, "<method>+guard" is that method's move kept
+only where config.safeguards' rules pass (sampot.safeguards: the score rose by more than
+min_score_gain, the IoU head agrees, the masks overlap...), else the rough box. It spends no
+decoder evaluation (the method saw these scores when it ranked the boxes); the scores it reads
+are computed again after the method, outside its seconds. Outputs in the workdir:
 
   per_image.csv    one row per image x draw x J x method x budget: id, draw, jitter, method,
                    budget, decoder_evals_used, seconds (per image), dice, the rough box
-                   (rough_x0..) and the box kept (kept_x0..)
+                   (rough_x0..) and the box kept (kept_x0..); SAMPOT's score of both boxes'
+                   masks and its two parts (score_, regressor_, iou_ rough / kept; empty where
+                   the mask kept is not its box's own: multimask, SAM-U), the Dice between the
+                   kept mask and the rough box's (overlap_rough), and whether the safeguard
+                   accepted the move (accepted: 1 for unguarded methods)
   summary.json     per J, method and budget: mean and std over draws of the mean Dice, of the
                    shares improved and degraded by > 0.02 (against the rough box of the same
                    draw), of the seconds per image; the evaluations used; the step cost; config
@@ -35,6 +45,7 @@ from sampot_jax.sampot import evolve
 from sampot_jax.sampot import metrics
 from sampot_jax.sampot import peers
 from sampot_jax.sampot import prompts as prompt_lib
+from sampot_jax.sampot import safeguards
 from sampot_jax.storage import files
 from sampot_jax.tasks import common
 
@@ -44,12 +55,24 @@ DEGRADED = 0.02  # a Dice loss larger than this counts as a degradation (as the 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What the run compares: budgets (increasing ints >= 1), jitters, draws, methods (initial
-  first: every other is judged against it), the peers' settings."""
+  first: every other is judged against it), the peers' settings, the methods also reported
+  under the safeguard `guard` (settings.Safeguards)."""
   budgets: tuple[int, ...]
   jitters: tuple[float, ...]
   draws: int
   methods: tuple[str, ...]
   peers: peers.Settings
+  guarded: tuple[str, ...] = ()
+  guard: settings_lib.Safeguards = settings_lib.Safeguards()
+
+  @property
+  def reported(self) -> tuple[str, ...]:
+    """The methods, then each guarded one as '<method>+guard'."""
+    return self.methods + tuple(guarded_name(m) for m in self.guarded)
+
+
+def guarded_name(method: str) -> str:
+  return f"{method}+guard"
 
 
 def plan_from_config(config) -> Plan:
@@ -69,19 +92,56 @@ def plan_from_config(config) -> Plan:
   if unknown:
     raise errors.ConfigError(f"config.methods names {unknown}; known: {list(peers.METHODS)}.")
   methods = ("initial",) + tuple(m for m in dict.fromkeys(config.methods) if m != "initial")
+  guarded = tuple(dict.fromkeys(config.guarded))
+  bad = sorted(set(guarded) - set(methods) | set(guarded) & set(peers.NOT_BOX_MASKS + ("initial",)))
+  if bad:
+    raise errors.ConfigError(
+        f"config.guarded names {bad}; guard only methods of config.methods that move the box "
+        f"and keep its mask (not initial, {', '.join(peers.NOT_BOX_MASKS)}).")
   return Plan(tuple(int(b) for b in budgets), jitters, int(config.draws), methods,
-              settings_lib.typed(peers.Settings, config.peers, "config.peers"))
+              settings_lib.typed(peers.Settings, config.peers, "config.peers"), guarded,
+              settings_lib.typed(settings_lib.Safeguards, config.safeguards,
+                                 "config.safeguards"))
+
+
+# Per image and method: SAMPOT's score of the rough and the kept box's masks, its parts, and
+# the kept mask's Dice with the rough box's mask (per_image.csv's columns).
+PARTS = ("score_rough", "score_kept", "regressor_rough", "regressor_kept", "iou_rough",
+         "iou_kept", "overlap_rough", "accepted")
 
 
 @dataclasses.dataclass
 class Results:
-  """Per (method, budget): dice, evals (draws, J, N); seconds (draws, J) per image; kept boxes
-  (draws, J, N, 4). rough: (draws, J, N, 4) the rough boxes."""
+  """Per (method, budget) of plan.reported: dice, evals (draws, J, N); seconds (draws, J) per
+  image; kept boxes (draws, J, N, 4); parts {PARTS name: (draws, J, N)}. rough: (draws, J, N, 4)
+  the rough boxes."""
   dice: dict
   evals: dict
   seconds: dict
   kept: dict
   rough: np.ndarray
+  parts: dict = dataclasses.field(default_factory=dict)
+
+
+def judge_moves(sam, scorer, embeddings, frame, images_small, rough, choice: peers.Choice,
+                rough_masks, setup: peers.Setup, guard, box_mask: bool) -> dict:
+  """PARTS of one batch's moves (B,) each; "accepted": the guard's verdict (settings.Safeguards;
+  all True for no rules). box_mask False: the kept mask is not its box's, the scores are NaN."""
+  masks = np.asarray(choice.masks)
+  b = masks.shape[0]
+  out = {"overlap_rough": metrics.dice_rows(masks, rough_masks)}
+  if box_mask:
+    both = np.stack([np.asarray(rough, np.float32), np.asarray(choice.boxes, np.float32)], 1)
+    parts = peers.score_parts(sam, scorer, embeddings, frame, images_small, both, setup.evolve,
+                              setup.peers.chunk)
+    for name, values in parts.items():
+      out[f"{name}_rough"], out[f"{name}_kept"] = values[:, 0], values[:, 1]
+  else:
+    out.update({name: np.full(b, np.nan) for name in PARTS[:6]})
+  passed = safeguards.check(guard, out["score_rough"], out["score_kept"], rough_masks, masks,
+                            np.asarray(choice.boxes), out["iou_rough"], out["iou_kept"])
+  out["accepted"] = safeguards.accept(passed, b)
+  return out
 
 
 def run_methods(sam, scorer, embeddings, frame, images_small, targets, gt_boxes, plan: Plan,
@@ -89,11 +149,12 @@ def run_methods(sam, scorer, embeddings, frame, images_small, targets, gt_boxes,
   """Every method at every budget on every draw and jitter, batch by batch (one device)."""
   n = len(targets)
   shape = (plan.draws, len(plan.jitters), n)
-  keys = [(m, b) for m in plan.methods for b in plan.budgets]
+  keys = [(m, b) for m in plan.reported for b in plan.budgets]
   res = Results({k: np.zeros(shape) for k in keys}, {k: np.zeros(shape) for k in keys},
                 {k: np.zeros(shape[:2]) for k in keys},
                 {k: np.zeros(shape + (4,), np.float32) for k in keys},
-                np.zeros(shape + (4,), np.float32))
+                np.zeros(shape + (4,), np.float32),
+                {k: {p: np.zeros(shape) for p in PARTS} for k in keys})
   batch = min(config.batch_size, n)
   key = jax.random.key(config.seed)
   compiled = set()
@@ -109,6 +170,7 @@ def run_methods(sam, scorer, embeddings, frame, images_small, targets, gt_boxes,
       host, m = sharding.pad_batch(dict(emb=embeddings[rows], small=images_small[rows],
                                         targets=targets[rows], boxes=rough[rows]), batch)
       dev = {k: jnp.asarray(v) for k, v in host.items()}
+      rough_masks = None  # the rough boxes' masks: the initial method's, which runs first
       for i, method in enumerate(plan.methods):
         fn = peers.METHODS[method]
         for budget in plan.budgets[:1] if method in peers.FIXED else plan.budgets:
@@ -128,11 +190,32 @@ def run_methods(sam, scorer, embeddings, frame, images_small, targets, gt_boxes,
           kept = np.asarray(choice.boxes, np.float32)[:m]
           if choice.evals > budget + 1e-6:
             raise AssertionError(f"{method} used {choice.evals} > {budget} evaluations.")
+          if rough_masks is None:
+            rough_masks = np.asarray(choice.masks)
+          parts = judge_moves(sam, scorer, dev["emb"], frame, dev["small"], host["boxes"], choice,
+                              rough_masks, setup, plan.guard, method not in peers.NOT_BOX_MASKS)
+          guarded = method in plan.guarded
+          accepted = parts["accepted"][:m]
+          if guarded:
+            gdice = np.where(accepted, dice, res.dice["initial", budget][d, j, rows])
+            gkept = np.where(accepted[:, None], kept, host["boxes"][:m])
+            gparts = dict(parts)
+          parts["accepted"] = np.ones_like(parts["accepted"])  # the method keeps every move
           for b in plan.budgets if method in peers.FIXED else (budget,):
             res.dice[method, b][d, j, rows] = dice
             res.evals[method, b][d, j, rows] = choice.evals
             res.seconds[method, b][d, j] += seconds / n
             res.kept[method, b][d, j, rows] = kept
+            for name, values in parts.items():
+              res.parts[method, b][name][d, j, rows] = values[:m]
+            if guarded:
+              g = guarded_name(method), b
+              res.dice[g][d, j, rows] = gdice
+              res.evals[g][d, j, rows] = choice.evals
+              res.seconds[g][d, j] += seconds / n
+              res.kept[g][d, j, rows] = gkept
+              for name, values in gparts.items():
+                res.parts[g][name][d, j, rows] = values[:m]
   return res
 
 
@@ -149,7 +232,7 @@ def summarize(res: Results, plan: Plan) -> dict:
   out = {}
   for j, jitter in enumerate(plan.jitters):
     per_j = out[f"{jitter:g}"] = {}
-    for method in plan.methods:
+    for method in plan.reported:
       per_m = per_j[method] = {}
       for budget in plan.budgets:
         dice = res.dice[method, budget][:, j]  # (draws, N)
@@ -160,6 +243,7 @@ def summarize(res: Results, plan: Plan) -> dict:
             "improved_share": _spread((dice > base).mean(1)),
             "degraded_share": _spread((dice < base - DEGRADED).mean(1)),
             "seconds_per_image": _spread(res.seconds[method, budget][:, j]),
+            "accepted_share": _spread(res.parts[method, budget]["accepted"][:, j].mean(1)),
             "decoder_evals_used": {"mean": float(evals.mean()), "max": float(evals.max())}}
   return out
 
@@ -168,7 +252,7 @@ def per_image_rows(ids, res: Results, plan: Plan) -> list[dict]:
   rows = []
   for d in range(plan.draws):
     for j, jitter in enumerate(plan.jitters):
-      for method in plan.methods:
+      for method in plan.reported:
         for budget in plan.budgets:
           key = (method, budget)
           for i, sid in enumerate(ids):
@@ -178,6 +262,10 @@ def per_image_rows(ids, res: Results, plan: Plan) -> list[dict]:
                    "dice": float(res.dice[key][d, j, i])}
             for name, box in (("rough", res.rough[d, j, i]), ("kept", res.kept[key][d, j, i])):
               row.update({f"{name}_{f}": float(v) for f, v in zip(("x0", "y0", "x1", "y1"), box)})
+            for name in PARTS:
+              value = float(res.parts[key][name][d, j, i])
+              row[name] = "" if np.isnan(value) else value
+            row["accepted"] = int(row["accepted"])
             rows.append(row)
   return rows
 
@@ -195,18 +283,24 @@ def tables(summary: dict, plan: Plan, num_images: int) -> str:
   fmt = lambda s, f: f"{s['mean']:{f}} ± {s['std']:{f}}"
   for jitter, per_j in summary["results"].items():
     text.append(f"\n## J = {jitter}\n\nMean Dice\n\n" + head + rule)
-    for method in plan.methods:
+    for method in plan.reported:
       text.append(f"| {method} | " + " | ".join(
           fmt(per_j[method][str(b)]["mean_dice"], ".3f") for b in plan.budgets) + " |\n")
     text.append(f"\nShare improved / degraded by > {DEGRADED} (vs the rough box)\n\n" + head
                 + rule)
-    for method in plan.methods[1:]:
+    for method in plan.reported[1:]:
       text.append(f"| {method} | " + " | ".join(
           f"{per_j[method][str(b)]['improved_share']['mean']:.2f} / "
           f"{per_j[method][str(b)]['degraded_share']['mean']:.2f}" for b in plan.budgets)
           + " |\n")
+    if plan.guarded:
+      text.append(f"\nShare of moves the safeguard accepted ({', '.join(plan.guard.rules)})\n\n"
+                  + head + rule)
+      for method in plan.reported[len(plan.methods):]:
+        text.append(f"| {method} | " + " | ".join(
+            fmt(per_j[method][str(b)]["accepted_share"], ".2f") for b in plan.budgets) + " |\n")
     text.append("\nSeconds per image\n\n" + head + rule)
-    for method in plan.methods:
+    for method in plan.reported:
       text.append(f"| {method} | " + " | ".join(
           fmt(per_j[method][str(b)]["seconds_per_image"], ".3f") for b in plan.budgets) + " |\n")
   return "".join(text)
@@ -217,7 +311,7 @@ def draw_plots(workdir, summary: dict, plan: Plan) -> list[str]:
   for jitter, per_j in summary["results"].items():
     curves = {m: ([per_j[m][str(b)]["mean_dice"]["mean"] for b in plan.budgets],
                   [per_j[m][str(b)]["mean_dice"]["std"] for b in plan.budgets])
-              for m in plan.methods}
+              for m in plan.reported}
     name = f"dice_vs_budget_J{jitter}.png"
     figures.dice_vs_budget(workdir / name, plan.budgets, curves, bounds=peers.BOUNDS,
                            title=f"Rough boxes at J = {jitter}: Dice against decoder budget "
@@ -264,6 +358,7 @@ def run(config, workdir) -> dict:
   seconds["methods"] = time.time() - t0
   summary = {"num_images": len(ids), "split": config.split, "budgets": list(plan.budgets),
              "jitters": list(plan.jitters), "draws": plan.draws, "methods": list(plan.methods),
+             "guarded": list(plan.guarded), "safeguards": dataclasses.asdict(plan.guard),
              "step_cost": cost, "results": summarize(res, plan),
              "embeddings_encoded": encoded, "num_devices": jax.device_count(),
              "seconds": seconds, "config": config.to_dict()}

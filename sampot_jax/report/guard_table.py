@@ -1,0 +1,112 @@
+"""Choosing a safeguard: one method's moves from compare runs, judged under a grid of rules.
+
+    python -m sampot_jax.report.guard_table runs/gval_montgomery runs/gval_shenzhen \
+        --method hybrid --budget 32
+
+Reads each run's per_image.csv (tasks/compare.py: the scores of the rough and the kept box's
+masks, their parts and overlap) and prints, for each safeguard setting of the grid, the mean
+Dice, the share of images improved and the share degraded by > 0.02 (against the rough box) had
+the method kept its move only where the rules passed (sampot.safeguards.verdicts). Nothing is
+decoded again: the rules read what the run recorded. Choose on val runs; the test split is
+run once with the setting chosen.
+"""
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from sampot_jax.runtime import settings
+from sampot_jax.sampot import safeguards
+from sampot_jax.tasks import common
+
+DEGRADED = 0.02  # as tasks/compare.py
+# The grid: the score's margin, the IoU head's largest drop (None: rule off), the smallest
+# overlap of the kept mask with the rough box's (None: rule off).
+SCORE_GAINS = (0.0, 0.01, 0.02, 0.03, 0.05)
+IOU_DROPS = (None, 0.02, 0.01, 0.0, -0.01)
+OVERLAPS = (None, 0.85, 0.9)
+
+
+def moves(rows: list[dict], method: str, budget: int) -> dict:
+  """per_image.csv rows -> {dice_rough, dice_kept, draw (N,), and the measures score_gain,
+  iou_agrees (the IoU drop), mask_overlap (N,)} of `method`'s moves at `budget`."""
+  initial = {(r["draw"], r["jitter"], r["id"]): float(r["dice"]) for r in rows
+             if r["method"] == "initial" and int(r["budget"]) == budget}
+  mine = [r for r in rows if r["method"] == method and int(r["budget"]) == budget]
+  if not mine:
+    raise ValueError(f"no rows of method {method!r} at budget {budget}; the run compared "
+                     f"{sorted({r['method'] for r in rows})} at "
+                     f"{sorted({int(r['budget']) for r in rows})}.")
+  if any(r["score_kept"] == "" for r in mine):
+    raise ValueError(f"{method} keeps a mask that is not its box's own: no scores to judge.")
+  f = lambda name: np.array([float(r[name]) for r in mine])
+  return {"dice_rough": np.array([initial[r["draw"], r["jitter"], r["id"]] for r in mine]),
+          "dice_kept": f("dice"), "draw": np.array([int(r["draw"]) for r in mine]),
+          "score_gain": f("score_kept") - f("score_rough"),
+          "iou_agrees": f("iou_rough") - f("iou_kept"), "mask_overlap": f("overlap_rough")}
+
+
+def judge(m: dict, guard: settings.Safeguards) -> dict:
+  """The figures had the moves been kept only where `guard`'s rules pass: mean Dice, improved
+  and degraded shares (means over draws), the share of moves kept."""
+  passed = safeguards.verdicts(guard, {rule: m[rule] for rule in guard.rules})
+  accepted = safeguards.accept(passed, len(m["dice_kept"]))
+  dice = np.where(accepted, m["dice_kept"], m["dice_rough"])
+  per_draw = lambda v: float(np.mean([v[m["draw"] == d].mean() for d in np.unique(m["draw"])]))
+  return {"mean_dice": per_draw(dice), "improved": per_draw(dice > m["dice_rough"]),
+          "degraded": per_draw(dice < m["dice_rough"] - DEGRADED),
+          "accepted": per_draw(accepted.astype(float))}
+
+
+def grid() -> list[settings.Safeguards]:
+  """Every setting of the grid; the first keeps every move (no rule)."""
+  out = [settings.Safeguards(rules=())]
+  for gain, drop, overlap in itertools.product(SCORE_GAINS, IOU_DROPS, OVERLAPS):
+    rules = ("score_gain",) + (() if overlap is None else ("mask_overlap",)) + (
+        () if drop is None else ("iou_agrees",))
+    out.append(settings.Safeguards(rules=rules, min_score_gain=gain,
+                                   max_iou_drop=0.0 if drop is None else drop,
+                                   min_mask_dice=0.5 if overlap is None else overlap))
+  return out
+
+
+def label(guard: settings.Safeguards) -> str:
+  if not guard.rules:
+    return "none"
+  parts = [f"gain > {guard.min_score_gain:g}"]
+  if "iou_agrees" in guard.rules:
+    parts.append(f"IoU drop <= {guard.max_iou_drop:g}")
+  if "mask_overlap" in guard.rules:
+    parts.append(f"overlap >= {guard.min_mask_dice:g}")
+  return ", ".join(parts)
+
+
+def table(runs: list[Path], method: str, budget: int) -> str:
+  """A markdown table: a row per safeguard setting, per run mean Dice / improved / degraded."""
+  found = {run.name: moves(common.read_csv(run / "per_image.csv"), method, budget)
+           for run in runs}
+  head = ("| safeguard | " + " | ".join(f"{name}: Dice / impr. / degr. / kept" for name in found)
+          + " |\n|---|" + "---|" * len(found) + "\n")
+  lines = []
+  for guard in grid():
+    cells = []
+    for m in found.values():
+      r = judge(m, guard)
+      cells.append(f"{r['mean_dice']:.3f} / {r['improved']:.0%} / {r['degraded']:.1%} / "
+                   f"{r['accepted']:.0%}")
+    lines.append(f"| {label(guard)} | " + " | ".join(cells) + " |\n")
+  return f"{method} at {budget} decoder evaluations\n\n" + head + "".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("runs", nargs="+", type=Path, help="compare workdirs (per_image.csv)")
+  parser.add_argument("--method", default="hybrid")
+  parser.add_argument("--budget", type=int, default=32)
+  args = parser.parse_args(argv)
+  print(table(args.runs, args.method, args.budget))
+
+
+if __name__ == "__main__":
+  main()
