@@ -256,6 +256,48 @@ def test_a_box_moves_to_the_box_that_scores_best():
   assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= 47 and boxes[:, [1, 3]].max() <= 47
 
 
+def test_a_population_first_then_adam_from_its_best():
+  """population P: the given box and P - 1 uniform around it (within population_jitter x its
+  size, inside the image) are scored; Adam starts at the best of them; the initial prompt and
+  score stay the given box's, and the best is no worse than any of the population."""
+  target_box = np.array([[12.0, 16.0, 36.0, 30.0]], np.float32)
+  low, _ = box_decoder(None, None, jnp.asarray(target_box), DISK_FRAME, DISK_CONFIG)
+  target = evolve.soft_mask(low[:, 0], DISK_FRAME, 64, (48, 48), 5.0)
+  start = np.array([[6.0, 10.0, 30.0, 38.0], [20.0, 20.0, 44.0, 46.0]], np.float32)
+  sam, scorer = disk_sam(box_decoder), target_scorer(soft_dice, target)
+  settings = evolve.Settings(num_steps=3, learning_rate=1.0, population=12,
+                             population_jitter=0.3)
+  batch = disk_batch(start)
+  rng = jax.random.key(3)
+  res = evolve.evolve_prompts(sam, scorer, batch, settings, rng=rng)
+  candidates = np.asarray(evolve.population_prompts(
+      jnp.asarray(start), settings, DISK_FRAME.original_size, rng,
+      jnp.full((2, 2), 47.0), jnp.ones(2)))
+  assert candidates.shape == (2, 12, 4)
+  np.testing.assert_array_equal(candidates[:, 0], start)
+  size = np.tile(start[:, 2:] - start[:, :2], 2)[:, None]
+  assert np.all(np.abs(candidates - start[:, None]) <= 0.3 * size + 1e-4)
+  assert candidates.min() >= 0 and candidates.max() <= 47 and len(np.unique(candidates)) > 40
+  scored = [[float(scorer(batch.images_small[i:i + 1], evolve.soft_mask(
+      box_decoder(None, None, jnp.asarray(c[None]), DISK_FRAME, DISK_CONFIG)[0][:, 0],
+      DISK_FRAME, 64, (48, 48), 5.0))[0]) for c in candidates[i]] for i in range(2)]
+  for i in range(2):
+    np.testing.assert_allclose(np.asarray(res.prompts[i, 0, 0]),
+                               candidates[i, int(np.argmax(scored[i]))])
+    assert float(res.initial_score[i]) == pytest.approx(scored[i][0], abs=1e-6)
+    assert float(res.best_score[i]) >= max(scored[i]) - 1e-6
+    assert max(scored[i]) > scored[i][0]  # the population found a better box than the given
+  np.testing.assert_array_equal(np.asarray(res.initial_prompt), start)
+  # Without a population the first start begins at the given box.
+  plain = evolve.evolve_prompts(sam, scorer, batch, dataclasses.replace(settings, population=0),
+                                rng=rng)
+  np.testing.assert_array_equal(np.asarray(plain.prompts[:, 0, 0]), start)
+  np.testing.assert_allclose(np.asarray(plain.initial_score), np.asarray(res.initial_score),
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="population_jitter"):
+    evolve.Settings(population=4, population_jitter=0.0)
+
+
 def test_iou_objective_ranks_by_sam_iou():
   """objective='iou' ascends the decoder's IoU output: the best prompt is the best IoU's."""
   def iou_decoder(params, embeddings, prompts, frame, config, multimask_output=False):

@@ -25,7 +25,7 @@ DEGRADED = 0.02  # as tasks/compare.py
 # overlap of the kept mask with the rough box's (None: rule off).
 SCORE_GAINS = (0.0, 0.01, 0.02, 0.03, 0.05)
 IOU_DROPS = (None, 0.02, 0.01, 0.0, -0.01)
-OVERLAPS = (None, 0.85, 0.9)
+OVERLAPS = (None, 0.7)
 
 
 def moves(rows: list[dict], method: str, budget: int) -> dict:

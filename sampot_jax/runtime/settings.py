@@ -167,6 +167,12 @@ class Evolve:
       prompt still being chosen by the blend (False): the IoU head misleads the ascent from
       far-off prompts (docs/sampot.md).
     min_box_size: smallest box side, pixels, a step may leave.
+    population: prompts scored before the ascent: the given prompt and population - 1 around
+      it, each coordinate moved uniformly by up to population_jitter x the box's width/height
+      (a click alone: x the image's); Adam starts from the best of them by the score.
+      0 or 1: none (the paper's SAMPOT). A population finds the right neighbourhood far faster
+      than Adam's few-pixel steps, Adam then polishes (docs/compare.md: the hybrid).
+    population_jitter: see population.
   """
   num_steps: int = 40
   learning_rate: float = 10.0
@@ -180,9 +186,13 @@ class Evolve:
   iou_weight: float = 0.0
   ascend_blend: bool = True
   min_box_size: float = 2.0
+  population: int = 0
+  population_jitter: float = 0.1
 
   def __post_init__(self):
     _check("evolve", (
+        ("population", self.population >= 0, ">= 0", self.population),
+        ("population_jitter", self.population_jitter > 0, "> 0", self.population_jitter),
         ("objective", self.objective in ("score", "iou"), "'score' or 'iou'", self.objective),
         ("num_steps", self.num_steps >= 0, ">= 0", self.num_steps),
         ("learning_rate", self.learning_rate > 0, "> 0", self.learning_rate),

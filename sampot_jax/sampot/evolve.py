@@ -13,7 +13,10 @@ as LiteMedSAM takes, or both (six values). One step:
 `constrain` keeps every point inside the image and boxes ordered (x0 < x1,
 y0 < y1). `evolve_prompts` runs `num_steps` steps with `lax.scan` inside one
 `jax.jit`, `vmap`ped over images and over starting points per image (the user's
-prompt and `num_starts - 1` jittered restarts). The best prompt is the
+prompt and `num_starts - 1` jittered restarts). With `population` > 1 the prompts are
+first searched at random (the given prompt and population - 1 uniformly around it, all
+scored) and the ascent starts from the best of them: the hybrid of docs/compare.md, which
+reached the right neighbourhood faster than Adam alone. The best prompt is the
 highest-scoring one anywhere on any trajectory, not the last one. A step whose
 score or gradient is not finite stops that start (the prompt stays where it was;
 later scores are recorded as NaN) and is reported in `nan_step`; NaN never
@@ -56,7 +59,8 @@ class EvolveResult:
 
   Attributes:
     prompts: (B, R, T, D) float32, the prompts visited by each start (D: 2 for a
-      click, 4 for a box, 6 for both; predictor.PROMPT_KINDS).
+      click, 4 for a box, 6 for both; predictor.PROMPT_KINDS). With a population the first
+      start begins at the population's best, not at the given prompt (initial_prompt).
     scores: (B, R, T) float32 score at each prompt (the regressor's, blended with SAM's IoU
       when settings.iou_weight > 0; NaN once stopped).
     ious: (B, R, T) float32 SAM's predicted IoU at each prompt.
@@ -172,13 +176,24 @@ def _evolve_start(start, embedding, image_side, image_small, upper, step_scale, 
 def _evolve_batch(sam_params, score_variables, embeddings, images_small, prompts, uppers,
                   step_scales, rng, *, sam_config, frame, score_fn, settings, decode_fn):
   """Everything but the masks, in one program (eager ops would each compile)."""
-  starts = starting_points(prompts, settings, frame.original_size, rng, uppers, step_scales)
-  one = functools.partial(_evolve_start, sam_config=sam_config, frame=frame,
-                          score_fn=score_fn, settings=settings, decode_fn=decode_fn)
   # SAM's decoder does part of its work on the image alone: done here once per image rather
   # than at every step (XLA does not hoist it out of the scan). Other segmenters get None.
   image_side = (predictor.image_side(sam_params, embeddings, sam_config)
                 if decode_fn is predictor.decode_prompts else None)
+  given = prompts
+  if settings.population > 1:
+    candidates = population_prompts(prompts, settings, frame.original_size, rng, uppers,
+                                    step_scales)
+    pick = functools.partial(_rank_value, sam_config=sam_config, frame=frame,
+                             score_fn=score_fn, settings=settings, decode_fn=decode_fn)
+    over_candidates = jax.vmap(pick, in_axes=(0,) + (None,) * 5)
+    values, given_scores = jax.vmap(over_candidates, in_axes=(0, 0, 0, 0, None, None))(
+        candidates, embeddings, image_side, images_small, sam_params, score_variables)
+    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+    prompts = candidates[jnp.arange(candidates.shape[0]), jnp.argmax(values, axis=1)]
+  starts = starting_points(prompts, settings, frame.original_size, rng, uppers, step_scales)
+  one = functools.partial(_evolve_start, sam_config=sam_config, frame=frame,
+                          score_fn=score_fn, settings=settings, decode_fn=decode_fn)
   per_image = jax.vmap(one, in_axes=(0,) + (None,) * 7)                    # over starts
   batched = jax.vmap(per_image, in_axes=(0, 0, 0, 0, 0, 0, None, None))    # over images
   prompts, values, scores, ious, nan_step = batched(starts, embeddings, image_side, images_small,
@@ -197,9 +212,11 @@ def _evolve_batch(sam_params, score_variables, embeddings, images_small, prompts
   nearest = jnp.argmin(jnp.abs(even[None] - best_step[:, None]), axis=1)
   steps = jnp.sort(jnp.where(jnp.arange(settings.num_snapshots)[None] == nearest[:, None],
                              best_step[:, None], even[None]), axis=1).astype(jnp.int32)
+  initial_score = given_scores[:, 0] if settings.population > 1 else scores[:, 0, 0]
   return dict(prompts=prompts, scores=scores, ious=ious, nan_step=nan_step,
-              initial_prompt=prompts[:, 0, 0], best_prompt=prompts[rows, best_start, best_step],
-              initial_score=scores[:, 0, 0], best_score=scores[rows, best_start, best_step],
+              initial_prompt=given.astype(jnp.float32),
+              best_prompt=prompts[rows, best_start, best_step],
+              initial_score=initial_score, best_score=scores[rows, best_start, best_step],
               best_start=best_start.astype(jnp.int32), best_step=best_step.astype(jnp.int32),
               snapshot_steps=steps, snapshot_prompts=prompts[rows[:, None], best_start[:, None],
                                                              steps])
@@ -214,6 +231,39 @@ def _prompt_masks(sam_params, embeddings, initial_prompt, best_prompt, snapshot_
                                            multimask_output=False, decode_fn=decode_fn)
   return dict(initial_mask=masks[:, 0], best_mask=masks[:, 1], initial_iou=ious[:, 0],
               best_iou=ious[:, 1], snapshot_masks=masks[:, 2:])
+
+
+def _rank_value(prompt, embedding, image_side, image_small, sam_params, score_variables, *,
+                sam_config, frame, score_fn, settings, decode_fn):
+  """One prompt -> (what the best prompt is chosen by, the blended score), as in the ascent."""
+  regressed, iou = prompt_score(prompt, embedding, image_small, sam_params, score_variables,
+                                sam_config=sam_config, frame=frame, score_fn=score_fn,
+                                slope=settings.slope, decode_fn=decode_fn, image_side=image_side)
+  score = scorer_lib.blend(regressed, iou, settings.iou_weight)
+  return (iou if settings.objective == "iou" else score), score
+
+
+def population_prompts(prompts, settings: Settings, original_size: tuple[int, int],
+                       rng: jax.Array, uppers: jax.Array, step_scales: jax.Array) -> jax.Array:
+  """(B, D) prompts -> (B, P, D), P = settings.population: each prompt, then P - 1 with every
+  coordinate moved by U(-1, 1) x population_jitter x the box's width/height (a click alone:
+  the image's, uppers + 1), constrained inside the image. rng: one key or (B,) keys (folded
+  apart from the restarts' draws)."""
+  prompts = jnp.asarray(prompts, jnp.float32)
+  b, d = prompts.shape
+  shape = (settings.population - 1, d)
+  if rng.ndim == 1:
+    draws = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, 1), shape,
+                                                    minval=-1.0, maxval=1.0))(rng)
+  else:
+    draws = jax.random.uniform(jax.random.fold_in(rng, 1), (b,) + shape, minval=-1.0,
+                               maxval=1.0)
+  extent = prompts[:, 2:4] - prompts[:, 0:2] if d >= 4 else uppers + 1.0  # (B, 2)
+  scale = jnp.tile(extent, d // 2)[:, None]
+  moved = prompts[:, None] + draws * settings.population_jitter * scale
+  min_box = (settings.min_box_size * step_scales)[:, None, None]
+  moved = predictor.constrain_prompts(moved, original_size, min_box, uppers[:, None])
+  return jnp.concatenate([prompts[:, None], moved], axis=1)
 
 
 def starting_points(prompts, settings: Settings, original_size: tuple[int, int],

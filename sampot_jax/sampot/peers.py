@@ -541,19 +541,20 @@ def sampot(sam, scorer, embeddings, frame, images_small, boxes, budget, rng, set
 
 def hybrid(sam, scorer, embeddings, frame, images_small, boxes, budget, rng, setup,
            targets=None) -> Choice:
-  """A population, then Adam: random search with budget // 2 boxes, then Adam steps (one
-  start) from its best box with the rest, the best box by the blended score over both. When the
-  rest buys no Adam step the whole budget goes to the population (the random search)."""
+  """A population, then Adam (evolve's `population`, what refine runs with
+  config.evolve.population): budget // 2 boxes, the rough box and the rest moved uniformly by up
+  to peers.search_jitter x its size, scored; then Adam steps (one start) from the best of them
+  with the rest of the budget; the best box by the blended score over both. When the rest buys
+  no Adam step the whole budget goes to the population (the random search)."""
   del targets
   population = int(budget) // 2
   steps = adam_steps(budget - population, setup.step_cost)
-  if steps == 0 or population < 1:
+  if steps == 0 or population < 2:
     return random_search(sam, scorer, embeddings, frame, images_small, boxes, budget, rng, setup)
-  found = random_search(sam, scorer, embeddings, frame, images_small, boxes, population,
-                        jax.random.fold_in(rng, 0), setup)
-  chosen, masks = _ascent(sam, scorer, embeddings, frame, images_small, found.boxes, steps,
-                          jax.random.fold_in(rng, 1),
-                          dataclasses.replace(setup.evolve, num_starts=1))
+  settings = dataclasses.replace(setup.evolve, num_starts=1, population=population,
+                                 population_jitter=setup.peers.search_jitter)
+  chosen, masks = _ascent(sam, scorer, embeddings, frame, images_small, boxes, steps, rng,
+                          settings)
   return Choice(chosen, masks, population + adam_evals(steps, setup.step_cost))
 
 
