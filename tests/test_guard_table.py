@@ -59,3 +59,27 @@ def test_table_and_errors(tmp_path):
   assert "| none | 0.820 / " in text
   with pytest.raises(ValueError, match="no rows of method 'sampot'"):
     guard_table.table([run], "sampot", 32)
+
+
+def test_choose_keeps_new_sites_safe_at_a_small_cost_at_home():
+  base = dict(dice_rough=np.full(4, 0.8), draw=np.zeros(4, int), score_gain=np.full(4, 0.1),
+              mask_overlap=np.ones(4))
+  # At home every move gains 0.1; the IoU head falls by 0.005 on the last one.
+  home = dict(base, dice_kept=np.full(4, 0.9), iou_agrees=np.array([-0.05, -0.05, -0.05, 0.005]))
+  # On the new site the move the IoU head contradicts most (by 0.02) loses 0.2.
+  new = dict(base, dice_kept=np.array([0.9, 0.9, 0.6, 0.9]),
+             iou_agrees=np.array([-0.02, 0.0, 0.02, 0.008]))
+  chosen, qualified = guard_table.choose({"home": home, "new": new})
+  # Keeping every move (or allowing a drop of 0.02) degrades a quarter of the new site; a drop
+  # <= 0 costs home 0.025; a drop <= 0.01 passes both, at any score margin below the gains:
+  # the grid's first of those.
+  assert "none" not in qualified and "gain > 0, IoU drop <= 0.02" not in qualified
+  assert "gain > 0, IoU drop <= 0" not in qualified
+  assert guard_table.label(chosen) == "gain > 0, IoU drop <= 0.01"
+  assert qualified["gain > 0, IoU drop <= 0.01"] == pytest.approx((0.9 + 0.875) / 2)
+  # Nothing to guard against: no rule (the first of equals).
+  assert guard_table.choose({"home": home, "new": dict(new, dice_kept=np.full(4, 0.9))}
+                            )[0].rules == ()
+  # A degradation no rule of the grid catches: nothing qualifies.
+  assert guard_table.choose({"home": home, "new": dict(new, iou_agrees=np.full(4, -1.0))}
+                            ) == (None, {})
