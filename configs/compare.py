@@ -39,7 +39,7 @@ def get_config():
   config.guarded = ("random_search", "cma_es", "sampot", "hybrid")
   config.safeguards.rules = ("score_gain", "iou_agrees")
   config.safeguards.min_score_gain = 0.0
-  config.safeguards.max_iou_drop = 0.0
+  config.safeguards.max_iou_drop = 0.02
   # sampot_jax.sampot.peers.Settings (the same defaults; docs/compare.md says why).
   config.peers = ml_collections.ConfigDict(dict(
       sam_u_jitter=0.1, medsam_u_sigma=0.05, saif_jitter=0.1, saif_delta=1.0,

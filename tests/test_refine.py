@@ -213,7 +213,7 @@ def test_safeguards_say_which_rule_rejected(user_folder, tmp_path, fake_refiner,
   refine.run(config, tmp_path / "out")
   for row in read_rows(tmp_path / "out" / "results.csv"):
     assert row["accepted"] == "False" and row["kept"] == "initial"
-    assert row["rejected_by"] == "score_gain" and row["rule_mask_overlap"] == "True"
+    assert row["rejected_by"] == "score_gain" and row["rule_iou_agrees"] == "True"
     assert [row[f"kept_{f}"] for f in ("x0", "y0", "x1", "y1")] == [
         row[f"initial_{f}"] for f in ("x0", "y0", "x1", "y1")]
     assert float(row["score_kept"]) == pytest.approx(0.5)

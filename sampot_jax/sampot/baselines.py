@@ -163,7 +163,8 @@ def box_methods(sam: frozen.Sam, scorer: Scorer, batch: evolve.Batch, targets, s
   - iou_ascent: the same ascent with SAM's own IoU prediction as the objective;
   - true_dice_ascent: the same ascent on the true soft Dice (a perfect regressor: the bound);
   - random_search: the gradient-free search, num_steps + 1 boxes around the initial one
-    (the same number of decoder calls as SAMPOT), best by SAMPOT's score (evolve.blend);
+    (the same number of decoder calls as SAMPOT, its population included), best by SAMPOT's
+    score (evolve.blend);
   - gt_box: the ground-truth bounding box.
 
   batch.prompts are the boxes; targets (B, H, W) bool; config: config.baselines.
@@ -188,7 +189,7 @@ def box_methods(sam: frozen.Sam, scorer: Scorer, batch: evolve.Batch, targets, s
   masks, _ = predictor.prompt_masks(sam.params, sam.config, embeddings, frame,
                                     sharding.like(gt[:, None], embeddings))
   out["gt_box_mask"], out["gt_box_prompt"] = masks[:, 0], gt
-  k = settings.num_steps + 1
+  k = settings.num_steps + 1 + (settings.population if settings.population > 1 else 0)
   seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
   candidates = random_boxes(host_boxes, k, config.search_jitter, np.random.default_rng(seed),
                             frame.original_size)

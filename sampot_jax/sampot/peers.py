@@ -527,15 +527,16 @@ def _ascent(sam, scorer, embeddings, frame, images_small, boxes, steps, rng, set
 def sampot(sam, scorer, embeddings, frame, images_small, boxes, budget, rng, setup,
            targets=None) -> Choice:
   """SAMPOT (Sathish et al., "Task-driven prompt evolution for foundation models"): Adam on the
-  box corners ascending the regressor (evolve.evolve_prompts with config.evolve), the best box
-  on the trajectory by the blended score; adam_steps(budget) steps per start."""
+  box corners ascending the regressor (evolve.evolve_prompts with config.evolve, without a
+  population: the paper's method), the best box on the trajectory by the blended score;
+  adam_steps(budget) steps per start."""
   del targets
   starts = setup.evolve.num_starts
   steps = adam_steps(budget, setup.step_cost, starts)
   if steps == 0:
     return initial(sam, scorer, embeddings, frame, images_small, boxes, budget, rng, setup)
   chosen, masks = _ascent(sam, scorer, embeddings, frame, images_small, boxes, steps, rng,
-                          setup.evolve)
+                          dataclasses.replace(setup.evolve, population=0))
   return Choice(chosen, masks, adam_evals(steps, setup.step_cost, starts))
 
 
@@ -568,7 +569,7 @@ def true_dice_ascent(sam, scorer, embeddings, frame, images_small, boxes, budget
   size = np.shape(images_small)[1:]
   targets_small = jax.image.resize(jnp.asarray(targets, jnp.float32),
                                    (np.shape(targets)[0],) + tuple(size), "linear")
-  settings = dataclasses.replace(setup.evolve, iou_weight=0.0)
+  settings = dataclasses.replace(setup.evolve, iou_weight=0.0, population=0)
   starts = settings.num_starts
   steps = adam_steps(budget, setup.step_cost, starts)
   if steps == 0:

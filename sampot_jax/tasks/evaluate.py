@@ -145,7 +145,7 @@ def judge(out: dict, targets: np.ndarray, config) -> dict:
           "multimask": metrics.dice_rows(out["multimask_mask"], targets)}
   passed = safeguards.check(config.safeguards, out["initial_score"], out["best_score"],
                             out["initial_mask"], out["best_mask"], out["best_prompt"],
-                            out["initial_iou"], out["best_iou"])
+                            out.get("initial_iou"), out.get("best_iou"))
   accepted = safeguards.accept(passed, n)
   dice["safeguarded"] = np.where(accepted, dice["evolved"], dice["initial"])
   verdict = dict(dice=dice, passed=passed, accepted=accepted,
