@@ -335,6 +335,39 @@ def test_tiny_models_end_to_end(tmp_path, record_figure):
   assert json.loads((out / "summary.json").read_text())["processed"] == 0
 
 
+def test_the_search_depends_on_the_image_and_box_not_the_file_name(tmp_path):
+  """The population's random boxes come from the image and its box: a copy of an image under
+  another name and folder, with the same box, is refined to the same box and mask (in another
+  batch position too); the key changes with the box or the image."""
+  import jax  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "images"
+  write_png(images / "a.png", 48, 48, 0)
+  write_png(images / "b.png", 48, 48, 1)
+  (images / "copies").mkdir()
+  (images / "copies" / "z.png").write_bytes((images / "a.png").read_bytes())
+  prompts = tmp_path / "p.csv"
+  prompts.write_text("file,x0,y0,x1,y1\na.png,8,10,30,40\nb.png,8,10,30,40\n"
+                     "copies/z.png,8,10,30,40\n")
+  config = tiny_config(images, prompts)
+  assert config.evolve.population > 1  # the default searches a population first
+  refine.run(config, tmp_path / "out")
+  rows = {r["file"]: r for r in read_rows(tmp_path / "out" / "results.csv")}
+  fields = [f"evolved_{f}" for f in ("x0", "y0", "x1", "y1")] + ["score_evolved"]
+  assert [rows["a.png"][f] for f in fields] == [rows["copies/z.png"][f] for f in fields]
+  assert any(rows["a.png"][f"evolved_{f}"] != rows["a.png"][f"initial_{f}"]
+             for f in ("x0", "y0", "x1", "y1"))  # the search moved the box
+  mask = lambda name: np.asarray(Image.open(tmp_path / "out" / "masks" / name))
+  np.testing.assert_array_equal(mask("a.png"), mask("copies/z.png"))
+  key = jax.random.key(0)
+  small = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+  box = np.array([8.0, 10.0, 30.0, 40.0])
+  same = lambda k1, k2: bool((jax.random.key_data(k1) == jax.random.key_data(k2)).all())
+  assert same(refiner_lib.rng_key(key, small, box), refiner_lib.rng_key(key, small.copy(), box))
+  assert not same(refiner_lib.rng_key(key, small, box), refiner_lib.rng_key(key, small, box + 1))
+  assert not same(refiner_lib.rng_key(key, small, box),
+                  refiner_lib.rng_key(key, small[::-1], box))
+
+
 def test_the_model_frame_evolution_is_the_original_frame_one_rescaled(tmp_path):
   """refine evolves in the model's input pixels with steps scaled by S / reference_side; Adam's
   step is invariant to the gradient's scale, so that is the evolution in the image's own pixels

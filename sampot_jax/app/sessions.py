@@ -9,8 +9,8 @@
 
 Each image is encoded once, when opened, and its embedding kept with it (in memory, per
 session); masks and refinements reuse it. The models are refine's (sampot/refiner.py with one
-image per call, and refine's rng key per file name), so a refined mask here is the one
-`refine` writes for the same image file, box and config.
+image per call; the search's rng key from the image and its box, as refine's), so a refined
+mask here is the one `refine` writes for the same image file, box and config.
 
 Safety: uploads are bounded in bytes (config.max_upload_mb, checked before the body is read) and
 in pixels (data/images.py's MAX_PIXELS and other size limits, from the header before decoding),
@@ -65,7 +65,7 @@ class TooLargeError(errors.BadInputError):
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One image's prompt, as sampot.refiner reads it (refine's Item, one 2-D image)."""
-  name: str          # the file's name: refine's results key (its rng key) and CSV 'file'
+  name: str          # the file's name: refine's results key and CSV 'file'
   prompt: np.ndarray  # (4,) float64 box, original pixels
   out: str           # the mask's name without suffix (refine: masks/<out>.png)
   slice: None = None

@@ -7,9 +7,12 @@ web page (sampot_jax/app) share, so that both give the same mask for the same im
     verdict = judge(config, outs[0])                       # the safeguards: kept prompt
     row = results_row(item, image, dim, outs[0], verdict, seconds)  # a results.csv row
 
-An item is anything with `prompt` ((D,) original pixels) and `key` (the text its restarts' rng
-key is derived from: the file's name, '#slice' for a volume's slice); `results_row` also reads
-`name`, `slice`, `line` and `out`.
+An item is anything with `prompt` ((D,) original pixels) and `key` (its results key: the file's
+name, '#slice' for a volume's slice); `results_row` also reads `name`, `slice`, `line` and `out`.
+The random numbers of an image's search (its population and restarts) come from the run's seed
+and what the image and its prompt are (rng_key), not from its name or batch: the same image and
+box give the same mask wherever the file lives (a DICOM series or its NIfTI, refine or the web
+page).
 
 Prompts evolve in the model's input frame (tasks/refine.py's docstring says why), with steps
 scaled to each image's longest side (step_scale).
@@ -84,9 +87,12 @@ def _to_original(low_res, proc, frame: predictor.ImageFrame, img_size: int):
   return logits > predictor.MASK_THRESHOLD
 
 
-def rng_key(key: jax.Array, item_key: str) -> jax.Array:
-  """An image's restart key: the run's key folded with its name (independent of its batch)."""
-  return jax.random.fold_in(key, zlib.crc32(item_key.encode()) & 0x7FFFFFFF)
+def rng_key(key: jax.Array, image_small: np.ndarray, prompt) -> jax.Array:
+  """An image's search key: the run's key folded with a checksum of the image as the scorer sees
+  it ((S, S) float32) and of its prompt ((D,) original pixels)."""
+  digest = zlib.crc32(np.asarray(image_small, np.float32).tobytes())
+  digest = zlib.crc32(np.asarray(prompt, np.float64).tobytes(), digest)
+  return jax.random.fold_in(key, digest & 0x7FFFFFFF)
 
 
 class Refiner:
@@ -156,14 +162,14 @@ class Refiner:
       embeddings = self.embed(images)
     t_encode = time.time() - t0
     t0 = time.time()
+    small = [images_lib.to_square(im.gray, self.side) for im in images]
     prompts, uppers, scales, keys = [], [], [], []
-    for item, image in zip(items, images):
+    for item, image, image_small in zip(items, images, small):
       prompts.append(self._model_prompt(item.prompt, image.size))
       uppers.append(self.proc.apply_coords(np.array([predictor.click_upper(image.size)]),
                                            image.size, s)[0])
       scales.append(step_scale(image.size, s, self.reference_side))
-      keys.append(rng_key(self.key, item.key))
-    small = [images_lib.to_square(im.gray, self.side) for im in images]
+      keys.append(rng_key(self.key, image_small, item.prompt))
     batch = evolve.Batch(embeddings, model_frame(s), jnp.asarray(self._pad(small)),
                          self._pad(prompts).astype(np.float32), self._pad(uppers),
                          self._pad(scales))
