@@ -8,7 +8,9 @@ stability, random search, CMA-ES, SAMPOT, a random-search-then-Adam hybrid, and 
 the true-Dice ascent and the ground-truth box) runs on the same embeddings and the same rough
 boxes, at each budget of decoder evaluations per image; an Adam step is counted by its cost
 measured in the run. The models and SAMPOT's settings are lite_medsam_evaluate's (LiteMedSAM,
-the shipped left-lung regressor, blended with the IoU head at 0.3). docs/compare.md.
+the shipped left-lung regressor, blended with the IoU head at 0.3); SAMPOT runs without the
+population of that config's default (the hybrid is that default). Each method of
+config.guarded is also reported under config.safeguards. docs/compare.md.
 """
 import ml_collections
 

@@ -294,9 +294,12 @@ def test_plan_refuses_bad_settings():
   from sampot_jax.tasks import compare as compare_task  # pylint: disable=g-import-not-at-top
   plan = compare_task.plan_from_config(compare_tiny.get_config())
   assert plan.methods[0] == "initial" and plan.budgets == (1, 4, 8)
+  assert plan.reported[-1] == "hybrid+guard" and plan.guard.rules == ("score_gain", "iou_agrees")
   for field, value, match in (("budgets", (8, 4), "increasing"), ("budgets", (0, 4), ">= 1"),
                               ("jitters", (0.1, 0.0), "jitters"), ("draws", 0, "draws"),
-                              ("methods", ("sampot", "magic"), "magic")):
+                              ("methods", ("sampot", "magic"), "magic"),
+                              ("guarded", ("sam_u",), "config.guarded"),
+                              ("guarded", ("initial",), "config.guarded")):
     config = compare_tiny.get_config()
     config[field] = value
     with pytest.raises(errors.ConfigError, match=match):

@@ -12,6 +12,7 @@ import re
 import tempfile
 from typing import Any, Callable
 
+from absl import logging
 import numpy as np
 
 
@@ -81,7 +82,7 @@ def write_json(path, obj: Any) -> Path:
 
 # A spreadsheet runs a cell that starts with one of these as a formula (a file named
 # "=cmd|' /C calc'!A0.png", say); text cells that do are written behind a "'", which the
-# spreadsheet shows as text (tasks/common.read_csv takes it off again). Numbers are written as
+# spreadsheet shows as text (read_csv takes it off again). Numbers are written as
 # they are.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -109,3 +110,22 @@ def csv_text(rows: list[dict], fields=()) -> str:
   writer.writeheader()
   writer.writerows({_cell(k): _cell(v) for k, v in row.items()} for row in rows)
   return buffer.getvalue()
+
+
+def _uncell(value: str) -> str:
+  return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS + ("'",)) \
+      else value
+
+
+def read_csv(path: Path) -> list[dict]:
+  """A CSV this project wrote (csv_text), as rows of text (escapes taken off); [] (with a
+  warning) when absent or unreadable."""
+  path = Path(path)
+  if not path.is_file():
+    return []
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      return [{_uncell(k): _uncell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+  except (OSError, csv.Error, UnicodeDecodeError) as e:
+    logging.warning("%s cannot be read (%s); it is rewritten from this run's rows.", path, e)
+    return []

@@ -1,7 +1,6 @@
 """What every task does the same way: its workdir, its CSV files, its two frozen models, the
 split it evaluates and its cached embeddings."""
 import contextlib
-import csv
 import json
 import os
 from pathlib import Path
@@ -113,11 +112,6 @@ def workdir(path) -> Path:
   return path
 
 
-# Text cells a spreadsheet would run as a formula are written behind a "'" (storage/files.py,
-# csv_text); read_csv takes it off again.
-FORMULA_STARTS = files.FORMULA_STARTS
-
-
 def write_csv(path: Path, rows: list[dict], fields=()) -> None:
   """rows as CSV (atomically): files.csv_text (`fields` first, then other columns in order of
   first appearance, missing cells empty, formulas escaped). No rows and no fields: an empty
@@ -125,22 +119,8 @@ def write_csv(path: Path, rows: list[dict], fields=()) -> None:
   files.write_text(path, files.csv_text(rows, fields))
 
 
-def _uncell(value: str) -> str:
-  return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS + ("'",)) \
-      else value
-
-
-def read_csv(path: Path) -> list[dict]:
-  """A CSV this project wrote, as rows of text (escapes taken off); [] (with a warning) when
-  absent or unreadable."""
-  if not path.is_file():
-    return []
-  try:
-    with open(path, newline="", encoding="utf-8") as f:
-      return [{_uncell(k): _uncell(v) for k, v in row.items()} for row in csv.DictReader(f)]
-  except (OSError, csv.Error, UnicodeDecodeError) as e:
-    logging.warning("%s cannot be read (%s); it is rewritten from this run's rows.", path, e)
-    return []
+# A CSV this project wrote, as rows of text (storage/files.py).
+read_csv = files.read_csv
 
 
 def load_sam(config) -> frozen.Sam:

@@ -1,6 +1,6 @@
 """Choosing a safeguard: one method's moves from compare runs, judged under a grid of rules.
 
-    python -m sampot_jax.report.guard_table runs/gval_montgomery runs/gval_shenzhen \
+    python -m sampot_jax.sampot.safeguard_choice runs/gval_montgomery runs/gval_shenzhen \
         --method hybrid --budget 32
 
 Reads each run's per_image.csv (tasks/compare.py: the scores of the rough and the kept box's
@@ -19,7 +19,7 @@ import numpy as np
 
 from sampot_jax.runtime import settings
 from sampot_jax.sampot import safeguards
-from sampot_jax.tasks import common
+from sampot_jax.storage import files
 
 DEGRADED = 0.02  # as tasks/compare.py
 # The grid: the score's margin, the IoU head's largest drop (None: rule off), the smallest
@@ -111,7 +111,7 @@ def choose(found: dict) -> tuple[settings.Safeguards | None, dict]:
 def table(runs: list[Path], method: str, budget: int) -> str:
   """A markdown table: a row per safeguard setting, per run mean Dice / improved / degraded;
   then the setting choose() picks (the first run is the regressor's own site)."""
-  found = {run.name: moves(common.read_csv(run / "per_image.csv"), method, budget)
+  found = {run.name: moves(files.read_csv(run / "per_image.csv"), method, budget)
            for run in runs}
   head = ("| safeguard | " + " | ".join(f"{name}: Dice / impr. / degr. / kept" for name in found)
           + " |\n|---|" + "---|" * len(found) + "\n")
