@@ -168,7 +168,7 @@ def regressor_scatter(path: Path, pred: np.ndarray, atlas_pred: np.ndarray,
   """Predicted vs true Dice per candidate, regressor and atlas (Fig. 4(a))."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharex=True)
   kinds = sorted(set(cands.kinds.tolist()))
-  cmap = plt.get_cmap("tab20")
+  cmap = plt.get_cmap("tab10")
   for ax, values, name in ((axes[0], pred, "regressor"),
                            (axes[1], atlas_pred, "atlas (no image)")):
     for k, kind in enumerate(kinds):
@@ -189,19 +189,27 @@ def regressor_scatter(path: Path, pred: np.ndarray, atlas_pred: np.ndarray,
   save(fig, path)
 
 
-def dice_vs_budget(path, budgets, curves: dict, bounds=(), title=""):
+def dice_vs_budget(path, budgets, curves: dict, bounds=(), title="", guard_suffix="+guard"):
   """Mean Dice against budget: budgets (K,) decoder evaluations per image; curves {method:
   (mean (K,), std (K,))} over draws, each a line with mean +- std shaded; `bounds` (methods
-  that read the ground truth) dashed."""
+  that read the ground truth) dashed; '<method><guard_suffix>' dotted in its method's colour,
+  unshaded."""
   budgets = np.asarray(budgets, np.float64)
   fig, ax = plt.subplots(figsize=(8.5, 5.2))
   cmap = plt.get_cmap("tab10")
-  for k, (method, (mean, std)) in enumerate(curves.items()):
+  colors = {}
+  for method in curves:
+    if not method.endswith(guard_suffix):  # the first (the rough box) in black
+      colors[method] = "black" if not colors else cmap((len(colors) - 1) % 10)
+  for method, (mean, std) in curves.items():
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    color = "black" if k == 0 else cmap((k - 1) % 10)  # the first (the rough box) in black
-    ax.plot(budgets, mean, "--" if method in bounds else "-", marker="o", ms=3.5, lw=1.3,
+    guarded = method.endswith(guard_suffix)
+    color = colors.get(method[:-len(guard_suffix)] if guarded else method, "grey")
+    style = ":" if guarded else "--" if method in bounds else "-"
+    ax.plot(budgets, mean, style, marker="o", ms=3.5, lw=1.6 if guarded else 1.3,
             color=color, label=method + (" (bound)" if method in bounds else ""))
-    ax.fill_between(budgets, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+    if not guarded:
+      ax.fill_between(budgets, mean - std, mean + std, color=color, alpha=0.15, lw=0)
   if len(budgets) > 1 and budgets.min() > 0:
     ax.set_xscale("log", base=2)
   ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
